@@ -1,0 +1,397 @@
+/* core.c - the client protocol core (see core.h): register, check in, train
+ * when selected, upload the delta, back off on failures.
+ *
+ * States: HELLO -> CHECKIN <-> (TRAIN -> UPLOAD) ... -> DONE. The request of
+ * the current state is encoded once and re-sent unchanged after a transport
+ * failure, so a retried UPDATE is byte-identical to the first attempt. */
+#include "core.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/msg.h"
+#include "privacy/rng.h"
+
+enum state { ST_HELLO, ST_CHECKIN, ST_TRAIN, ST_UPLOAD, ST_DONE };
+
+struct cli_core {
+	cli_config cfg;
+	char name[MSG_NAME_MAX + 1];
+	char model[MSG_MODEL_MAX + 1];
+	enum state state;
+	uint32_t id;
+	uint32_t hold_ms;
+	uint64_t wake;      /* send nothing before this time */
+	uint32_t backoff;   /* current backoff in ms, 0 when healthy */
+	bool unreachable;   /* logged "not answering" already */
+	float *global;      /* last global model (dim) */
+	float *work;        /* local model during TRAIN, then the delta */
+	bool have_global;
+	uint32_t round, epochs, batch, deadline;
+	float lr;
+	uint64_t seed;
+	uint8_t *req;       /* encoded request of the current state */
+	size_t req_len;
+	shoal_err done_err;
+	rng jitter;
+	cli_stats stats;
+};
+
+static void
+drop_request(cli_core *c)
+{
+	free(c->req);
+	c->req = NULL;
+	c->req_len = 0;
+}
+
+static void
+set_state(cli_core *c, enum state s)
+{
+	if (c->state != s)
+		drop_request(c);
+	c->state = s;
+}
+
+static void
+fail(cli_core *c, shoal_err e)
+{
+	set_state(c, ST_DONE);
+	c->done_err = e;
+}
+
+static void
+healthy(cli_core *c)
+{
+	if (c->unreachable)
+		log_info("client %s: server answering again", c->name);
+	c->backoff = 0;
+	c->unreachable = false;
+}
+
+static void
+back_off(cli_core *c, uint64_t now)
+{
+	uint32_t b = c->backoff ? 2 * c->backoff : c->cfg.backoff_min_ms;
+	if (b > c->cfg.backoff_max_ms)
+		b = c->cfg.backoff_max_ms;
+	c->backoff = b;
+	/* Jitter in [b/2, b] so a fleet does not retry in lockstep. */
+	c->wake = now + b / 2 + rng_below(&c->jitter, b / 2 + 1);
+}
+
+shoal_err
+cli_core_new(const cli_config *cfg, cli_core **out)
+{
+	cli_core *c;
+	size_t nl = cfg->name ? strlen(cfg->name) : 0;
+	size_t ml = cfg->model ? strlen(cfg->model) : 0;
+
+	*out = NULL;
+	if (nl == 0 || nl > MSG_NAME_MAX) {
+		log_error("client name must be 1..%u characters", MSG_NAME_MAX);
+		return SHOAL_EINVAL;
+	}
+	for (size_t i = 0; i < nl; i++)
+		if (cfg->name[i] < 0x20 || cfg->name[i] > 0x7e) {
+			log_error("client name must be printable ASCII");
+			return SHOAL_EINVAL;
+		}
+	if (ml == 0 || ml > MSG_MODEL_MAX || cfg->dim == 0 || cfg->dim > MSG_DIM_MAX) {
+		log_error("client needs a model name (1..%u chars) and 1..%u parameters",
+		          MSG_MODEL_MAX, MSG_DIM_MAX);
+		return SHOAL_EINVAL;
+	}
+	if ((c = calloc(1, sizeof *c)) == NULL)
+		return SHOAL_ENOMEM;
+	c->cfg = *cfg;
+	memcpy(c->name, cfg->name, nl);
+	memcpy(c->model, cfg->model, ml);
+	c->cfg.name = c->name;
+	c->cfg.model = c->model;
+	if (c->cfg.backoff_min_ms == 0)
+		c->cfg.backoff_min_ms = 100;
+	if (c->cfg.backoff_max_ms < c->cfg.backoff_min_ms)
+		c->cfg.backoff_max_ms = c->cfg.backoff_min_ms < 5000 ? 5000 : c->cfg.backoff_min_ms;
+	if ((c->global = malloc((size_t)cfg->dim * sizeof(float))) == NULL ||
+	    (c->work = malloc((size_t)cfg->dim * sizeof(float))) == NULL) {
+		cli_core_free(c);
+		return SHOAL_ENOMEM;
+	}
+	uint64_t h = 1469598103934665603ull; /* FNV-1a of the name: jitter stream */
+	for (size_t i = 0; i < nl; i++)
+		h = (h ^ (uint8_t)c->name[i]) * 1099511628211ull;
+	rng_init(&c->jitter, cfg->seed, h);
+	c->state = ST_HELLO;
+	*out = c;
+	return SHOAL_OK;
+}
+
+void
+cli_core_free(cli_core *c)
+{
+	if (c == NULL)
+		return;
+	drop_request(c);
+	rng_fini(&c->jitter);
+	free(c->global);
+	free(c->work);
+	free(c);
+}
+
+static shoal_err
+encode_request(cli_core *c)
+{
+	msg m = {0};
+
+	switch (c->state) {
+	case ST_HELLO:
+		m.type = MSG_HELLO;
+		memcpy(m.name, c->name, sizeof m.name);
+		memcpy(m.model, c->model, sizeof m.model);
+		m.dim = c->cfg.dim;
+		m.n_examples = c->cfg.n_examples;
+		break;
+	case ST_CHECKIN:
+		m.type = MSG_CHECKIN;
+		m.client_id = c->id;
+		break;
+	default:
+		return SHOAL_ESTATE; /* UPDATE is encoded by cli_core_submit */
+	}
+	return msg_encode(&m, &c->req, &c->req_len);
+}
+
+void
+cli_core_step(cli_core *c, uint64_t now, cli_step *out)
+{
+	memset(out, 0, sizeof *out);
+	if (c->state == ST_DONE) {
+		out->action = CLI_DONE;
+		out->err = c->done_err;
+		return;
+	}
+	if (c->state == ST_TRAIN) {
+		out->action = CLI_TRAIN;
+		out->params = c->work;
+		out->dim = c->cfg.dim;
+		out->round = c->round;
+		out->epochs = c->epochs;
+		out->batch = c->batch;
+		out->lr = c->lr;
+		out->seed = c->seed;
+		out->deadline_ms = c->deadline;
+		return;
+	}
+	if (now < c->wake) {
+		out->action = CLI_SLEEP;
+		out->until_ms = c->wake;
+		return;
+	}
+	if (c->req == NULL) {
+		shoal_err e = encode_request(c);
+		if (e != SHOAL_OK) {
+			log_error("client %s: cannot encode request: %s", c->name, shoal_strerror(e));
+			fail(c, e);
+			out->action = CLI_DONE;
+			out->err = e;
+			return;
+		}
+	}
+	out->action = CLI_SEND;
+	out->buf = c->req;
+	out->len = c->req_len;
+}
+
+void
+cli_core_on_transport_error(cli_core *c, shoal_err err, uint64_t now)
+{
+	c->stats.transport_errors++;
+	if (!c->unreachable)
+		log_info("client %s: server not answering (%s); retrying with backoff", c->name,
+		         shoal_strerror(err));
+	c->unreachable = true;
+	back_off(c, now);
+}
+
+static void
+on_task(cli_core *c, const msg *m, uint64_t now)
+{
+	if (strcmp(m->model, c->model) != 0 || m->dim != c->cfg.dim) {
+		log_error("client %s: server sent a task for model %s with %u parameters; this "
+		          "client has %s with %u",
+		          c->name, m->model, m->dim, c->model, c->cfg.dim);
+		fail(c, SHOAL_EMODEL);
+		return;
+	}
+	msg_vec_to_host(c->global, m->vec, c->cfg.dim);
+	memcpy(c->work, c->global, (size_t)c->cfg.dim * sizeof(float));
+	c->have_global = true;
+	c->round = m->round;
+	c->epochs = m->epochs;
+	c->batch = m->batch;
+	c->lr = m->lr;
+	c->seed = m->seed;
+	c->deadline = m->deadline_ms;
+	set_state(c, ST_TRAIN);
+	(void)now;
+}
+
+static void
+on_error(cli_core *c, const msg *m, uint64_t now)
+{
+	shoal_err code = m->code;
+
+	switch (code) {
+	case SHOAL_EUNKNOWN:
+		/* The server does not know us (it restarted): register again. An
+		 * update in flight is lost; its round is gone too. */
+		if (c->state == ST_UPLOAD)
+			c->stats.updates_late++;
+		log_info("client %s: server does not know this client; registering again", c->name);
+		set_state(c, ST_HELLO);
+		return;
+	case SHOAL_EDUP:
+		if (c->state == ST_UPLOAD) { /* the first copy arrived; its reply was lost */
+			c->stats.updates_acked++;
+			c->stats.last_round = c->round;
+			set_state(c, ST_CHECKIN);
+			return;
+		}
+		break;
+	case SHOAL_ESTALE:
+	case SHOAL_ENOTSELECTED:
+		if (c->state == ST_UPLOAD) {
+			c->stats.updates_late++;
+			log_warn("client %s: update for round %u refused: %s", c->name, c->round, m->text);
+			set_state(c, ST_CHECKIN);
+			return;
+		}
+		break;
+	case SHOAL_EMODEL:
+	case SHOAL_EDIM:
+		log_error("client %s: server refused this client: %s", c->name, m->text);
+		fail(c, code);
+		return;
+	default:
+		break;
+	}
+	log_warn("client %s: server error %d (%s): %s", c->name, code, shoal_strerror(code),
+	         m->text);
+	if (c->state == ST_UPLOAD) /* the server will never take this update */
+		set_state(c, ST_CHECKIN);
+	back_off(c, now);
+}
+
+void
+cli_core_on_reply(cli_core *c, const uint8_t *buf, size_t len, uint64_t now)
+{
+	msg m;
+	long used = msg_decode(buf, len, &m);
+
+	if (used < 0 || (size_t)used != len) {
+		log_warn("client %s: malformed reply (%s)", c->name,
+		         shoal_strerror(used < 0 ? (shoal_err)used : SHOAL_EMALFORMED));
+		back_off(c, now);
+		return;
+	}
+	healthy(c);
+	switch (m.type) {
+	case MSG_WELCOME:
+		if (c->state != ST_HELLO)
+			break;
+		c->id = m.client_id;
+		c->hold_ms = m.hold_ms;
+		set_state(c, ST_CHECKIN);
+		return;
+	case MSG_WAIT:
+		if (c->state != ST_CHECKIN)
+			break;
+		c->wake = now + m.retry_ms;
+		return;
+	case MSG_TASK:
+		if (c->state != ST_CHECKIN)
+			break;
+		on_task(c, &m, now);
+		return;
+	case MSG_ACK:
+		if (c->state != ST_UPLOAD || m.round != c->round)
+			break;
+		c->stats.updates_acked++;
+		c->stats.last_round = c->round;
+		set_state(c, ST_CHECKIN);
+		return;
+	case MSG_DONE:
+		log_info("client %s: server finished training (round %u)", c->name, m.round);
+		set_state(c, ST_DONE);
+		c->done_err = SHOAL_OK;
+		return;
+	case MSG_ERROR:
+		on_error(c, &m, now);
+		return;
+	default:
+		break;
+	}
+	log_warn("client %s: unexpected %s reply; retrying", c->name, msg_type_name(m.type));
+	back_off(c, now);
+}
+
+shoal_err
+cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
+{
+	size_t dim = c->cfg.dim;
+	shoal_err e;
+
+	if (c->state != ST_TRAIN)
+		return SHOAL_ESTATE;
+	if (n_examples == 0)
+		return SHOAL_EINVAL;
+	for (size_t j = 0; j < dim; j++) {
+		c->work[j] -= c->global[j];
+		if (!isfinite(c->work[j])) {
+			log_error("client %s: local training produced NaN/Inf; skipping round %u "
+			          "(lower the learning rate?)",
+			          c->name, c->round);
+			set_state(c, ST_CHECKIN);
+			return SHOAL_ENONFINITE;
+		}
+	}
+	msg m = {
+	    .type = MSG_UPDATE,
+	    .client_id = c->id,
+	    .round = c->round,
+	    .n_examples = n_examples,
+	    .loss = isfinite(loss) ? loss : 0.0f,
+	    .dim = (uint32_t)dim,
+	    .vec = (const uint8_t *)c->work,
+	};
+	drop_request(c);
+	if ((e = msg_encode(&m, &c->req, &c->req_len)) != SHOAL_OK) {
+		set_state(c, ST_CHECKIN);
+		return e;
+	}
+	c->state = ST_UPLOAD;
+	c->stats.rounds_trained++;
+	c->wake = now;
+	return SHOAL_OK;
+}
+
+void
+cli_core_abort_train(cli_core *c, uint64_t now)
+{
+	if (c->state == ST_TRAIN)
+		set_state(c, ST_CHECKIN);
+	c->wake = now;
+}
+
+const cli_stats *cli_core_stats(const cli_core *c) { return &c->stats; }
+const float *cli_core_global(const cli_core *c) { return c->have_global ? c->global : NULL; }
+
+uint32_t
+cli_core_request_timeout_ms(const cli_core *c)
+{
+	return (c->state == ST_HELLO ? 0 : c->hold_ms) + 10000;
+}

@@ -1,0 +1,79 @@
+/* core.h - the client protocol core: HELLO, CHECKIN, TASK, UPDATE as a
+ * state machine that does no I/O (DESIGN.md section 2).
+ *
+ * The driver loops on cli_core_step(), which says what to do next:
+ *   CLI_SEND  send step.buf (a request) and hand the reply to
+ *             cli_core_on_reply(), or a transport failure/timeout to
+ *             cli_core_on_transport_error();
+ *   CLI_SLEEP wait until step.until_ms (backoff or server-requested wait);
+ *   CLI_TRAIN train step.params (dim floats, preset to the global model) in
+ *             place, then call cli_core_submit() (or cli_core_abort_train());
+ *   CLI_DONE  the server finished training (or a fatal error, step.err).
+ * Failures back off exponentially from backoff_min_ms to backoff_max_ms with
+ * seeded jitter. An UPDATE whose reply was lost is resent as is; the server
+ * answers a duplicate with ERROR(SHOAL_EDUP), which counts as delivered. */
+#ifndef SHOAL_CLIENT_CORE_H
+#define SHOAL_CLIENT_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shoal/err.h"
+
+typedef struct cli_config {
+	const char *name;        /* stable identity, 1..64 printable ASCII */
+	const char *model;       /* model name announced in HELLO */
+	uint32_t dim;            /* parameter count */
+	uint32_t n_examples;     /* local examples (FedAvg weight) */
+	uint64_t seed;           /* backoff jitter */
+	uint32_t backoff_min_ms; /* default 100 */
+	uint32_t backoff_max_ms; /* default 5000 */
+} cli_config;
+
+typedef enum { CLI_SEND = 1, CLI_SLEEP, CLI_TRAIN, CLI_DONE } cli_action;
+
+typedef struct cli_step {
+	cli_action action;
+	const uint8_t *buf;   /* SEND: request, valid until the next core call */
+	size_t len;
+	uint64_t until_ms;    /* SLEEP */
+	float *params;        /* TRAIN: dim floats, global model on entry */
+	uint32_t dim;
+	uint32_t round, epochs, batch, deadline_ms; /* TRAIN */
+	float lr;
+	uint64_t seed;
+	shoal_err err;        /* DONE: SHOAL_OK, or why the client gave up */
+} cli_step;
+
+typedef struct cli_stats {
+	uint32_t rounds_trained;  /* TASKs trained */
+	uint32_t updates_acked;   /* UPDATEs the server acknowledged */
+	uint32_t updates_late;    /* UPDATEs refused as stale */
+	uint32_t transport_errors;
+	uint32_t last_round;      /* last round acknowledged */
+} cli_stats;
+
+typedef struct cli_core cli_core;
+
+/* Errors: SHOAL_EINVAL (bad name, dim 0, ...), SHOAL_ENOMEM. */
+shoal_err cli_core_new(const cli_config *cfg, cli_core **out);
+void cli_core_free(cli_core *c);
+
+void cli_core_step(cli_core *c, uint64_t now_ms, cli_step *out);
+void cli_core_on_reply(cli_core *c, const uint8_t *buf, size_t len, uint64_t now_ms);
+void cli_core_on_transport_error(cli_core *c, shoal_err err, uint64_t now_ms);
+/* After CLI_TRAIN: params now hold the local model. The core encodes the
+ * UPDATE with delta = local - global. Errors: SHOAL_ESTATE (no training in
+ * progress), SHOAL_ENONFINITE (local model has NaN/Inf), SHOAL_EINVAL. */
+shoal_err cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now_ms);
+void cli_core_abort_train(cli_core *c, uint64_t now_ms);
+
+const cli_stats *cli_core_stats(const cli_core *c);
+/* How long the driver should wait for the reply to the request of the last
+ * CLI_SEND: the server may park a CHECKIN for its announced hold time, so
+ * this is hold + 10 s (10 s before WELCOME). */
+uint32_t cli_core_request_timeout_ms(const cli_core *c);
+/* Last global model received (dim floats), NULL before the first TASK. */
+const float *cli_core_global(const cli_core *c);
+
+#endif

@@ -1,0 +1,115 @@
+/* msg.h - shoal wire messages (protocol version 1) and their msgpack codec.
+ *
+ * Every message is ONE msgpack map whose keys are short strings. Two keys are
+ * always present: "v" (protocol version, uint) and "t" (message type, uint).
+ * The other keys depend on the type (table below, mirrored in PROTOCOL.md).
+ * Unknown keys are ignored so that later versions can add optional fields;
+ * a key given twice, a missing required key, or a value of the wrong msgpack
+ * family is SHOAL_EMALFORMED.
+ *
+ *   type        dir  required keys (besides v, t)
+ *   1 HELLO     c->s name:str, model:str, dim:uint, n:uint
+ *   2 WELCOME   s->c id:uint, hold:uint
+ *   3 CHECKIN   c->s id:uint
+ *   4 TASK      s->c round:uint, model:str, E:uint, B:uint, lr:float,
+ *                    deadline:uint, seed:uint, params:bin
+ *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float, delta:bin
+ *   6 ACK       s->c round:uint
+ *   7 WAIT      s->c retry:uint
+ *   8 ERROR     s->c code:int, msg:str
+ *   9 DONE      s->c round:uint
+ *
+ * Vectors ("params", "delta") are msgpack bin holding dim float32 values in
+ * IEEE-754 little-endian order, so len(bin) == 4*dim. "dim" of a TASK or an
+ * UPDATE is len(bin)/4; a bin whose length is not a multiple of 4 is
+ * SHOAL_EMALFORMED. Every float in a vector, and "lr"/"loss", must be finite
+ * (else SHOAL_ENONFINITE). Numbers: decoders accept any msgpack integer for
+ * uint fields (negative -> malformed, > field max -> SHOAL_ETOOBIG), and any
+ * msgpack float or integer for float fields. */
+#ifndef SHOAL_MSG_H
+#define SHOAL_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shoal/err.h"
+
+#define MSG_VERSION 1u
+#define MSG_NAME_MAX 64u    /* bytes of HELLO.name (1..64, printable ASCII) */
+#define MSG_MODEL_MAX 32u   /* bytes of model names (1..32) */
+#define MSG_TEXT_MAX 256u   /* bytes of ERROR.msg (0..256) */
+#define MSG_DIM_MAX (1u << 26) /* largest vector, in float32 elements */
+#define MSG_EPOCHS_MAX 1000u
+#define MSG_BATCH_MAX 65535u
+
+typedef enum {
+	MSG_HELLO = 1,
+	MSG_WELCOME = 2,
+	MSG_CHECKIN = 3,
+	MSG_TASK = 4,
+	MSG_UPDATE = 5,
+	MSG_ACK = 6,
+	MSG_WAIT = 7,
+	MSG_ERROR = 8,
+	MSG_DONE = 9,
+} msg_type;
+
+/* One decoded (or to-be-encoded) message. Only the fields of its type are
+ * meaningful. After msg_decode, vec points INTO the decoded buffer (no copy):
+ * the buffer must outlive the msg. For encoding, vec points at dim host
+ * floats. */
+typedef struct msg {
+	uint32_t version;   /* "v"; msg_encode always writes MSG_VERSION */
+	msg_type type;      /* "t" */
+	uint32_t client_id; /* "id": WELCOME, CHECKIN, UPDATE; never 0 */
+	uint32_t round;     /* "round": TASK, UPDATE, ACK, DONE */
+	uint32_t n_examples;/* "n": HELLO, UPDATE (>= 1 in UPDATE) */
+	uint32_t dim;       /* "dim" in HELLO; len(vec)/4 in TASK, UPDATE */
+	uint32_t epochs;    /* "E": TASK, 1..MSG_EPOCHS_MAX */
+	uint32_t batch;     /* "B": TASK, 1..MSG_BATCH_MAX */
+	float lr;           /* "lr": TASK, finite, > 0 */
+	uint32_t deadline_ms; /* "deadline": TASK, ms left until the round closes */
+	uint32_t hold_ms;   /* "hold": WELCOME, longest the server parks a CHECKIN */
+	uint32_t retry_ms;  /* "retry": WAIT, ms to wait before the next CHECKIN */
+	uint64_t seed;      /* "seed": TASK, seed for the client's local shuffling */
+	int32_t code;       /* "code": ERROR, a negative shoal_err */
+	float loss;         /* "loss": UPDATE, mean local training loss, finite */
+	char name[MSG_NAME_MAX + 1];   /* "name": HELLO, NUL-terminated */
+	char model[MSG_MODEL_MAX + 1]; /* "model": HELLO, TASK */
+	char text[MSG_TEXT_MAX + 1];   /* "msg": ERROR */
+	const uint8_t *vec; /* "params" (TASK) / "delta" (UPDATE) */
+} msg;
+
+/* Decode one message from buf[0..len). Returns the bytes consumed (the whole
+ * map; trailing bytes are left to the caller, who normally treats them as
+ * malformed), or a negative shoal_err:
+ *   SHOAL_ETRUNC     buf ends inside the map
+ *   SHOAL_EMALFORMED not a map, wrong value family, missing/duplicate key,
+ *                    string not printable, bin length not a multiple of 4
+ *   SHOAL_EVERSION   "v" != MSG_VERSION (checked before anything else
+ *                    type-specific)
+ *   SHOAL_ETYPE      "t" is not a known type
+ *   SHOAL_ETOOBIG    a string, number or vector exceeds its limit
+ *   SHOAL_ENONFINITE NaN/Inf in lr, loss or a vector
+ * On error *out is unspecified. */
+long msg_decode(const uint8_t *buf, size_t len, msg *out);
+
+/* Encode m (type-specific fields only) as a msgpack map into a new malloc'd
+ * buffer; the caller frees *out. Errors: SHOAL_EINVAL (field out of range
+ * for its type), SHOAL_ENOMEM. */
+shoal_err msg_encode(const msg *m, uint8_t **out, size_t *out_len);
+
+/* Exact encoded size of m, so callers can check a size limit up front. */
+size_t msg_encoded_size(const msg *m);
+
+/* Convenience constructors for the short server replies. */
+shoal_err msg_encode_error(shoal_err code, const char *text, uint8_t **out, size_t *out_len);
+
+/* Copy dim little-endian float32 values from wire bytes into host floats
+ * (memcpy on little-endian hosts). */
+void msg_vec_to_host(float *dst, const uint8_t *src, size_t dim);
+
+/* Human-readable name of a type, "?" if unknown. */
+const char *msg_type_name(msg_type t);
+
+#endif

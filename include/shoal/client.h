@@ -1,0 +1,82 @@
+/* shoal/client.h - libshoal-client: embed a shoal federated-learning client.
+ *
+ * The library speaks the protocol (PROTOCOL.md) over nng and calls your
+ * train callback whenever the server selects this client. Your callback
+ * works on a flat float parameter vector: it receives the current global
+ * model in params, trains in place on local data, and reports how many
+ * examples it used (the FedAvg weight). The library computes and sends
+ * the update. Link with -lshoal-client (plus nng, msgpackc, sodium).
+ *
+ *   static int train(void *user, float *params, size_t dim,
+ *                    const shoal_train_info *info,
+ *                    uint32_t *n_examples, float *loss) { ...; return 0; }
+ *
+ *   shoal_client_options o;
+ *   shoal_client_options_init(&o);
+ *   o.url = "tcp://server:7000"; o.name = "pi-kitchen";
+ *   o.model = "logreg"; o.dim = 7850; o.n_examples = 600;
+ *   o.train = train;
+ *   shoal_err e = shoal_client_run(&o, NULL);
+ */
+#ifndef SHOAL_CLIENT_H
+#define SHOAL_CLIENT_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shoal/err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct shoal_train_info {
+	uint32_t round;       /* server round id */
+	uint32_t epochs;      /* E */
+	uint32_t batch;       /* B */
+	float lr;             /* learning rate */
+	uint64_t seed;        /* use for shuffling, so runs are reproducible */
+	uint32_t deadline_ms; /* time left before the server closes the round */
+} shoal_train_info;
+
+/* Return 0 on success; non-zero skips this round (nothing is sent). */
+typedef int (*shoal_train_fn)(void *user, float *params, size_t dim,
+                              const shoal_train_info *info,
+                              uint32_t *n_examples, float *loss);
+
+typedef struct shoal_client_options {
+	const char *url;        /* e.g. "tcp://10.0.0.2:7000" */
+	const char *name;       /* stable, unique client name (1..64 chars) */
+	const char *model;      /* model name the server trains */
+	size_t dim;             /* parameter count */
+	uint32_t n_examples;    /* local examples */
+	shoal_train_fn train;
+	void *user;
+	uint64_t seed;          /* backoff jitter; default 0 */
+	uint32_t backoff_min_ms;/* default 100 */
+	uint32_t backoff_max_ms;/* default 5000 */
+	size_t max_message;     /* default 64 MiB */
+	volatile sig_atomic_t *stop; /* optional: set non-zero to stop */
+	float *final_params;    /* optional out: dim floats, last global model */
+} shoal_client_options;
+
+typedef struct shoal_client_stats {
+	uint32_t rounds_trained;
+	uint32_t updates_acked;
+	uint32_t updates_late;
+	uint32_t transport_errors;
+	uint32_t last_round;
+} shoal_client_stats;
+
+void shoal_client_options_init(shoal_client_options *o);
+
+/* Run until the server says training is done (SHOAL_OK), *stop is set
+ * (SHOAL_ECLOSED), or a fatal error (e.g. SHOAL_EMODEL, SHOAL_EDIM when the
+ * server trains another model). stats may be NULL. */
+shoal_err shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

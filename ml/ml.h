@@ -1,0 +1,157 @@
+/* ml.h - datasets (IDX/MNIST), partitioners and flat-parameter models.
+ *
+ * All of a model's parameters live in ONE float buffer of ml_model_dim()
+ * elements with named views inside it (as in llm.c), so clipping, codecs and
+ * masks work on (float *, size_t). An ml_model object holds only scratch
+ * space (activations, gradients) for batches up to max_batch; it never owns
+ * the parameters, and one object is used by one thread at a time.
+ * Randomness comes from explicit uint64 seeds (no hidden globals). */
+#ifndef SHOAL_ML_H
+#define SHOAL_ML_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shoal/err.h"
+
+/* ---- IDX files ------------------------------------------------------- */
+
+#define ML_IDX_MAX_DIMS 4
+
+/* A parsed IDX file of unsigned bytes (type code 0x08). data points into the
+ * parsed buffer (ml_idx_parse) or into memory owned by the struct
+ * (ml_idx_read; release with ml_idx_fini). */
+typedef struct ml_idx {
+	uint32_t ndims;
+	uint32_t dims[ML_IDX_MAX_DIMS];
+	size_t count;          /* product of dims */
+	const uint8_t *data;
+	uint8_t *owned;        /* non-NULL when data must be freed */
+} ml_idx;
+
+/* Errors: SHOAL_EFORMAT (magic is not 0x0000 08 NN with 1<=NN<=4),
+ * SHOAL_ETRUNC (body shorter than the dims declare), SHOAL_EINVAL (trailing
+ * bytes after the body, or a zero/overflowing dimension). */
+shoal_err ml_idx_parse(const uint8_t *buf, size_t len, ml_idx *out);
+/* As ml_idx_parse, plus SHOAL_EIO if the file cannot be read. */
+shoal_err ml_idx_read(const char *path, ml_idx *out);
+void ml_idx_fini(ml_idx *idx);
+
+/* ---- Datasets -------------------------------------------------------- */
+
+#define ML_IMAGE_PIXELS 784  /* 28 x 28 */
+#define ML_CLASSES 10
+
+/* Pixels are stored as bytes and turned into floats in [0,1] per batch. */
+typedef struct ml_dataset {
+	size_t n;          /* examples */
+	uint8_t *images;   /* n * ML_IMAGE_PIXELS, row-major */
+	uint8_t *labels;   /* n, each < ML_CLASSES */
+} ml_dataset;
+
+/* Load dir/{split}-images-idx3-ubyte and dir/{split}-labels-idx1-ubyte
+ * (split is "train" or "t10k"). Errors from ml_idx_read, plus SHOAL_EFORMAT
+ * when the images are not n x 28 x 28, counts differ, or a label is >= 10.
+ * The message for a missing file says to run scripts/setup.sh. */
+shoal_err ml_mnist_load(const char *dir, const char *split, ml_dataset *out);
+void ml_dataset_fini(ml_dataset *ds);
+
+/* Gather examples idx[0..n) as floats (n x 784, value = pixel/255) and
+ * labels. */
+void ml_gather(const ml_dataset *ds, const uint32_t *idx, size_t n, float *x, uint8_t *y);
+
+/* ---- Partitions ------------------------------------------------------ */
+
+/* Client c owns examples idx[start[c] .. start[c+1]). */
+typedef struct ml_partition {
+	size_t n_clients;
+	uint32_t *start; /* n_clients + 1 */
+	uint32_t *idx;   /* start[n_clients] entries, each < ds->n */
+} ml_partition;
+
+/* spec: "iid" (shuffle, equal sizes +-1), "shards" (McMahan et al. 2017:
+ * sort by label, cut 2*n_clients equal shards, each client gets 2 at random;
+ * 100 clients -> 200 shards of 300), or "dirichlet:ALPHA" (per class, split
+ * its examples among clients by Dirichlet(ALPHA) proportions; every client
+ * gets at least one example). Partitions are disjoint; iid and shards cover
+ * every example (shards may drop n mod 2*n_clients). Deterministic in seed.
+ * Errors: SHOAL_EINVAL (bad spec, n_clients == 0 or > ds->n), SHOAL_ENOMEM. */
+shoal_err ml_partition_make(const char *spec, const ml_dataset *ds, size_t n_clients,
+                            uint64_t seed, ml_partition *out);
+/* SHOAL_OK if spec is well-formed (used to validate flags early). */
+shoal_err ml_partition_check_spec(const char *spec);
+void ml_partition_fini(ml_partition *p);
+
+/* ---- Models ---------------------------------------------------------- */
+
+typedef struct ml_model ml_model;
+
+/* Parameter count of a built-in model, 0 if the name is unknown.
+ * "logreg": 784x10 + 10 = 7850. "2nn": 784-200-200-10 ReLU = 199210. */
+size_t ml_model_dim_of(const char *name);
+/* Comma-separated list of built-in model names, for --help. */
+const char *ml_model_names(void);
+
+/* Errors: SHOAL_EMODEL (unknown name), SHOAL_EINVAL (max_batch 0),
+ * SHOAL_ENOMEM. */
+shoal_err ml_model_new(const char *name, size_t max_batch, ml_model **out);
+void ml_model_free(ml_model *m);
+size_t ml_model_dim(const ml_model *m);
+const char *ml_model_name(const ml_model *m);
+
+/* A named view into the flat parameter buffer, e.g. "fc1.w" (in x out,
+ * row-major) or "fc1.b". */
+typedef struct ml_tensor_view {
+	const char *name;
+	size_t offset; /* in floats */
+	size_t count;
+} ml_tensor_view;
+/* Fills up to max views (in buffer order) and returns how many m has. */
+size_t ml_model_tensors(const ml_model *m, ml_tensor_view *out, size_t max);
+
+/* Deterministic initialisation from seed (Glorot/He-uniform weights, zero
+ * biases). */
+void ml_model_init(const ml_model *m, float *params, uint64_t seed);
+
+/* Mean softmax cross-entropy over the n (<= max_batch) examples x (n x 784)
+ * with labels y; writes the gradient of that mean into grad (dim floats,
+ * overwritten). Returns the loss. Dense layers use CBLAS sgemm. */
+float ml_model_loss_grad(ml_model *m, const float *params, const float *x,
+                         const uint8_t *y, size_t n, float *grad);
+
+/* Logits for n (<= max_batch) examples into out (n x 10). */
+void ml_model_forward(ml_model *m, const float *params, const float *x, size_t n, float *out);
+
+/* Accuracy in [0,1] and mean cross-entropy over the whole dataset. */
+shoal_err ml_evaluate(ml_model *m, const float *params, const ml_dataset *ds,
+                      double *accuracy, double *loss);
+
+typedef struct ml_sgd_config {
+	uint32_t epochs;
+	uint32_t batch;  /* <= the model's max_batch */
+	float lr;
+	uint64_t seed;   /* shuffling order of each epoch */
+} ml_sgd_config;
+
+/* Plain minibatch SGD over examples idx[0..n) of ds, updating params in
+ * place. Each epoch visits a fresh seeded permutation; the last batch may be
+ * short. *mean_loss (may be NULL) gets the mean of the batch losses.
+ * Errors: SHOAL_EINVAL (n == 0, batch 0 or > max_batch, epochs 0). */
+shoal_err ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *idx,
+                       size_t n, const ml_sgd_config *cfg, double *mean_loss);
+
+/* ---- Deterministic PRNG (not cryptographic) ---------------------------- */
+
+/* SplitMix64-seeded xoshiro256** stream, for shuffling and initialisation. */
+typedef struct ml_rng { uint64_t s[4]; } ml_rng;
+void ml_rng_seed(ml_rng *r, uint64_t seed);
+uint64_t ml_rng_next(ml_rng *r);
+uint32_t ml_rng_below(ml_rng *r, uint32_t bound); /* unbiased, bound > 0 */
+double ml_rng_uniform(ml_rng *r);                 /* [0, 1) */
+/* A seed for sub-stream `stream` of `seed` (e.g. per epoch, per client):
+ * nearby (seed, stream) pairs give unrelated streams. */
+uint64_t ml_seed_mix(uint64_t seed, uint64_t stream);
+/* Fisher-Yates shuffle of a[0..n), n <= UINT32_MAX. */
+void ml_rng_shuffle(ml_rng *r, uint32_t *a, size_t n);
+
+#endif

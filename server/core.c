@@ -1,0 +1,736 @@
+/* core.c - the server protocol core (see core.h): client registry, parked
+ * check-ins, seeded selection, deadlines, validation and FedAvg.
+ *
+ * No I/O: bytes, request handles and time come in; replies and events go
+ * out through two queues. Accepted updates are kept in their wire form (the
+ * validated little-endian bytes) until the round closes and are then summed
+ * in selection order, so the new model does not depend on arrival order. */
+#include "core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/msg.h"
+#include "privacy/rng.h"
+
+typedef struct client {
+	char name[MSG_NAME_MAX + 1];
+	uint32_t n_examples;
+	bool parked;
+	uint64_t park_req;
+	uint64_t park_until;
+	uint32_t selected_round; /* round in which it holds a slot, 0 if none */
+} client;
+
+typedef struct slot {
+	uint32_t client;   /* index into clients */
+	bool reported;
+	uint32_t n;        /* FedAvg weight of the update */
+	float loss;
+	uint8_t *delta;    /* 4*dim wire bytes (little-endian float32) */
+} slot;
+
+typedef struct reply_queue {
+	srv_reply *v;
+	size_t head, len, cap;
+} reply_queue;
+
+typedef struct event_queue {
+	srv_event *v;
+	size_t head, len, cap;
+} event_queue;
+
+enum phase { PH_IDLE, PH_RUNNING, PH_FINISHED };
+
+struct srv_core {
+	srv_config cfg;
+	char model[MSG_MODEL_MAX + 1];
+	ml_model *eval;
+	size_t dim;
+	float *params;
+	double *acc;        /* dim, FedAvg accumulator */
+	double accuracy, loss;
+
+	client *clients;
+	uint32_t n_clients;
+	uint32_t *table;    /* name hash -> client index + 1 (0 = empty) */
+	uint32_t table_mask;
+	uint32_t n_parked;
+
+	enum phase phase;
+	uint32_t round;
+	uint64_t deadline;
+	slot *slots;
+	uint32_t n_slots, n_reported;
+	srv_round_stats st;
+
+	reply_queue replies;
+	event_queue events;
+};
+
+void
+srv_config_defaults(srv_config *c)
+{
+	memset(c, 0, sizeof *c);
+	c->model = "2nn";
+	c->rounds = 10;
+	c->clients_per_round = 10;
+	c->min_clients = 10;
+	c->min_reports = 1;
+	c->epochs = 1;
+	c->batch = 10;
+	c->lr = 0.05f;
+	c->round_timeout_ms = 60000;
+	c->hold_ms = 2000;
+	c->max_clients = 10000;
+	c->max_message = 64u << 20;
+	c->seed = 1;
+	c->test = NULL;
+}
+
+/* ---- queues ------------------------------------------------------------ */
+
+static shoal_err
+push_reply(srv_core *s, uint64_t req, uint8_t *buf, size_t len, bool close)
+{
+	reply_queue *q = &s->replies;
+
+	if (q->head > 0 && q->head == q->len) {
+		q->head = q->len = 0;
+	}
+	if (q->len == q->cap) {
+		size_t cap = q->cap ? 2 * q->cap : 64;
+		srv_reply *v = realloc(q->v, cap * sizeof *v);
+		if (v == NULL) {
+			free(buf);
+			return SHOAL_ENOMEM;
+		}
+		q->v = v;
+		q->cap = cap;
+	}
+	q->v[q->len++] = (srv_reply){.req = req, .buf = buf, .len = len, .close = close};
+	return SHOAL_OK;
+}
+
+static void
+push_event(srv_core *s, srv_event_kind kind)
+{
+	event_queue *q = &s->events;
+
+	if (q->head > 0 && q->head == q->len)
+		q->head = q->len = 0;
+	if (q->len == q->cap) {
+		size_t cap = q->cap ? 2 * q->cap : 16;
+		srv_event *v = realloc(q->v, cap * sizeof *v);
+		if (v == NULL)
+			return; /* events are informational; the round itself is intact */
+		q->v = v;
+		q->cap = cap;
+	}
+	q->v[q->len++] = (srv_event){.kind = kind, .stats = s->st};
+}
+
+bool
+srv_core_pop_reply(srv_core *s, srv_reply *out)
+{
+	reply_queue *q = &s->replies;
+	if (q->head == q->len)
+		return false;
+	*out = q->v[q->head++];
+	return true;
+}
+
+bool
+srv_core_pop_event(srv_core *s, srv_event *out)
+{
+	event_queue *q = &s->events;
+	if (q->head == q->len)
+		return false;
+	*out = q->v[q->head++];
+	return true;
+}
+
+/* Encode m and queue it as the reply to req. On encode failure the peer
+ * still gets exactly one reply: an ERROR naming the failure. */
+static void
+reply_msg(srv_core *s, uint64_t req, const msg *m, uint64_t *bytes)
+{
+	uint8_t *buf;
+	size_t len;
+	shoal_err e = msg_encode(m, &buf, &len);
+
+	if (e != SHOAL_OK) {
+		log_error("encoding %s failed: %s", msg_type_name(m->type), shoal_strerror(e));
+		if (msg_encode_error(e, "server could not encode its reply", &buf, &len) != SHOAL_OK)
+			return; /* out of memory: the driver's request stays unanswered */
+	} else if (bytes != NULL) {
+		*bytes += len;
+	}
+	push_reply(s, req, buf, len, false);
+}
+
+static void
+reply_error(srv_core *s, uint64_t req, shoal_err code, bool close, const char *text)
+{
+	uint8_t *buf;
+	size_t len;
+
+	if (s->phase == PH_RUNNING)
+		s->st.rejected++;
+	if (msg_encode_error(code, text, &buf, &len) != SHOAL_OK)
+		return;
+	push_reply(s, req, buf, len, close);
+}
+
+static void
+reply_simple(srv_core *s, uint64_t req, msg_type t)
+{
+	msg m = {.type = t};
+	if (t == MSG_DONE)
+		m.round = s->round;
+	reply_msg(s, req, &m, NULL); /* WAIT with retry 0: check in again now */
+}
+
+/* ---- registry ----------------------------------------------------------- */
+
+static uint32_t
+name_hash(const char *name)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (; *name; name++)
+		h = (h ^ (uint8_t)*name) * 16777619u;
+	return h;
+}
+
+/* Index of the client called name, or -1. */
+static long
+find_client(const srv_core *s, const char *name)
+{
+	for (uint32_t i = name_hash(name) & s->table_mask;; i = (i + 1) & s->table_mask) {
+		uint32_t v = s->table[i];
+		if (v == 0)
+			return -1;
+		if (strcmp(s->clients[v - 1].name, name) == 0)
+			return (long)(v - 1);
+	}
+}
+
+static void
+insert_client(srv_core *s, uint32_t index)
+{
+	uint32_t i = name_hash(s->clients[index].name) & s->table_mask;
+	while (s->table[i] != 0)
+		i = (i + 1) & s->table_mask;
+	s->table[i] = index + 1;
+}
+
+static void
+unpark(srv_core *s, client *c)
+{
+	if (c->parked) {
+		c->parked = false;
+		s->n_parked--;
+	}
+}
+
+/* ---- rounds -------------------------------------------------------------- */
+
+static int
+cmp_by_name(const void *a, const void *b, void *ctx)
+{
+	const client *cl = ctx;
+	return strcmp(cl[*(const uint32_t *)a].name, cl[*(const uint32_t *)b].name);
+}
+
+/* qsort with a context, via a file-local pointer-free merge sort so the
+ * order is the same on every libc. */
+static void
+sort_indices(uint32_t *v, uint32_t *tmp, size_t n, const client *cl)
+{
+	if (n < 2)
+		return;
+	size_t h = n / 2;
+	sort_indices(v, tmp, h, cl);
+	sort_indices(v + h, tmp, n - h, cl);
+	size_t i = 0, j = h, k = 0;
+	while (i < h && j < n)
+		tmp[k++] = cmp_by_name(&v[j], &v[i], (void *)cl) < 0 ? v[j++] : v[i++];
+	while (i < h)
+		tmp[k++] = v[i++];
+	while (j < n)
+		tmp[k++] = v[j++];
+	memcpy(v, tmp, n * sizeof *v);
+}
+
+static void free_slots(srv_core *s);
+static void try_start_round(srv_core *s, uint64_t now);
+
+static void
+finish(srv_core *s)
+{
+	s->phase = PH_FINISHED;
+	for (uint32_t i = 0; i < s->n_clients; i++) {
+		client *c = &s->clients[i];
+		if (c->parked) {
+			unpark(s, c);
+			reply_simple(s, c->park_req, MSG_DONE);
+		}
+	}
+	push_event(s, SRV_EV_FINISHED);
+	log_info("training finished after %u rounds", s->round);
+}
+
+static void
+evaluate(srv_core *s)
+{
+	if (s->cfg.test == NULL) {
+		s->accuracy = s->loss = NAN;
+		return;
+	}
+	if (ml_evaluate(s->eval, s->params, s->cfg.test, &s->accuracy, &s->loss) != SHOAL_OK)
+		s->accuracy = s->loss = NAN;
+}
+
+static void
+le_floats_fma(double *acc, const uint8_t *p, size_t dim, double w)
+{
+	for (size_t j = 0; j < dim; j++, p += 4) {
+		uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+		             (uint32_t)p[3] << 24;
+		float f;
+		memcpy(&f, &u, sizeof f);
+		acc[j] += w * (double)f;
+	}
+}
+
+static void
+close_round(srv_core *s, uint64_t now)
+{
+	srv_round_stats *st = &s->st;
+
+	st->reported = s->n_reported;
+	st->dropped = s->n_slots - s->n_reported;
+	st->end_ms = now;
+	if (s->n_reported >= s->cfg.min_reports && s->n_reported > 0) {
+		double total = 0, loss = 0;
+		memset(s->acc, 0, s->dim * sizeof *s->acc);
+		for (uint32_t i = 0; i < s->n_slots; i++) {
+			slot *sl = &s->slots[i];
+			if (!sl->reported)
+				continue;
+			le_floats_fma(s->acc, sl->delta, s->dim, (double)sl->n);
+			total += sl->n;
+			loss += (double)sl->loss * sl->n;
+		}
+		for (size_t j = 0; j < s->dim; j++)
+			s->params[j] += (float)(s->acc[j] / total);
+		st->train_loss = loss / total;
+		evaluate(s);
+		st->abandoned = false;
+	} else {
+		st->abandoned = true;
+		st->train_loss = NAN;
+		log_warn("round %u abandoned: %u of %u selected clients reported, %u needed; "
+		         "the global model is unchanged",
+		         s->round, s->n_reported, s->n_slots, s->cfg.min_reports);
+	}
+	st->accuracy = s->accuracy;
+	st->loss = s->loss;
+	for (uint32_t i = 0; i < s->n_slots; i++)
+		s->clients[s->slots[i].client].selected_round = 0;
+	free_slots(s);
+	push_event(s, SRV_EV_ROUND_END);
+	if (s->round >= s->cfg.rounds) {
+		finish(s);
+	} else {
+		s->phase = PH_IDLE;
+		try_start_round(s, now);
+	}
+}
+
+static void
+free_slots(srv_core *s)
+{
+	for (uint32_t i = 0; i < s->n_slots; i++)
+		free(s->slots[i].delta);
+	s->n_slots = s->n_reported = 0;
+}
+
+static void
+try_start_round(srv_core *s, uint64_t now)
+{
+	if (s->phase != PH_IDLE || s->n_parked < s->cfg.min_clients || s->n_parked == 0)
+		return;
+
+	uint32_t n = s->n_parked, k = s->cfg.clients_per_round;
+	uint32_t *cand = malloc(2 * (size_t)n * sizeof *cand);
+	if (cand == NULL) {
+		log_error("out of memory selecting clients; retrying later");
+		return;
+	}
+	uint32_t m = 0;
+	for (uint32_t i = 0; i < s->n_clients; i++)
+		if (s->clients[i].parked)
+			cand[m++] = i;
+	sort_indices(cand, cand + n, n, s->clients);
+	if (k > n)
+		k = n;
+
+	rng r;
+	rng_init(&r, s->cfg.seed, s->round + 1);
+	s->round++;
+	s->phase = PH_RUNNING;
+	s->deadline = now + s->cfg.round_timeout_ms;
+	memset(&s->st, 0, sizeof s->st);
+	s->st.round = s->round;
+	s->st.start_ms = now;
+	s->n_slots = s->n_reported = 0;
+
+	for (uint32_t i = 0; i < k; i++) {
+		/* Partial Fisher-Yates: the i-th pick is uniform over the rest. */
+		uint32_t j = i + rng_below(&r, n - i);
+		uint32_t t = cand[i];
+		cand[i] = cand[j];
+		cand[j] = t;
+
+		client *c = &s->clients[cand[i]];
+		slot *sl = &s->slots[s->n_slots++];
+		*sl = (slot){.client = cand[i]};
+		c->selected_round = s->round;
+		msg task = {
+		    .type = MSG_TASK,
+		    .round = s->round,
+		    .epochs = s->cfg.epochs,
+		    .batch = s->cfg.batch,
+		    .lr = s->cfg.lr,
+		    .deadline_ms = s->cfg.round_timeout_ms,
+		    .seed = rng_u64(&r),
+		    .dim = (uint32_t)s->dim,
+		    .vec = (const uint8_t *)s->params,
+		};
+		memcpy(task.model, s->model, sizeof task.model);
+		unpark(s, c);
+		reply_msg(s, c->park_req, &task, &s->st.bytes_down);
+	}
+	rng_fini(&r);
+	free(cand);
+	s->st.selected = k;
+	log_info("round %u: selected %u of %u waiting clients", s->round, k, n);
+	push_event(s, SRV_EV_ROUND_START);
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+static void
+on_hello(srv_core *s, uint64_t req, const msg *m)
+{
+	char text[MSG_TEXT_MAX + 1];
+
+	if (strcmp(m->model, s->model) != 0 || m->dim != s->dim) {
+		snprintf(text, sizeof text,
+		         "this server trains model %s with %zu parameters; the client has %s with "
+		         "%u: start the client with --model %s",
+		         s->model, s->dim, m->model, m->dim, s->model);
+		log_warn("refused HELLO from %s: %s", m->name, text);
+		reply_error(s, req, SHOAL_EMODEL, false, text);
+		return;
+	}
+	long i = find_client(s, m->name);
+	if (i < 0) {
+		if (s->n_clients >= s->cfg.max_clients) {
+			log_warn("refused HELLO from %s: %u clients registered (--max-clients)",
+			         m->name, s->n_clients);
+			reply_error(s, req, SHOAL_EFULL, false, "server is at its client limit");
+			return;
+		}
+		i = s->n_clients++;
+		client *c = &s->clients[i];
+		memset(c, 0, sizeof *c);
+		memcpy(c->name, m->name, sizeof c->name);
+		insert_client(s, (uint32_t)i);
+		log_info("client %s registered as id %ld (%u examples)", m->name, i + 1, m->n_examples);
+	} else if (s->clients[i].parked) {
+		/* A restarted client: answer its old parked request first. */
+		unpark(s, &s->clients[i]);
+		reply_simple(s, s->clients[i].park_req, MSG_WAIT);
+	}
+	s->clients[i].n_examples = m->n_examples;
+	msg w = {.type = MSG_WELCOME, .client_id = (uint32_t)i + 1, .hold_ms = s->cfg.hold_ms};
+	reply_msg(s, req, &w, NULL);
+}
+
+static client *
+lookup_id(srv_core *s, uint64_t req, uint32_t id)
+{
+	if (id == 0 || id > s->n_clients) {
+		reply_error(s, req, SHOAL_EUNKNOWN, false,
+		            "unknown client id: send HELLO to register (the server may have restarted)");
+		return NULL;
+	}
+	return &s->clients[id - 1];
+}
+
+static void
+on_checkin(srv_core *s, uint64_t req, const msg *m, uint64_t now)
+{
+	client *c = lookup_id(s, req, m->client_id);
+
+	if (c == NULL)
+		return;
+	if (s->phase == PH_FINISHED) {
+		reply_simple(s, req, MSG_DONE);
+		return;
+	}
+	if (c->parked) /* the transport re-sent: answer the older request */
+		reply_simple(s, c->park_req, MSG_WAIT);
+	else
+		s->n_parked++;
+	c->parked = true;
+	c->park_req = req;
+	c->park_until = now + s->cfg.hold_ms;
+	try_start_round(s, now);
+}
+
+static void
+on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
+{
+	char text[MSG_TEXT_MAX + 1];
+	client *c = lookup_id(s, req, m->client_id);
+
+	if (c == NULL)
+		return;
+	if (s->phase == PH_RUNNING && m->round == s->round)
+		s->st.bytes_up += len;
+	if (s->phase != PH_RUNNING || m->round != s->round) {
+		snprintf(text, sizeof text, "round %u is not open (current round %u%s)", m->round,
+		         s->round, s->phase == PH_RUNNING ? "" : ", closed");
+		reply_error(s, req, SHOAL_ESTALE, false, text);
+		return;
+	}
+	if (c->selected_round != s->round) {
+		reply_error(s, req, SHOAL_ENOTSELECTED, false, "client was not selected this round");
+		return;
+	}
+	slot *sl = NULL;
+	for (uint32_t i = 0; i < s->n_slots; i++)
+		if (&s->clients[s->slots[i].client] == c)
+			sl = &s->slots[i];
+	if (sl == NULL || sl->reported) {
+		reply_error(s, req, SHOAL_EDUP, false, "update already received for this round");
+		return;
+	}
+	if (m->dim != s->dim) {
+		snprintf(text, sizeof text, "update has %u parameters, model has %zu", m->dim, s->dim);
+		reply_error(s, req, SHOAL_EDIM, false, text);
+		return;
+	}
+	sl->delta = malloc(4 * s->dim);
+	if (sl->delta == NULL) {
+		reply_error(s, req, SHOAL_ENOMEM, false, "server out of memory");
+		return;
+	}
+	memcpy(sl->delta, m->vec, 4 * s->dim);
+	sl->n = m->n_examples;
+	sl->loss = m->loss;
+	sl->reported = true;
+	s->n_reported++;
+	msg ack = {.type = MSG_ACK, .round = s->round};
+	reply_msg(s, req, &ack, NULL);
+	if (s->n_reported == s->n_slots)
+		close_round(s, now);
+}
+
+void
+srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, uint64_t now)
+{
+	msg m;
+	long used;
+
+	if (len > s->cfg.max_message) {
+		reply_error(s, req, SHOAL_ETOOBIG, true, "message exceeds the server's --max-message");
+		return;
+	}
+	used = msg_decode(buf, len, &m);
+	if (used >= 0 && (size_t)used != len)
+		used = SHOAL_EMALFORMED;
+	if (used < 0) {
+		shoal_err e = (shoal_err)used;
+		/* Garbage drops the peer; a well-formed message we cannot use does
+		 * not (the client can read the error and act). */
+		bool drop = e == SHOAL_EMALFORMED || e == SHOAL_ETRUNC || e == SHOAL_EVERSION ||
+		            e == SHOAL_ETYPE;
+		log_debug("rejected a %zu-byte request: %s", len, shoal_strerror(e));
+		reply_error(s, req, e, drop, shoal_strerror(e));
+		return;
+	}
+	switch (m.type) {
+	case MSG_HELLO:
+		on_hello(s, req, &m);
+		break;
+	case MSG_CHECKIN:
+		on_checkin(s, req, &m, now);
+		break;
+	case MSG_UPDATE:
+		on_update(s, req, &m, len, now);
+		break;
+	default:
+		reply_error(s, req, SHOAL_ESTATE, false, "message type is sent by servers, not clients");
+		break;
+	}
+}
+
+void
+srv_core_on_timer(srv_core *s, uint64_t now)
+{
+	if (s->phase == PH_RUNNING && now >= s->deadline) {
+		log_info("round %u deadline: %u of %u reported", s->round, s->n_reported, s->n_slots);
+		close_round(s, now);
+	}
+	for (uint32_t i = 0; i < s->n_clients; i++) {
+		client *c = &s->clients[i];
+		if (c->parked && now >= c->park_until) {
+			unpark(s, c);
+			reply_simple(s, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
+		}
+	}
+	try_start_round(s, now);
+}
+
+uint64_t
+srv_core_next_deadline(const srv_core *s)
+{
+	uint64_t t = s->phase == PH_RUNNING ? s->deadline : UINT64_MAX;
+	for (uint32_t i = 0; i < s->n_clients; i++)
+		if (s->clients[i].parked && s->clients[i].park_until < t)
+			t = s->clients[i].park_until;
+	return t;
+}
+
+void
+srv_core_release_all(srv_core *s, uint64_t now)
+{
+	(void)now;
+	for (uint32_t i = 0; i < s->n_clients; i++) {
+		client *c = &s->clients[i];
+		if (c->parked) {
+			unpark(s, c);
+			reply_simple(s, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
+		}
+	}
+}
+
+/* ---- construction -------------------------------------------------------- */
+
+static shoal_err
+check_config(const srv_config *c, size_t dim)
+{
+#define BAD(...)                                                                           \
+	do {                                                                                   \
+		log_error(__VA_ARGS__);                                                            \
+		return SHOAL_EINVAL;                                                               \
+	} while (0)
+	if (c->rounds == 0)
+		BAD("rounds must be at least 1");
+	if (c->clients_per_round == 0)
+		BAD("clients per round (K) must be at least 1");
+	if (c->min_clients == 0)
+		BAD("min clients (M) must be at least 1");
+	if (c->min_reports == 0 || c->min_reports > c->clients_per_round)
+		BAD("min reports must be between 1 and clients per round (%u)", c->clients_per_round);
+	if (c->epochs == 0 || c->epochs > MSG_EPOCHS_MAX)
+		BAD("epochs must be between 1 and %u", MSG_EPOCHS_MAX);
+	if (c->batch == 0 || c->batch > MSG_BATCH_MAX)
+		BAD("batch size must be between 1 and %u", MSG_BATCH_MAX);
+	if (!(c->lr > 0) || !isfinite(c->lr))
+		BAD("learning rate must be a positive number");
+	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
+		BAD("round timeout and hold time must be positive");
+	if (c->max_clients == 0 || c->max_clients > (1u << 24))
+		BAD("max clients must be between 1 and %u", 1u << 24);
+	if (c->max_message < 4 * dim + 1024)
+		BAD("max message (%zu bytes) is too small for an update of this model (%zu bytes); "
+		    "raise --max-message",
+		    c->max_message, 4 * dim + 1024);
+	return SHOAL_OK;
+#undef BAD
+}
+
+shoal_err
+srv_core_new(const srv_config *cfg, srv_core **out)
+{
+	srv_core *s;
+	shoal_err e;
+	size_t dim = ml_model_dim_of(cfg->model ? cfg->model : "");
+
+	*out = NULL;
+	if (dim == 0) {
+		log_error("unknown model '%s'; built-in models: %s", cfg->model ? cfg->model : "",
+		          ml_model_names());
+		return SHOAL_EMODEL;
+	}
+	if ((e = check_config(cfg, dim)) != SHOAL_OK)
+		return e;
+	if ((s = calloc(1, sizeof *s)) == NULL)
+		return SHOAL_ENOMEM;
+	s->cfg = *cfg;
+	snprintf(s->model, sizeof s->model, "%s", cfg->model);
+	s->cfg.model = s->model;
+	s->dim = dim;
+	uint32_t tsize = 16;
+	while (tsize < 2 * cfg->max_clients)
+		tsize *= 2;
+	s->table_mask = tsize - 1;
+	e = SHOAL_ENOMEM;
+	if ((s->params = malloc(dim * sizeof *s->params)) == NULL ||
+	    (s->acc = malloc(dim * sizeof *s->acc)) == NULL ||
+	    (s->clients = malloc((size_t)cfg->max_clients * sizeof *s->clients)) == NULL ||
+	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
+	    (s->slots = malloc((size_t)cfg->clients_per_round * sizeof *s->slots)) == NULL)
+		goto fail;
+	if ((e = ml_model_new(s->model, 1000, &s->eval)) != SHOAL_OK)
+		goto fail;
+	ml_model_init(s->eval, s->params, cfg->seed);
+	evaluate(s);
+	s->phase = PH_IDLE;
+	*out = s;
+	return SHOAL_OK;
+fail:
+	srv_core_free(s);
+	return e;
+}
+
+void
+srv_core_free(srv_core *s)
+{
+	srv_reply r;
+
+	if (s == NULL)
+		return;
+	while (srv_core_pop_reply(s, &r))
+		free(r.buf);
+	free(s->replies.v);
+	free(s->events.v);
+	if (s->slots != NULL)
+		free_slots(s);
+	free(s->slots);
+	free(s->table);
+	free(s->clients);
+	free(s->acc);
+	free(s->params);
+	ml_model_free(s->eval);
+	free(s);
+}
+
+bool srv_core_finished(const srv_core *s) { return s->phase == PH_FINISHED; }
+uint32_t srv_core_round(const srv_core *s) { return s->round; }
+uint32_t srv_core_registered(const srv_core *s) { return s->n_clients; }
+
+const float *
+srv_core_params(const srv_core *s, size_t *dim)
+{
+	if (dim != NULL)
+		*dim = s->dim;
+	return s->params;
+}

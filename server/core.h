@@ -1,0 +1,117 @@
+/* core.h - the server protocol core: FedAvg rounds as a state machine that
+ * does no I/O (DESIGN.md section 2).
+ *
+ * The transport is request/reply: every client message is a request, and
+ * the core emits exactly ONE reply per request, either at once or later (a
+ * CHECKIN is parked until a round selects the client or hold_ms passes: long
+ * polling). The driver feeds requests with srv_core_on_request(), calls
+ * srv_core_on_timer() when srv_core_next_deadline() passes, and drains
+ * srv_core_pop_reply() / srv_core_pop_event() after every call.
+ * Time is "now" in milliseconds on any monotonic clock, given by the driver.
+ *
+ * A round: wait until >= min_clients clients are parked in CHECKIN; select
+ * min(K, waiting) of them with the round's CSPRNG stream (candidates sorted
+ * by name, so the choice does not depend on arrival order); send each a TASK;
+ * collect UPDATEs until all selected reported or the deadline passed; if at
+ * least min_reports reported, FedAvg (weights = example counts) in selection
+ * order and evaluate; otherwise abandon (model unchanged). Round ids are
+ * 1..rounds, one id per attempt, completed or abandoned. */
+#ifndef SHOAL_SERVER_CORE_H
+#define SHOAL_SERVER_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ml/ml.h"
+#include "shoal/err.h"
+
+typedef struct srv_config {
+	const char *model;          /* built-in model name ("logreg", "2nn") */
+	uint32_t rounds;            /* round attempts before finishing */
+	uint32_t clients_per_round; /* K */
+	uint32_t min_clients;       /* M: parked clients needed to start a round */
+	uint32_t min_reports;       /* fewer updates than this -> round abandoned */
+	uint32_t epochs;            /* E sent in TASK */
+	uint32_t batch;             /* B sent in TASK */
+	float lr;                   /* lr sent in TASK */
+	uint32_t round_timeout_ms;  /* deadline, from round start */
+	uint32_t hold_ms;           /* longest a CHECKIN is parked */
+	uint32_t max_clients;       /* registry size limit */
+	size_t max_message;         /* bytes; larger requests are refused */
+	uint64_t seed;              /* model init + selection + training seeds */
+	const ml_dataset *test;     /* evaluation set; NULL skips evaluation */
+} srv_config;
+
+/* rounds 10, K 10, M 10, min_reports 1, E 1, B 10, lr 0.05, timeout 60 s,
+ * hold 2 s, max_clients 10000, max_message 64 MiB, seed 1, model "2nn". */
+void srv_config_defaults(srv_config *c);
+
+typedef struct srv_round_stats {
+	uint32_t round;
+	uint32_t selected;    /* TASKs sent */
+	uint32_t reported;    /* UPDATEs accepted and counted */
+	uint32_t dropped;     /* selected - reported */
+	uint32_t rejected;    /* error replies sent during the round */
+	bool abandoned;
+	double accuracy;      /* test accuracy of the model after the round */
+	double loss;          /* test loss */
+	double train_loss;    /* mean of the reported clients' training loss */
+	uint64_t bytes_up;    /* payload bytes of the round's UPDATEs received */
+	uint64_t bytes_down;  /* payload bytes of the round's TASKs sent */
+	uint64_t start_ms, end_ms;
+} srv_round_stats;
+
+typedef enum {
+	SRV_EV_ROUND_START = 1, /* stats.round, stats.selected valid */
+	SRV_EV_ROUND_END = 2,   /* all stats valid */
+	SRV_EV_FINISHED = 3,    /* the last round ended */
+} srv_event_kind;
+
+typedef struct srv_event {
+	srv_event_kind kind;
+	srv_round_stats stats;
+} srv_event;
+
+typedef struct srv_reply {
+	uint64_t req;   /* the handle given to srv_core_on_request */
+	uint8_t *buf;   /* malloc'd message; the caller frees it */
+	size_t len;
+	bool close;     /* drop the peer's connection after sending */
+} srv_reply;
+
+typedef struct srv_core srv_core;
+
+/* Errors: SHOAL_EINVAL (bad config: explained in the log), SHOAL_EMODEL,
+ * SHOAL_ENOMEM. */
+shoal_err srv_core_new(const srv_config *cfg, srv_core **out);
+void srv_core_free(srv_core *s);
+
+/* One request from the transport. req is an opaque handle that the core
+ * hands back in exactly one srv_reply. */
+void srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len,
+                         uint64_t now_ms);
+/* Process expired holds and deadlines, and start a round if possible. */
+void srv_core_on_timer(srv_core *s, uint64_t now_ms);
+/* Absolute time of the next timer, or UINT64_MAX if none. */
+uint64_t srv_core_next_deadline(const srv_core *s);
+
+bool srv_core_pop_reply(srv_core *s, srv_reply *out);
+bool srv_core_pop_event(srv_core *s, srv_event *out);
+
+bool srv_core_finished(const srv_core *s);
+/* Flush every parked request (with DONE if finished, else WAIT); used when
+ * the driver shuts down. */
+void srv_core_release_all(srv_core *s, uint64_t now_ms);
+const float *srv_core_params(const srv_core *s, size_t *dim);
+uint32_t srv_core_round(const srv_core *s);
+/* Clients that ever completed HELLO. */
+uint32_t srv_core_registered(const srv_core *s);
+
+/* One JSON object per line with the shared metrics keys (round, accuracy,
+ * loss, clients, dropped, bytes_up, bytes_down), plus abandoned, rejected,
+ * train_loss, and virtual_s when virtual_s >= 0. Flushes f. */
+void srv_metrics_write(FILE *f, const srv_round_stats *st, double virtual_s);
+
+#endif

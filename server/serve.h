@@ -1,0 +1,33 @@
+/* serve.h - the deployment driver of the server core: nng transport, wall
+ * clock, signals, metrics and progress lines. shoal-server and shoal-sim
+ * both run it. */
+#ifndef SHOAL_SERVE_H
+#define SHOAL_SERVE_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "server/core.h"
+
+typedef struct srv_serve_opts {
+	const char *const *listen;   /* URLs to listen on */
+	size_t n_listen;
+	size_t max_message;          /* bytes */
+	FILE *metrics;               /* JSON lines, or NULL */
+	bool progress;               /* one line per round on stderr */
+	volatile sig_atomic_t *stop; /* set non-zero (e.g. by SIGINT) to stop */
+	unsigned linger_ms;          /* after the last round, keep answering
+	                                DONE this long so clients learn it */
+	void (*on_listening)(void *user); /* called once all URLs listen */
+	void *user;
+	uint32_t rounds;             /* total rounds for progress lines
+	                                ("round 3/20"); 0: not shown */
+} srv_serve_opts;
+
+/* Run the core until it finishes (returns SHOAL_OK) or *stop is set
+ * (SHOAL_ECLOSED after parked requests are released). Errors from
+ * tp_server_open/listen. */
+shoal_err srv_serve(srv_core *core, const srv_serve_opts *opts);
+
+#endif

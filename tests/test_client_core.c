@@ -1,0 +1,388 @@
+/* test_client_core.c - the client protocol core driven directly with reply
+ * bytes and times (no sockets): the HELLO/CHECKIN/TASK/UPDATE cycle, the
+ * delta it uploads, retries, backoff and every server error it handles. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client/core.h"
+#include "common/msg.h"
+
+#define DIM 6
+
+static cli_core *
+make_client(void)
+{
+	cli_config cfg = {.name = "pi-1", .model = "toy", .dim = DIM, .n_examples = 42,
+	                  .seed = 3, .backoff_min_ms = 100, .backoff_max_ms = 1000};
+	cli_core *c;
+	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_OK);
+	return c;
+}
+
+/* Feed the encoding of m as the reply to the outstanding request. */
+static void
+reply(cli_core *c, const msg *m, uint64_t now)
+{
+	uint8_t *buf;
+	size_t len;
+	assert_int_equal(msg_encode(m, &buf, &len), SHOAL_OK);
+	cli_core_on_reply(c, buf, len, now);
+	free(buf);
+}
+
+/* The next step must be SEND of a message of type t; decode it into *out
+ * (out->vec points into a copy the caller frees via *keep). */
+static void
+expect_send(cli_core *c, uint64_t now, msg_type t, msg *out, uint8_t **keep)
+{
+	cli_step st;
+	cli_core_step(c, now, &st);
+	assert_int_equal(st.action, CLI_SEND);
+	*keep = malloc(st.len);
+	memcpy(*keep, st.buf, st.len);
+	assert_int_equal(msg_decode(*keep, st.len, out), (long)st.len);
+	assert_int_equal(out->type, t);
+}
+
+static void
+register_client(cli_core *c)
+{
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_HELLO, &m, &k);
+	assert_string_equal(m.name, "pi-1");
+	assert_string_equal(m.model, "toy");
+	assert_int_equal(m.dim, DIM);
+	assert_int_equal(m.n_examples, 42);
+	free(k);
+	msg w = {.type = MSG_WELCOME, .client_id = 9, .hold_ms = 2000};
+	reply(c, &w, 0);
+	assert_int_equal(cli_core_request_timeout_ms(c), 12000);
+}
+
+static const float global[DIM] = {1, 2, 3, -1, 0.5f, 0};
+
+static void
+give_task(cli_core *c, uint32_t round)
+{
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	assert_int_equal(m.client_id, 9);
+	free(k);
+	msg t = {.type = MSG_TASK, .round = round, .epochs = 2, .batch = 5, .lr = 0.1f,
+	         .deadline_ms = 30000, .seed = 77, .dim = DIM, .vec = (const uint8_t *)global};
+	strcpy(t.model, "toy");
+	reply(c, &t, 0);
+}
+
+static void
+test_register_then_checkin(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	cli_core_free(c);
+}
+
+static void
+test_task_train_submit_uploads_delta(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	give_task(c, 4);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_TRAIN);
+	assert_int_equal(st.round, 4);
+	assert_int_equal(st.epochs, 2);
+	assert_int_equal(st.batch, 5);
+	assert_int_equal(st.seed, 77);
+	assert_memory_equal(st.params, global, sizeof global);
+	for (int j = 0; j < DIM; j++)
+		st.params[j] += 0.5f * (float)j;
+	assert_int_equal(cli_core_submit(c, 40, 0.25f, 1), SHOAL_OK);
+	msg u;
+	uint8_t *k;
+	expect_send(c, 1, MSG_UPDATE, &u, &k);
+	assert_int_equal(u.client_id, 9);
+	assert_int_equal(u.round, 4);
+	assert_int_equal(u.n_examples, 40);
+	assert_true(u.loss == 0.25f);
+	float delta[DIM];
+	msg_vec_to_host(delta, u.vec, DIM);
+	for (int j = 0; j < DIM; j++)
+		assert_true(delta[j] == (global[j] + 0.5f * (float)j) - global[j]);
+	free(k);
+	msg ack = {.type = MSG_ACK, .round = 4};
+	reply(c, &ack, 2);
+	assert_int_equal(cli_core_stats(c)->updates_acked, 1);
+	assert_int_equal(cli_core_stats(c)->rounds_trained, 1);
+	assert_int_equal(cli_core_stats(c)->last_round, 4);
+	assert_memory_equal(cli_core_global(c), global, sizeof global);
+	expect_send(c, 2, MSG_CHECKIN, &u, &k);
+	free(k);
+	cli_core_free(c);
+}
+
+static void
+test_retry_resends_identical_update(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	give_task(c, 1);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	st.params[0] = 5;
+	assert_int_equal(cli_core_submit(c, 1, 1.0f, 0), SHOAL_OK);
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_SEND);
+	size_t len = st.len;
+	uint8_t *first = malloc(len);
+	memcpy(first, st.buf, len);
+	cli_core_on_transport_error(c, SHOAL_ETIMEDOUT, 10);
+	cli_core_step(c, 10, &st);
+	assert_int_equal(st.action, CLI_SLEEP);
+	cli_core_step(c, st.until_ms, &st);
+	assert_int_equal(st.action, CLI_SEND);
+	assert_int_equal(st.len, len);
+	assert_memory_equal(st.buf, first, len);
+	/* The first copy had arrived: a duplicate counts as delivered. */
+	msg e = {.type = MSG_ERROR, .code = SHOAL_EDUP};
+	reply(c, &e, 20);
+	assert_int_equal(cli_core_stats(c)->updates_acked, 1);
+	free(first);
+	cli_core_free(c);
+}
+
+static void
+test_backoff_doubles_and_caps(void **state)
+{
+	cli_core *c = make_client();
+	uint64_t now = 0, prev_wait = 0;
+	for (int i = 0; i < 8; i++) {
+		cli_step st;
+		cli_core_step(c, now, &st);
+		assert_int_equal(st.action, CLI_SEND);
+		cli_core_on_transport_error(c, SHOAL_ETIMEDOUT, now);
+		cli_core_step(c, now, &st);
+		assert_int_equal(st.action, CLI_SLEEP);
+		uint64_t wait = st.until_ms - now;
+		uint64_t cap = 100u << i;
+		if (cap > 1000)
+			cap = 1000;
+		assert_true(wait >= cap / 2 && wait <= cap); /* jitter in [b/2, b] */
+		if (i > 0 && cap < 1000)
+			assert_true(wait >= prev_wait / 2);
+		prev_wait = wait;
+		now = st.until_ms;
+	}
+	assert_int_equal(cli_core_stats(c)->transport_errors, 8);
+	/* A good reply resets the backoff. */
+	msg w = {.type = MSG_WELCOME, .client_id = 1, .hold_ms = 10};
+	reply(c, &w, now);
+	cli_core_on_transport_error(c, SHOAL_ETIMEDOUT, now);
+	cli_step st;
+	cli_core_step(c, now, &st);
+	assert_true(st.until_ms - now <= 100);
+	cli_core_free(c);
+}
+
+static void
+test_wait_sleeps_retry_ms(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	msg w = {.type = MSG_WAIT, .retry_ms = 250};
+	reply(c, &w, 1000);
+	cli_step st;
+	cli_core_step(c, 1000, &st);
+	assert_int_equal(st.action, CLI_SLEEP);
+	assert_int_equal(st.until_ms, 1250);
+	expect_send(c, 1250, MSG_CHECKIN, &m, &k);
+	free(k);
+	cli_core_free(c);
+}
+
+static void
+test_stale_update_counts_late(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	give_task(c, 3);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	assert_int_equal(cli_core_submit(c, 1, 0, 0), SHOAL_OK);
+	cli_core_step(c, 0, &st);
+	msg e = {.type = MSG_ERROR, .code = SHOAL_ESTALE};
+	strcpy(e.text, "round closed");
+	reply(c, &e, 1);
+	assert_int_equal(cli_core_stats(c)->updates_late, 1);
+	assert_int_equal(cli_core_stats(c)->updates_acked, 0);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 1, MSG_CHECKIN, &m, &k);
+	free(k);
+	cli_core_free(c);
+}
+
+static void
+test_unknown_client_registers_again(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	msg e = {.type = MSG_ERROR, .code = SHOAL_EUNKNOWN};
+	reply(c, &e, 1);
+	expect_send(c, 1, MSG_HELLO, &m, &k);
+	free(k);
+	cli_core_free(c);
+}
+
+static void
+test_done_ends_client(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	msg d = {.type = MSG_DONE, .round = 12};
+	reply(c, &d, 0);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_DONE);
+	assert_int_equal(st.err, SHOAL_OK);
+	cli_core_free(c);
+}
+
+static void
+test_model_refusal_is_fatal(void **state)
+{
+	cli_core *c = make_client();
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	msg e = {.type = MSG_ERROR, .code = SHOAL_EMODEL};
+	strcpy(e.text, "this server trains 2nn");
+	reply(c, &e, 0);
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_DONE);
+	assert_int_equal(st.err, SHOAL_EMODEL);
+	cli_core_free(c);
+}
+
+static void
+test_task_for_other_model_is_fatal(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	float p[3] = {0};
+	msg t = {.type = MSG_TASK, .round = 1, .epochs = 1, .batch = 1, .lr = 0.1f,
+	         .deadline_ms = 1, .dim = 3, .vec = (const uint8_t *)p};
+	strcpy(t.model, "toy");
+	reply(c, &t, 0);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_DONE);
+	assert_int_equal(st.err, SHOAL_EMODEL);
+	cli_core_free(c);
+}
+
+static void
+test_malformed_reply_backs_off(void **state)
+{
+	cli_core *c = make_client();
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	const uint8_t junk[] = {0xc1, 0x00, 0xff};
+	cli_core_on_reply(c, junk, sizeof junk, 0);
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_SLEEP);
+	cli_core_step(c, st.until_ms, &st);
+	assert_int_equal(st.action, CLI_SEND); /* the same HELLO again */
+	cli_core_free(c);
+}
+
+static void
+test_nonfinite_local_model_not_sent(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	give_task(c, 1);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	st.params[2] = NAN;
+	assert_int_equal(cli_core_submit(c, 1, 0, 0), SHOAL_ENONFINITE);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	assert_int_equal(cli_core_submit(c, 1, 0, 0), SHOAL_ESTATE);
+	cli_core_free(c);
+}
+
+static void
+test_abort_train_checks_in_again(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	give_task(c, 1);
+	cli_core_abort_train(c, 5);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 5, MSG_CHECKIN, &m, &k);
+	free(k);
+	assert_int_equal(cli_core_stats(c)->rounds_trained, 0);
+	cli_core_free(c);
+}
+
+static void
+test_bad_config_refused(void **state)
+{
+	cli_core *c;
+	cli_config cfg = {.name = "", .model = "toy", .dim = 1};
+	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_EINVAL);
+	cfg.name = "tab\tname";
+	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_EINVAL);
+	cfg.name = "ok";
+	cfg.dim = 0;
+	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_EINVAL);
+}
+
+int
+main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_register_then_checkin),
+		cmocka_unit_test(test_task_train_submit_uploads_delta),
+		cmocka_unit_test(test_retry_resends_identical_update),
+		cmocka_unit_test(test_backoff_doubles_and_caps),
+		cmocka_unit_test(test_wait_sleeps_retry_ms),
+		cmocka_unit_test(test_stale_update_counts_late),
+		cmocka_unit_test(test_unknown_client_registers_again),
+		cmocka_unit_test(test_done_ends_client),
+		cmocka_unit_test(test_model_refusal_is_fatal),
+		cmocka_unit_test(test_task_for_other_model_is_fatal),
+		cmocka_unit_test(test_malformed_reply_backs_off),
+		cmocka_unit_test(test_nonfinite_local_model_not_sent),
+		cmocka_unit_test(test_abort_train_checks_in_again),
+		cmocka_unit_test(test_bad_config_refused),
+	};
+	if (argc > 1)
+		cmocka_set_test_filter(argv[1]);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
