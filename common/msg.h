@@ -25,7 +25,16 @@
  * SHOAL_EMALFORMED. Every float in a vector, and "lr"/"loss", must be finite
  * (else SHOAL_ENONFINITE). Numbers: decoders accept any msgpack integer for
  * uint fields (negative -> malformed, > field max -> SHOAL_ETOOBIG), and any
- * msgpack float or integer for float fields. */
+ * msgpack float or integer for float fields.
+ *
+ * Clarifications (PROTOCOL.md section 4 has the full check order): a value
+ * below its field's minimum (id 0, E 0, B 0, UPDATE n 0, HELLO dim 0,
+ * lr <= 0, code >= 0, an empty name/model, a 0-byte vector) is
+ * SHOAL_EMALFORMED; above its maximum is SHOAL_ETOOBIG. HELLO dim is
+ * 1..MSG_DIM_MAX. ERROR code is a negative int32. A float64 beyond the
+ * float32 range is SHOAL_ENONFINITE. Map keys must be msgpack str. To bound
+ * decoding work, a message may nest at most 16 deep and hold at most 1024
+ * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 21. */
 #ifndef SHOAL_MSG_H
 #define SHOAL_MSG_H
 
@@ -89,8 +98,10 @@ typedef struct msg {
  *   SHOAL_EVERSION   "v" != MSG_VERSION (checked before anything else
  *                    type-specific)
  *   SHOAL_ETYPE      "t" is not a known type
- *   SHOAL_ETOOBIG    a string, number or vector exceeds its limit
+ *   SHOAL_ETOOBIG    a string, number or vector exceeds its limit, or
+ *                    the nesting/object-count limits above
  *   SHOAL_ENONFINITE NaN/Inf in lr, loss or a vector
+ *   SHOAL_ENOMEM     msgpack-c could not allocate its (small) object tree
  * On error *out is unspecified. */
 long msg_decode(const uint8_t *buf, size_t len, msg *out);
 
@@ -99,10 +110,13 @@ long msg_decode(const uint8_t *buf, size_t len, msg *out);
  * for its type), SHOAL_ENOMEM. */
 shoal_err msg_encode(const msg *m, uint8_t **out, size_t *out_len);
 
-/* Exact encoded size of m, so callers can check a size limit up front. */
+/* Exact encoded size of m, so callers can check a size limit up front;
+ * 0 if m is invalid (msg_encode would return SHOAL_EINVAL). */
 size_t msg_encoded_size(const msg *m);
 
-/* Convenience constructors for the short server replies. */
+/* Convenience constructors for the short server replies. ERROR: text may
+ * be NULL (""); it is clipped to MSG_TEXT_MAX bytes and bytes outside
+ * 0x20..0x7e become '?'. code >= 0 -> SHOAL_EINVAL. */
 shoal_err msg_encode_error(shoal_err code, const char *text, uint8_t **out, size_t *out_len);
 
 /* Copy dim little-endian float32 values from wire bytes into host floats

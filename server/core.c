@@ -560,7 +560,7 @@ srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, u
 		/* Garbage drops the peer; a well-formed message we cannot use does
 		 * not (the client can read the error and act). */
 		bool drop = e == SHOAL_EMALFORMED || e == SHOAL_ETRUNC || e == SHOAL_EVERSION ||
-		            e == SHOAL_ETYPE;
+		            e == SHOAL_ETYPE || e == SHOAL_ETOOBIG;
 		log_debug("rejected a %zu-byte request: %s", len, shoal_strerror(e));
 		reply_error(s, req, e, drop, shoal_strerror(e));
 		return;
@@ -576,7 +576,7 @@ srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, u
 		on_update(s, req, &m, len, now);
 		break;
 	default:
-		reply_error(s, req, SHOAL_ESTATE, false, "message type is sent by servers, not clients");
+		reply_error(s, req, SHOAL_ETYPE, true, "message type is sent by servers, not clients");
 		break;
 	}
 }

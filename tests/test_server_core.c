@@ -496,7 +496,10 @@ test_server_message_types_refused(void **state)
 	base_config(&c);
 	h_init(&h, &c);
 	msg m = {.type = MSG_ACK, .round = 1};
-	expect_error(&h, send_msg(&h, &m, 0), SHOAL_ESTATE);
+	uint64_t r = send_msg(&h, &m, 0);
+	expect_error(&h, r, SHOAL_ETYPE);
+	msg e;
+	assert_true(reply_to(&h, r, &e)->close);
 	h_fini(&h);
 }
 

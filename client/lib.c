@@ -1,0 +1,220 @@
+/* lib.c - libshoal-client (include/shoal/client.h): the deployment driver of
+ * the client core. It validates the options, then runs cli_core_step() with
+ * the nng transport, the monotonic clock and the user's train callback. */
+#include "shoal/client.h"
+
+#include <stdbool.h>
+#include <string.h>
+#include <time.h>
+
+#include "client/core.h"
+#include "common/log.h"
+#include "common/transport.h"
+
+enum {
+	LIB_SLICE_MS = 100, /* longest sleep between checks of *stop */
+	LIB_NAME_MAX = 64,
+};
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static bool
+stopped(const shoal_client_options *o)
+{
+	return o->stop != NULL && *o->stop != 0;
+}
+
+/* Sleep until `until` (monotonic ms) or *stop. */
+static void
+sleep_until(const shoal_client_options *o, uint64_t until)
+{
+	uint64_t t;
+
+	while (!stopped(o) && (t = now_ms()) < until) {
+		uint64_t d = until - t < LIB_SLICE_MS ? until - t : LIB_SLICE_MS;
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)d * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+}
+
+void
+shoal_client_options_init(shoal_client_options *o)
+{
+	memset(o, 0, sizeof *o);
+	o->seed = 0;
+	o->backoff_min_ms = 100;
+	o->backoff_max_ms = 5000;
+	o->max_message = (size_t)64 << 20;
+}
+
+/* Errors: SHOAL_EINVAL, with a log line naming the option. */
+static shoal_err
+validate(const shoal_client_options *o)
+{
+	size_t n;
+
+	if (o->url == NULL || o->url[0] == '\0') {
+		log_error("client option url is empty (e.g. tcp://10.0.0.2:7000)");
+		return SHOAL_EINVAL;
+	}
+	n = o->name != NULL ? strlen(o->name) : 0;
+	if (n == 0 || n > LIB_NAME_MAX) {
+		log_error("client option name must be 1..%d characters (got %zu)", LIB_NAME_MAX, n);
+		return SHOAL_EINVAL;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (o->name[i] < 0x21 || o->name[i] > 0x7e) {
+			log_error("client option name must be printable ASCII without spaces");
+			return SHOAL_EINVAL;
+		}
+	}
+	if (o->model == NULL || o->model[0] == '\0') {
+		log_error("client option model is empty (e.g. \"logreg\")");
+		return SHOAL_EINVAL;
+	}
+	if (o->dim == 0 || o->dim > UINT32_MAX) {
+		log_error("client option dim must be 1..%u (got %zu)", (unsigned)UINT32_MAX, o->dim);
+		return SHOAL_EINVAL;
+	}
+	if (o->n_examples == 0) {
+		log_error("client option n_examples must be > 0 (it is the FedAvg weight)");
+		return SHOAL_EINVAL;
+	}
+	if (o->train == NULL) {
+		log_error("client option train (the training callback) is NULL");
+		return SHOAL_EINVAL;
+	}
+	if (o->backoff_min_ms == 0 || o->backoff_min_ms > o->backoff_max_ms) {
+		log_error("client options backoff_min_ms (%u) and backoff_max_ms (%u) need "
+		          "0 < min <= max",
+		          (unsigned)o->backoff_min_ms, (unsigned)o->backoff_max_ms);
+		return SHOAL_EINVAL;
+	}
+	if (o->max_message < 1024) {
+		log_error("client option max_message must be at least 1024 bytes (got %zu)",
+		          o->max_message);
+		return SHOAL_EINVAL;
+	}
+	return SHOAL_OK;
+}
+
+static void
+fill_stats(const cli_core *core, shoal_client_stats *stats)
+{
+	const cli_stats *cs;
+
+	if (stats == NULL)
+		return;
+	memset(stats, 0, sizeof *stats);
+	if (core == NULL)
+		return;
+	cs = cli_core_stats(core);
+	stats->rounds_trained = cs->rounds_trained;
+	stats->updates_acked = cs->updates_acked;
+	stats->updates_late = cs->updates_late;
+	stats->transport_errors = cs->transport_errors;
+	stats->last_round = cs->last_round;
+}
+
+shoal_err
+shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
+{
+	cli_config cfg;
+	cli_core *core = NULL;
+	tp_client *tp = NULL;
+	cli_step st;
+	shoal_err e;
+	bool unreachable = false;
+
+	fill_stats(NULL, stats);
+	if ((e = validate(o)) != SHOAL_OK)
+		return e;
+	memset(&cfg, 0, sizeof cfg);
+	cfg.name = o->name;
+	cfg.model = o->model;
+	cfg.dim = (uint32_t)o->dim;
+	cfg.n_examples = o->n_examples;
+	cfg.seed = o->seed;
+	cfg.backoff_min_ms = o->backoff_min_ms;
+	cfg.backoff_max_ms = o->backoff_max_ms;
+	if ((e = cli_core_new(&cfg, &core)) != SHOAL_OK) {
+		log_error("client %s: cannot start: %s", o->name, shoal_strerror(e));
+		return e;
+	}
+	if ((e = tp_client_open(&tp, o->url, o->max_message)) != SHOAL_OK) {
+		cli_core_free(core);
+		return e;
+	}
+
+	for (;;) {
+		if (stopped(o)) {
+			e = SHOAL_ECLOSED;
+			break;
+		}
+		cli_core_step(core, now_ms(), &st);
+		if (st.action == CLI_DONE) {
+			e = st.err;
+			if (e == SHOAL_OK && o->final_params != NULL && cli_core_global(core) != NULL)
+				memcpy(o->final_params, cli_core_global(core), o->dim * sizeof(float));
+			if (e != SHOAL_OK)
+				log_error("client %s: giving up: %s", o->name, shoal_strerror(e));
+			break;
+		}
+		if (st.action == CLI_SEND) {
+			tp_msg *reply = NULL;
+			e = tp_client_request_stop(tp, st.buf, st.len,
+			                           (int)cli_core_request_timeout_ms(core), o->stop, &reply);
+			if (e == SHOAL_OK) {
+				if (unreachable) {
+					log_info("client %s: server at %s is answering again", o->name, o->url);
+					unreachable = false;
+				}
+				cli_core_on_reply(core, tp_msg_data(reply), tp_msg_len(reply), now_ms());
+				tp_msg_free(reply);
+			} else if (stopped(o)) {
+				e = SHOAL_ECLOSED;
+				break;
+			} else {
+				if (!unreachable) {
+					log_info("client %s: server at %s not answering (%s); retrying with "
+					         "backoff",
+					         o->name, o->url, shoal_strerror(e));
+					unreachable = true;
+				}
+				cli_core_on_transport_error(core, e, now_ms());
+			}
+		} else if (st.action == CLI_SLEEP) {
+			sleep_until(o, st.until_ms);
+		} else if (st.action == CLI_TRAIN) {
+			shoal_train_info info = {
+				.round = st.round,
+				.epochs = st.epochs,
+				.batch = st.batch,
+				.lr = st.lr,
+				.seed = st.seed,
+				.deadline_ms = st.deadline_ms,
+			};
+			uint32_t n = o->n_examples;
+			float loss = 0.0f;
+			int rc = o->train(o->user, st.params, st.dim, &info, &n, &loss);
+			if (rc != 0) {
+				log_info("client %s: training callback skipped round %u (returned %d)",
+				         o->name, (unsigned)st.round, rc);
+				cli_core_abort_train(core, now_ms());
+			} else if ((e = cli_core_submit(core, n, loss, now_ms())) != SHOAL_OK) {
+				log_warn("client %s: update for round %u not sent: %s", o->name,
+				         (unsigned)st.round, shoal_strerror(e));
+			}
+		}
+	}
+	fill_stats(core, stats);
+	tp_client_close(tp);
+	cli_core_free(core);
+	return e;
+}

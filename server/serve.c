@@ -1,0 +1,176 @@
+/* serve.c - the deployment driver of the server core (see serve.h): feeds
+ * nng requests and the monotonic wall clock to srv_core, sends its replies,
+ * and turns its events into metrics lines and progress lines. */
+#include "server/serve.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/transport.h"
+
+enum {
+	SERVE_TICK_MS = 100,  /* longest wait, so *stop is noticed promptly */
+	SERVE_FLUSH_MS = 100, /* answer stragglers before the socket closes */
+};
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* "812 kB" / "8.0 MB" */
+static void
+fmt_bytes(char *out, size_t n, uint64_t b)
+{
+	if (b < 1000000u)
+		snprintf(out, n, "%.0f kB", (double)b / 1e3);
+	else
+		snprintf(out, n, "%.1f MB", (double)b / 1e6);
+}
+
+static void
+print_progress(const srv_serve_opts *o, const srv_round_stats *st)
+{
+	char up[32], down[32], rnd[32], res[64];
+	double secs = st->end_ms >= st->start_ms ? (double)(st->end_ms - st->start_ms) / 1e3 : 0.0;
+
+	fmt_bytes(up, sizeof up, st->bytes_up);
+	fmt_bytes(down, sizeof down, st->bytes_down);
+	if (o->rounds > 0)
+		snprintf(rnd, sizeof rnd, "%" PRIu32 "/%" PRIu32, st->round, o->rounds);
+	else
+		snprintf(rnd, sizeof rnd, "%" PRIu32, st->round);
+	if (st->abandoned)
+		snprintf(res, sizeof res, "abandoned (too few updates)");
+	else if (isfinite(st->accuracy) && isfinite(st->loss))
+		snprintf(res, sizeof res, "acc %.4f  loss %.4f", st->accuracy, st->loss);
+	else
+		snprintf(res, sizeof res, "acc -  loss -");
+	fprintf(stderr,
+	        "round %s  %s  clients %" PRIu32 "/%" PRIu32 "  dropped %" PRIu32
+	        "  up %s  down %s  %.1f s\n",
+	        rnd, res, st->reported, st->selected, st->dropped, up, down, secs);
+}
+
+/* Send every reply the core produced and report its events. */
+static void
+drain(srv_core *core, tp_server *tp, const srv_serve_opts *o)
+{
+	srv_reply r;
+	srv_event ev;
+
+	while (srv_core_pop_reply(core, &r)) {
+		shoal_err e = tp_server_reply(tp, r.req, r.buf, r.len, r.close);
+		if (e != SHOAL_OK)
+			log_debug("reply to request %" PRIx64 " not sent: %s", r.req, shoal_strerror(e));
+		free(r.buf);
+	}
+	while (srv_core_pop_event(core, &ev)) {
+		switch (ev.kind) {
+		case SRV_EV_ROUND_START:
+			log_debug("round %" PRIu32 " started with %" PRIu32 " clients", ev.stats.round,
+			          ev.stats.selected);
+			break;
+		case SRV_EV_ROUND_END:
+			if (o->metrics != NULL)
+				srv_metrics_write(o->metrics, &ev.stats, -1.0);
+			if (o->progress)
+				print_progress(o, &ev.stats);
+			break;
+		case SRV_EV_FINISHED:
+			log_info("training finished after round %" PRIu32, srv_core_round(core));
+			break;
+		}
+	}
+}
+
+/* Release parked requests, then keep answering arrivals for a moment so the
+ * replies leave before the socket closes. */
+static void
+shut_down(srv_core *core, tp_server *tp, const srv_serve_opts *o)
+{
+	uint64_t t = now_ms(), end = t + SERVE_FLUSH_MS;
+
+	srv_core_release_all(core, t);
+	drain(core, tp, o);
+	while ((t = now_ms()) < end) {
+		uint64_t req;
+		tp_msg *m;
+		if (tp_server_recv(tp, (int)(end - t), &req, &m) == SHOAL_OK) {
+			t = now_ms();
+			srv_core_on_request(core, req, tp_msg_data(m), tp_msg_len(m), t);
+			tp_msg_free(m);
+			srv_core_release_all(core, t);
+			drain(core, tp, o);
+		}
+	}
+	tp_server_close(tp);
+}
+
+shoal_err
+srv_serve(srv_core *core, const srv_serve_opts *o)
+{
+	tp_server *tp;
+	shoal_err e;
+	bool lingering = false;
+	uint64_t linger_end = 0;
+
+	if (o->n_listen == 0) {
+		log_error("no listen URL given");
+		return SHOAL_EINVAL;
+	}
+	if ((e = tp_server_open(&tp, o->max_message)) != SHOAL_OK)
+		return e;
+	for (size_t i = 0; i < o->n_listen; i++) {
+		if ((e = tp_server_listen(tp, o->listen[i])) != SHOAL_OK) {
+			tp_server_close(tp);
+			return e;
+		}
+	}
+	if (o->on_listening != NULL)
+		o->on_listening(o->user);
+
+	for (;;) {
+		uint64_t t = now_ms(), dl, req;
+		int timeout = SERVE_TICK_MS;
+		tp_msg *m;
+
+		if (o->stop != NULL && *o->stop) {
+			log_info("stopping: releasing parked clients");
+			shut_down(core, tp, o);
+			return SHOAL_ECLOSED;
+		}
+		if (srv_core_finished(core)) {
+			if (!lingering) {
+				lingering = true;
+				linger_end = t + o->linger_ms;
+			}
+			if (t >= linger_end) {
+				shut_down(core, tp, o);
+				return SHOAL_OK;
+			}
+			if (linger_end - t < (uint64_t)timeout)
+				timeout = (int)(linger_end - t);
+		}
+		dl = srv_core_next_deadline(core);
+		if (dl != UINT64_MAX)
+			timeout = dl <= t ? 0 : dl - t < (uint64_t)timeout ? (int)(dl - t) : timeout;
+
+		e = tp_server_recv(tp, timeout, &req, &m);
+		t = now_ms();
+		if (e == SHOAL_OK) {
+			srv_core_on_request(core, req, tp_msg_data(m), tp_msg_len(m), t);
+			tp_msg_free(m);
+		} else if (e != SHOAL_ETIMEDOUT) {
+			log_warn("receive failed: %s", shoal_strerror(e));
+		}
+		srv_core_on_timer(core, t);
+		drain(core, tp, o);
+	}
+}

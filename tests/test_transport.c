@@ -1,0 +1,534 @@
+/* test_transport.c - the nng adapter (common/transport.c) over real nng
+ * sockets: inproc, ipc and tcp round trips, many parked requests, reply
+ * with close, size limit, client timeout and reconnection, bad URLs.
+ * Time limits here are liveness bounds only, never assertions on speed. */
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+
+#include "common/log.h"
+#include "common/transport.h"
+#include "testutil.h"
+
+#define MAX_MSG ((size_t)1 << 20)
+
+static void
+sleep_ms(unsigned ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+static void
+unique_url(char *out, size_t n, const char *scheme, const char *tag)
+{
+	static atomic_int seq;
+	int k = atomic_fetch_add(&seq, 1);
+	if (strcmp(scheme, "ipc") == 0)
+		snprintf(out, n, "ipc:///tmp/shoal-test-%ld-%s-%d.ipc", (long)getpid(), tag, k);
+	else
+		snprintf(out, n, "inproc://shoal-test-%ld-%s-%d", (long)getpid(), tag, k);
+}
+
+/* Listen on tcp://127.0.0.1:0 and return the client URL with the real port. */
+static void
+listen_tcp(tp_server *s, char *url, size_t n)
+{
+	assert_int_equal(tp_server_listen(s, "tcp://127.0.0.1:0"), SHOAL_OK);
+	int port = tp_server_bound_port(s);
+	assert_true(port > 0 && port < 65536);
+	snprintf(url, n, "tcp://127.0.0.1:%d", port);
+}
+
+/* A port nobody listens on (bound, then released). */
+static int
+free_port(void)
+{
+	tp_server *s;
+	char url[64];
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	listen_tcp(s, url, sizeof url);
+	int port = tp_server_bound_port(s);
+	tp_server_close(s);
+	return port;
+}
+
+/* ---- an echo server on its own thread ---- */
+
+typedef struct echo_srv {
+	tp_server *s;
+	pthread_t thr;
+	atomic_int stop;
+	atomic_int served;
+} echo_srv;
+
+static void *
+echo_main(void *arg)
+{
+	echo_srv *e = arg;
+	while (!atomic_load(&e->stop)) {
+		uint64_t req;
+		tp_msg *m;
+		if (tp_server_recv(e->s, 20, &req, &m) != SHOAL_OK)
+			continue;
+		/* No cmocka asserts off the main thread: count, check later. */
+		if (tp_server_reply(e->s, req, tp_msg_data(m), tp_msg_len(m), false) == SHOAL_OK)
+			atomic_fetch_add(&e->served, 1);
+		tp_msg_free(m);
+	}
+	return NULL;
+}
+
+static void
+echo_start(echo_srv *e, tp_server *s)
+{
+	memset(e, 0, sizeof *e);
+	e->s = s;
+	assert_int_equal(pthread_create(&e->thr, NULL, echo_main, e), 0);
+}
+
+static void
+echo_stop(echo_srv *e)
+{
+	atomic_store(&e->stop, 1);
+	pthread_join(e->thr, NULL);
+}
+
+static void
+expect_echo(tp_client *c, const char *text)
+{
+	tp_msg *r = NULL;
+	assert_int_equal(tp_client_request(c, (const uint8_t *)text, strlen(text), 10000, &r),
+	                 SHOAL_OK);
+	assert_non_null(r);
+	assert_int_equal(tp_msg_len(r), strlen(text));
+	assert_memory_equal(tp_msg_data(r), text, strlen(text));
+	tp_msg_free(r);
+}
+
+static void
+roundtrip(const char *listen_url, bool tcp)
+{
+	tp_server *s;
+	tp_client *c;
+	echo_srv e;
+	char url[256];
+
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	if (tcp) {
+		listen_tcp(s, url, sizeof url);
+	} else {
+		assert_int_equal(tp_server_listen(s, listen_url), SHOAL_OK);
+		snprintf(url, sizeof url, "%s", listen_url);
+	}
+	echo_start(&e, s);
+	assert_int_equal(tp_client_open(&c, url, MAX_MSG), SHOAL_OK);
+	expect_echo(c, "hello");
+	expect_echo(c, "");
+	expect_echo(c, "a second request on the same socket");
+	tp_client_close(c);
+	echo_stop(&e);
+	assert_int_equal(atomic_load(&e.served), 3);
+	assert_int_equal(tp_server_received(s), 3);
+	tp_server_close(s);
+}
+
+static void
+test_reqrep_inproc(void **state)
+{
+	char url[128];
+	(void)state;
+	unique_url(url, sizeof url, "inproc", "rr");
+	roundtrip(url, false);
+}
+
+static void
+test_reqrep_ipc(void **state)
+{
+	char url[128];
+	(void)state;
+	unique_url(url, sizeof url, "ipc", "rr");
+	roundtrip(url, false);
+	unlink(url + strlen("ipc://"));
+}
+
+static void
+test_reqrep_tcp_port0(void **state)
+{
+	(void)state;
+	roundtrip(NULL, true);
+}
+
+/* ---- many parked requests, answered in reverse order ---- */
+
+#define N_PARKED 50
+
+typedef struct parked_client {
+	const char *url;
+	int i;
+	int timeout_ms;
+	atomic_int *answered;
+	shoal_err err;
+	bool match;
+	pthread_t thr;
+} parked_client;
+
+static void *
+parked_main(void *arg)
+{
+	parked_client *p = arg;
+	tp_client *c;
+	char body[32];
+	tp_msg *r = NULL;
+
+	snprintf(body, sizeof body, "client-%d", p->i);
+	p->err = tp_client_open(&c, p->url, MAX_MSG);
+	if (p->err != SHOAL_OK)
+		return NULL;
+	p->err = tp_client_request(c, (const uint8_t *)body, strlen(body), p->timeout_ms, &r);
+	if (p->err == SHOAL_OK) {
+		p->match = tp_msg_len(r) == strlen(body) && memcmp(tp_msg_data(r), body, strlen(body)) == 0;
+		tp_msg_free(r);
+	}
+	atomic_fetch_add(p->answered, 1);
+	tp_client_close(c);
+	return NULL;
+}
+
+static void
+test_many_parked_reverse(void **state)
+{
+	tp_server *s;
+	char url[64];
+	parked_client pc[N_PARKED];
+	uint64_t reqs[N_PARKED];
+	tp_msg *msgs[N_PARKED];
+	atomic_int answered = 0;
+	(void)state;
+
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	listen_tcp(s, url, sizeof url);
+	for (int i = 0; i < N_PARKED; i++) {
+		pc[i] = (parked_client){.url = url, .i = i, .timeout_ms = 15000, .answered = &answered};
+		assert_int_equal(pthread_create(&pc[i].thr, NULL, parked_main, &pc[i]), 0);
+	}
+	/* Hold every request: more than the receive pool, so contexts must be
+	 * added while the others stay parked. */
+	for (int i = 0; i < N_PARKED; i++) {
+		assert_int_equal(tp_server_recv(s, 15000, &reqs[i], &msgs[i]), SHOAL_OK);
+		for (int j = 0; j < i; j++)
+			assert_true(reqs[j] != reqs[i]);
+	}
+	assert_int_equal(atomic_load(&answered), 0);
+	assert_int_equal(tp_server_received(s), N_PARKED);
+	for (int i = N_PARKED - 1; i >= 0; i--) {
+		assert_int_equal(tp_server_reply(s, reqs[i], tp_msg_data(msgs[i]), tp_msg_len(msgs[i]),
+		                                 false),
+		                 SHOAL_OK);
+		/* A request is answered once: the id is spent. */
+		assert_int_equal(tp_server_reply(s, reqs[i], (const uint8_t *)"x", 1, false),
+		                 SHOAL_EINVAL);
+		tp_msg_free(msgs[i]);
+	}
+	for (int i = 0; i < N_PARKED; i++) {
+		pthread_join(pc[i].thr, NULL);
+		assert_int_equal(pc[i].err, SHOAL_OK);
+		assert_true(pc[i].match);
+	}
+	tp_server_close(s);
+}
+
+/* ---- reply with close drops the peer ---- */
+
+static atomic_int g_removed;
+
+static void
+on_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	(void)p;
+	(void)ev;
+	(void)arg;
+	atomic_fetch_add(&g_removed, 1);
+}
+
+static void
+test_reply_close_drops_peer(void **state)
+{
+	tp_server *s;
+	nng_socket raw;
+	char url[64];
+	uint64_t req;
+	tp_msg *m;
+	nng_msg *reply;
+	(void)state;
+
+	atomic_store(&g_removed, 0);
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	listen_tcp(s, url, sizeof url);
+	assert_int_equal(nng_req0_open(&raw), 0);
+	assert_int_equal(nng_pipe_notify(raw, NNG_PIPE_EV_REM_POST, on_pipe_removed, NULL), 0);
+	assert_int_equal(nng_socket_set_ms(raw, NNG_OPT_RECVTIMEO, 10000), 0);
+	assert_int_equal(nng_socket_set_ms(raw, NNG_OPT_RECONNMINT, 10000), 0);
+	assert_int_equal(nng_dial(raw, url, NULL, 0), 0);
+	assert_int_equal(nng_send(raw, "bye", 3, 0), 0);
+
+	assert_int_equal(tp_server_recv(s, 10000, &req, &m), SHOAL_OK);
+	tp_msg_free(m);
+	assert_int_equal(tp_server_reply(s, req, (const uint8_t *)"go away", 7, true), SHOAL_OK);
+
+	/* The reply arrives first, then the connection is dropped. */
+	assert_int_equal(nng_recvmsg(raw, &reply, 0), 0);
+	assert_int_equal(nng_msg_len(reply), 7);
+	assert_memory_equal(nng_msg_body(reply), "go away", 7);
+	nng_msg_free(reply);
+	for (int i = 0; i < 500 && atomic_load(&g_removed) == 0; i++)
+		sleep_ms(20);
+	assert_int_equal(atomic_load(&g_removed), 1);
+	nng_close(raw);
+
+	/* The server keeps serving others. */
+	tp_client *c;
+	echo_srv e;
+	echo_start(&e, s);
+	assert_int_equal(tp_client_open(&c, url, MAX_MSG), SHOAL_OK);
+	expect_echo(c, "still there?");
+	tp_client_close(c);
+	echo_stop(&e);
+	tp_server_close(s);
+}
+
+/* ---- a reply to a peer that is gone is discarded quietly ---- */
+
+static void
+test_reply_to_gone_peer(void **state)
+{
+	tp_server *s;
+	nng_socket raw;
+	char url[128];
+	uint64_t req;
+	tp_msg *m;
+	(void)state;
+
+	unique_url(url, sizeof url, "inproc", "gone");
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_server_listen(s, url), SHOAL_OK);
+	assert_int_equal(nng_req0_open(&raw), 0);
+	assert_int_equal(nng_dial(raw, url, NULL, 0), 0);
+	assert_int_equal(nng_send(raw, "hi", 2, 0), 0);
+	assert_int_equal(tp_server_recv(s, 10000, &req, &m), SHOAL_OK);
+	tp_msg_free(m);
+	nng_close(raw);
+	sleep_ms(50);
+	assert_int_equal(tp_server_reply(s, req, (const uint8_t *)"late", 4, false), SHOAL_OK);
+	assert_int_equal(tp_server_reply(s, 12345, (const uint8_t *)"x", 1, false), SHOAL_EINVAL);
+	assert_int_equal(tp_server_reply(s, 0, (const uint8_t *)"x", 1, false), SHOAL_EINVAL);
+	tp_server_close(s);
+}
+
+/* ---- size limit ---- */
+
+static void
+test_oversize_dropped(void **state)
+{
+	tp_server *s;
+	tp_client *big, *small;
+	echo_srv e;
+	char url[64];
+	tp_msg *r = NULL;
+	uint8_t *buf;
+	(void)state;
+
+	assert_int_equal(tp_server_open(&s, 1024), SHOAL_OK);
+	listen_tcp(s, url, sizeof url);
+	echo_start(&e, s);
+	buf = calloc(1, 8192);
+	assert_non_null(buf);
+	assert_int_equal(tp_client_open(&big, url, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_client_request(big, buf, 8192, 1000, &r), SHOAL_ETIMEDOUT);
+	assert_null(r);
+	free(buf);
+	tp_client_close(big);
+	assert_int_equal(atomic_load(&e.served), 0);
+	assert_int_equal(tp_server_received(s), 0);
+
+	assert_int_equal(tp_client_open(&small, url, MAX_MSG), SHOAL_OK);
+	expect_echo(small, "small enough");
+	tp_client_close(small);
+	echo_stop(&e);
+	assert_int_equal(atomic_load(&e.served), 1);
+	tp_server_close(s);
+}
+
+/* ---- client side ---- */
+
+static void
+test_client_timeout_no_server(void **state)
+{
+	tp_client *c;
+	char url[64];
+	tp_msg *r = NULL;
+	(void)state;
+
+	snprintf(url, sizeof url, "tcp://127.0.0.1:%d", free_port());
+	assert_int_equal(tp_client_open(&c, url, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_client_request(c, (const uint8_t *)"anyone?", 7, 300, &r),
+	                 SHOAL_ETIMEDOUT);
+	assert_null(r);
+	/* The socket stays usable for the next attempt. */
+	assert_int_equal(tp_client_request(c, (const uint8_t *)"anyone?", 7, 100, &r),
+	                 SHOAL_ETIMEDOUT);
+	tp_client_close(c);
+}
+
+static void
+test_client_stop_flag(void **state)
+{
+	tp_client *c;
+	char url[128];
+	tp_msg *r = NULL;
+	volatile sig_atomic_t stop = 1;
+	(void)state;
+
+	unique_url(url, sizeof url, "inproc", "stop");
+	assert_int_equal(tp_client_open(&c, url, MAX_MSG), SHOAL_OK);
+	/* Far shorter than the timeout: the stop flag ends the wait. */
+	assert_int_equal(tp_client_request_stop(c, (const uint8_t *)"x", 1, 600000, &stop, &r),
+	                 SHOAL_ECLOSED);
+	assert_null(r);
+	tp_client_close(c);
+}
+
+typedef struct early_client {
+	tp_client *c;
+	shoal_err err;
+	pthread_t thr;
+} early_client;
+
+static void *
+early_main(void *arg)
+{
+	early_client *ec = arg;
+	tp_msg *r = NULL;
+	ec->err = tp_client_request(ec->c, (const uint8_t *)"early", 5, 15000, &r);
+	if (ec->err == SHOAL_OK && (tp_msg_len(r) != 5 || memcmp(tp_msg_data(r), "early", 5) != 0))
+		ec->err = SHOAL_EMALFORMED;
+	tp_msg_free(r);
+	return NULL;
+}
+
+static void
+test_client_before_server(void **state)
+{
+	char url[128];
+	early_client ec;
+	tp_server *s;
+	echo_srv e;
+	(void)state;
+
+	unique_url(url, sizeof url, "ipc", "early");
+	memset(&ec, 0, sizeof ec);
+	assert_int_equal(tp_client_open(&ec.c, url, MAX_MSG), SHOAL_OK);
+	assert_int_equal(pthread_create(&ec.thr, NULL, early_main, &ec), 0);
+	sleep_ms(300); /* the client's first dials fail */
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_server_listen(s, url), SHOAL_OK);
+	echo_start(&e, s);
+	pthread_join(ec.thr, NULL);
+	assert_int_equal(ec.err, SHOAL_OK);
+	tp_client_close(ec.c);
+	echo_stop(&e);
+	tp_server_close(s);
+	unlink(url + strlen("ipc://"));
+}
+
+static void
+test_bad_url(void **state)
+{
+	tp_server *s;
+	tp_client *c = NULL;
+	(void)state;
+
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_server_listen(s, "bogus://nowhere"), SHOAL_EINVAL);
+	assert_int_equal(tp_server_listen(s, "not a url"), SHOAL_EINVAL);
+	assert_int_equal(tp_server_listen(s, ""), SHOAL_EINVAL);
+	tp_server_close(s);
+	assert_int_equal(tp_client_open(&c, "bogus://nowhere", MAX_MSG), SHOAL_EINVAL);
+	assert_null(c);
+	assert_int_equal(tp_client_open(&c, "", MAX_MSG), SHOAL_EINVAL);
+	assert_int_equal(tp_client_open(&c, "tcp://", MAX_MSG), SHOAL_EINVAL);
+}
+
+static void
+test_address_in_use(void **state)
+{
+	tp_server *a, *b;
+	char url[64];
+	(void)state;
+
+	assert_int_equal(tp_server_open(&a, MAX_MSG), SHOAL_OK);
+	listen_tcp(a, url, sizeof url);
+	assert_int_equal(tp_server_open(&b, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_server_listen(b, url), SHOAL_ETRANSPORT);
+	tp_server_close(b);
+	tp_server_close(a);
+}
+
+/* Closing with requests parked and unread frees everything (ASan). */
+static void
+test_close_with_parked(void **state)
+{
+	tp_server *s;
+	char url[64];
+	parked_client pc[8];
+	atomic_int answered = 0;
+	uint64_t req;
+	tp_msg *m;
+	(void)state;
+
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	listen_tcp(s, url, sizeof url);
+	for (int i = 0; i < 8; i++) {
+		pc[i] = (parked_client){.url = url, .i = i, .timeout_ms = 1500, .answered = &answered};
+		assert_int_equal(pthread_create(&pc[i].thr, NULL, parked_main, &pc[i]), 0);
+	}
+	/* Take some (held), leave the rest in the queue. */
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(tp_server_recv(s, 15000, &req, &m), SHOAL_OK);
+		tp_msg_free(m);
+	}
+	for (int i = 0; i < 1000 && tp_server_received(s) < 8; i++)
+		sleep_ms(10);
+	assert_int_equal(tp_server_received(s), 8);
+	tp_server_close(s);
+	for (int i = 0; i < 8; i++) {
+		pthread_join(pc[i].thr, NULL);
+		assert_int_not_equal(pc[i].err, SHOAL_OK);
+	}
+}
+
+static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(test_reqrep_inproc),
+	cmocka_unit_test(test_reqrep_ipc),
+	cmocka_unit_test(test_reqrep_tcp_port0),
+	cmocka_unit_test(test_many_parked_reverse),
+	cmocka_unit_test(test_reply_close_drops_peer),
+	cmocka_unit_test(test_reply_to_gone_peer),
+	cmocka_unit_test(test_oversize_dropped),
+	cmocka_unit_test(test_client_timeout_no_server),
+	cmocka_unit_test(test_client_stop_flag),
+	cmocka_unit_test(test_client_before_server),
+	cmocka_unit_test(test_bad_url),
+	cmocka_unit_test(test_address_in_use),
+	cmocka_unit_test(test_close_with_parked),
+};
+
+SHOAL_TEST_MAIN(tests)
