@@ -140,6 +140,10 @@ typedef struct ml_sgd_config {
 shoal_err ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *idx,
                        size_t n, const ml_sgd_config *cfg, double *mean_loss);
 
+/* Threads BLAS may use per call (process-wide). At small batches (B=10)
+ * one thread is fastest; parallelise across clients instead. */
+void ml_set_blas_threads(int n);
+
 /* ---- Deterministic PRNG (not cryptographic) ---------------------------- */
 
 /* SplitMix64-seeded xoshiro256** stream, for shuffling and initialisation. */
