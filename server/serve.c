@@ -82,6 +82,8 @@ drain(srv_core *core, tp_server *tp, const srv_serve_opts *o)
 				srv_metrics_write(o->metrics, &ev.stats, -1.0);
 			if (o->progress)
 				print_progress(o, &ev.stats);
+			if (o->on_round != NULL)
+				o->on_round(o->user, &ev.stats);
 			break;
 		case SRV_EV_FINISHED:
 			log_info("training finished after round %" PRIu32, srv_core_round(core));

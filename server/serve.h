@@ -20,6 +20,8 @@ typedef struct srv_serve_opts {
 	unsigned linger_ms;          /* after the last round, keep answering
 	                                DONE this long so clients learn it */
 	void (*on_listening)(void *user); /* called once all URLs listen */
+	/* called after each round, after the metrics line is written */
+	void (*on_round)(void *user, const srv_round_stats *st);
 	void *user;
 	uint32_t rounds;             /* total rounds for progress lines
 	                                ("round 3/20"); 0: not shown */

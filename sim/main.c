@@ -1,0 +1,760 @@
+/* main.c - shoal-sim: one process runs the server core and N clients over
+ * nng inproc:// with the deployment drivers (srv_serve, shoal_client_run),
+ * training the built-in models on a partition of MNIST. Results depend only
+ * on --seed (and the other flags), never on --threads or timing. */
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "common/log.h"
+#include "common/msg.h"
+#include "ml/ml.h"
+#include "server/core.h"
+#include "server/serve.h"
+#include "shoal/client.h"
+
+/* Defaults of the flags. The round count and learning rate were measured so
+ * that the default run (2NN, IID, 100 clients, 10 per round, E=1, B=10)
+ * reaches >= 95% test accuracy with margin in about a minute on 2 cores. */
+#define SIM_DEF_CLIENTS 100u
+#define SIM_DEF_PER_ROUND 10u
+#define SIM_DEF_ROUNDS 40u
+#define SIM_DEF_MODEL "2nn"
+#define SIM_DEF_PARTITION "iid"
+#define SIM_DEF_EPOCHS 1u
+#define SIM_DEF_BATCH 10u
+#define SIM_DEF_LR 0.1f
+#define SIM_DEF_DATA "data"
+#define SIM_DEF_SEED 1u
+#define SIM_MAX_CLIENTS 60000u
+#define SIM_ROUND_TIMEOUT_MS (60u * 60u * 1000u) /* no simulated dropouts */
+#define SIM_LINGER_MS 200u
+#define SIM_EXIT_USAGE 2
+
+typedef struct sim_opts {
+	uint32_t clients, per_round, rounds, epochs, batch, threads;
+	float lr;
+	uint64_t seed;
+	const char *model, *partition, *data_dir, *metrics;
+	bool quiet, verbose;
+} sim_opts;
+
+/* At most T clients train at once: T slots, each with its own model scratch
+ * (ml_model holds no parameters, so which slot a client gets cannot change
+ * its result). Models are created on first use, so memory grows with T,
+ * not with N. */
+typedef struct sim_pool {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	size_t n_free;
+	size_t *free_list; /* slot ids */
+	ml_model **models; /* per slot, NULL until first use */
+	size_t n_slots;
+	const char *model;
+	uint32_t max_batch;
+} sim_pool;
+
+typedef struct sim_shared {
+	const ml_dataset *train;
+	const ml_partition *part;
+	sim_pool pool;
+	char url[64];
+	const sim_opts *o;
+	size_t dim;
+} sim_shared;
+
+typedef struct sim_client {
+	sim_shared *sh;
+	uint32_t index;
+	char name[16];
+	pthread_t thread;
+	bool started;
+	shoal_err result;
+	shoal_client_stats stats;
+} sim_client;
+
+/* Running totals from the metrics lines (see metrics_tee_write). */
+typedef struct sim_totals {
+	uint64_t bytes_up, bytes_down;
+	uint32_t completed, abandoned;
+	double accuracy, loss; /* of the model after the last round */
+} sim_totals;
+
+static volatile sig_atomic_t g_stop;
+static volatile sig_atomic_t g_client_failed; /* a client hit a fatal error */
+
+static void
+on_signal(int sig)
+{
+	(void)sig;
+	g_stop = 1;
+}
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- flags ------------------------------------------------------------ */
+
+static void
+usage(FILE *f, const char *argv0)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	fprintf(f,
+	    "usage: %s [options]\n"
+	    "\n"
+	    "Federated averaging on MNIST in one process: a shoal server and N shoal\n"
+	    "clients talk over nng inproc:// with the same code that runs in\n"
+	    "deployment. Each client trains on its own partition of the training set;\n"
+	    "the server evaluates the global model on the test set after every round.\n"
+	    "\n"
+	    "options (default in brackets):\n"
+	    "  --clients N            number of clients [%u]\n"
+	    "  --clients-per-round K  clients selected each round, <= N [%u]\n"
+	    "  --rounds R             rounds to run [%u]\n"
+	    "  --model NAME           model: %s [%s]\n"
+	    "  --partition SPEC       how the training set is split among clients:\n"
+	    "                         iid, shards (2 label-sorted shards per client)\n"
+	    "                         or dirichlet:ALPHA (per-class Dirichlet(ALPHA)\n"
+	    "                         proportions; small ALPHA = more skewed) [%s]\n"
+	    "  --epochs E             local epochs per round [%u]\n"
+	    "  --batch B              local minibatch size [%u]\n"
+	    "  --lr LR                local SGD learning rate [%g]\n"
+	    "  --threads T            clients that train at the same time [online CPUs: %ld]\n"
+	    "  --data-dir DIR         folder with the MNIST IDX files [%s]\n"
+	    "                         (run scripts/setup.sh to download them)\n"
+	    "  --metrics FILE         write one JSON object per round to FILE [none]\n"
+	    "  --seed S               seed of partition, model init, selection and\n"
+	    "                         shuffling [%u]\n"
+	    "  --quiet                only errors and the final summary\n"
+	    "  --verbose              debug logging\n"
+	    "  --help                 show this help\n"
+	    "\n"
+	    "Progress lines (one per round, with test accuracy) and a final summary\n"
+	    "(accuracy, rounds, wall time, bytes up/down, BLAKE2b hash of the final\n"
+	    "model) go to stderr. Results (metrics file and final model hash) depend\n"
+	    "only on the seed and the training flags: they are identical for any\n"
+	    "--threads. Exit status: 0 done, 1 error, 2 bad flags, 130 interrupted.\n"
+	    "\n"
+	    "example:\n"
+	    "  %s --clients 100 --clients-per-round 10 --rounds 50 \\\n"
+	    "      --partition dirichlet:0.5 --metrics run.jsonl\n",
+	    argv0, SIM_DEF_CLIENTS, SIM_DEF_PER_ROUND, SIM_DEF_ROUNDS, ml_model_names(),
+	    SIM_DEF_MODEL, SIM_DEF_PARTITION, SIM_DEF_EPOCHS, SIM_DEF_BATCH, (double)SIM_DEF_LR,
+	    ncpu > 0 ? ncpu : 1, SIM_DEF_DATA, SIM_DEF_SEED, argv0);
+}
+
+/* Parse a decimal integer in [lo, hi]; false (with a message) otherwise. */
+static bool
+parse_u64(const char *flag, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	if (*s == '\0' || *s == '-' || *s == '+' || *s == ' ')
+		goto bad;
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < lo || v > hi)
+		goto bad;
+	*out = v;
+	return true;
+bad:
+	fprintf(stderr, "shoal-sim: %s: '%s' is not an integer in %" PRIu64 "..%" PRIu64 "\n",
+	        flag, s, lo, hi);
+	return false;
+}
+
+static bool
+parse_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+	uint64_t v;
+
+	if (!parse_u64(flag, s, lo, hi, &v))
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
+enum {
+	OPT_CLIENTS = 256, OPT_PER_ROUND, OPT_ROUNDS, OPT_MODEL, OPT_PARTITION, OPT_EPOCHS,
+	OPT_BATCH, OPT_LR, OPT_THREADS, OPT_DATA, OPT_METRICS, OPT_SEED, OPT_QUIET,
+	OPT_VERBOSE, OPT_HELP,
+};
+
+/* Returns -1 to continue, else the exit status (0 after --help). */
+static int
+parse_flags(int argc, char **argv, sim_opts *o)
+{
+	static const struct option longopts[] = {
+		{"clients", required_argument, NULL, OPT_CLIENTS},
+		{"clients-per-round", required_argument, NULL, OPT_PER_ROUND},
+		{"rounds", required_argument, NULL, OPT_ROUNDS},
+		{"model", required_argument, NULL, OPT_MODEL},
+		{"partition", required_argument, NULL, OPT_PARTITION},
+		{"epochs", required_argument, NULL, OPT_EPOCHS},
+		{"batch", required_argument, NULL, OPT_BATCH},
+		{"lr", required_argument, NULL, OPT_LR},
+		{"threads", required_argument, NULL, OPT_THREADS},
+		{"data-dir", required_argument, NULL, OPT_DATA},
+		{"metrics", required_argument, NULL, OPT_METRICS},
+		{"seed", required_argument, NULL, OPT_SEED},
+		{"quiet", no_argument, NULL, OPT_QUIET},
+		{"verbose", no_argument, NULL, OPT_VERBOSE},
+		{"help", no_argument, NULL, OPT_HELP},
+		{NULL, 0, NULL, 0},
+	};
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	int c;
+
+	*o = (sim_opts){
+		.clients = SIM_DEF_CLIENTS, .per_round = SIM_DEF_PER_ROUND,
+		.rounds = SIM_DEF_ROUNDS, .epochs = SIM_DEF_EPOCHS, .batch = SIM_DEF_BATCH,
+		.threads = ncpu > 0 ? (uint32_t)ncpu : 1, .lr = SIM_DEF_LR, .seed = SIM_DEF_SEED,
+		.model = SIM_DEF_MODEL, .partition = SIM_DEF_PARTITION, .data_dir = SIM_DEF_DATA,
+	};
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		bool ok = true;
+
+		switch (c) {
+		case OPT_CLIENTS:
+			ok = parse_u32("--clients", optarg, 1, SIM_MAX_CLIENTS, &o->clients);
+			break;
+		case OPT_PER_ROUND:
+			ok = parse_u32("--clients-per-round", optarg, 1, SIM_MAX_CLIENTS,
+			               &o->per_round);
+			break;
+		case OPT_ROUNDS:
+			ok = parse_u32("--rounds", optarg, 1, UINT32_MAX, &o->rounds);
+			break;
+		case OPT_MODEL:
+			o->model = optarg;
+			if (ml_model_dim_of(optarg) == 0) {
+				fprintf(stderr, "shoal-sim: --model: unknown model '%s' (known: %s)\n",
+				        optarg, ml_model_names());
+				ok = false;
+			}
+			break;
+		case OPT_PARTITION:
+			o->partition = optarg;
+			if (ml_partition_check_spec(optarg) != SHOAL_OK) {
+				fprintf(stderr, "shoal-sim: --partition: bad spec '%s' (use iid, "
+				        "shards or dirichlet:ALPHA with ALPHA > 0)\n", optarg);
+				ok = false;
+			}
+			break;
+		case OPT_EPOCHS:
+			ok = parse_u32("--epochs", optarg, 1, MSG_EPOCHS_MAX, &o->epochs);
+			break;
+		case OPT_BATCH:
+			ok = parse_u32("--batch", optarg, 1, MSG_BATCH_MAX, &o->batch);
+			break;
+		case OPT_LR: {
+			char *end;
+
+			errno = 0;
+			o->lr = strtof(optarg, &end);
+			if (errno != 0 || end == optarg || *end != '\0' || !isfinite(o->lr) ||
+			    !(o->lr > 0.0f)) {
+				fprintf(stderr, "shoal-sim: --lr: '%s' is not a positive number\n",
+				        optarg);
+				ok = false;
+			}
+			break;
+		}
+		case OPT_THREADS:
+			ok = parse_u32("--threads", optarg, 1, 4096, &o->threads);
+			break;
+		case OPT_DATA:
+			o->data_dir = optarg;
+			break;
+		case OPT_METRICS:
+			o->metrics = optarg;
+			break;
+		case OPT_SEED:
+			ok = parse_u64("--seed", optarg, 0, UINT64_MAX, &o->seed);
+			break;
+		case OPT_QUIET:
+			o->quiet = true;
+			break;
+		case OPT_VERBOSE:
+			o->verbose = true;
+			break;
+		case 'h':
+		case OPT_HELP:
+			usage(stdout, argv[0]);
+			return 0;
+		case ':':
+			fprintf(stderr, "shoal-sim: %s needs a value\n", argv[optind - 1]);
+			ok = false;
+			break;
+		default:
+			fprintf(stderr, "shoal-sim: unknown option '%s'\n", argv[optind - 1]);
+			ok = false;
+			break;
+		}
+		if (!ok)
+			goto usage_error;
+	}
+	if (optind < argc) {
+		fprintf(stderr, "shoal-sim: unexpected argument '%s'\n", argv[optind]);
+		goto usage_error;
+	}
+	if (o->per_round > o->clients) {
+		fprintf(stderr, "shoal-sim: --clients-per-round (%" PRIu32 ") must be <= "
+		        "--clients (%" PRIu32 ")\n", o->per_round, o->clients);
+		goto usage_error;
+	}
+	if (o->quiet && o->verbose) {
+		fprintf(stderr, "shoal-sim: --quiet and --verbose exclude each other\n");
+		goto usage_error;
+	}
+	return -1;
+usage_error:
+	fprintf(stderr, "Try '%s --help'.\n", argv[0]);
+	return SIM_EXIT_USAGE;
+}
+
+/* ---- training slots ----------------------------------------------------- */
+
+static shoal_err
+pool_init(sim_pool *p, size_t n_slots, const char *model, uint32_t max_batch)
+{
+	memset(p, 0, sizeof(*p));
+	p->free_list = calloc(n_slots, sizeof(*p->free_list));
+	p->models = calloc(n_slots, sizeof(*p->models));
+	if (p->free_list == NULL || p->models == NULL) {
+		free(p->free_list);
+		free(p->models);
+		return SHOAL_ENOMEM;
+	}
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	for (size_t i = 0; i < n_slots; i++)
+		p->free_list[i] = n_slots - 1 - i;
+	p->n_free = p->n_slots = n_slots;
+	p->model = model;
+	p->max_batch = max_batch;
+	return SHOAL_OK;
+}
+
+static void
+pool_fini(sim_pool *p)
+{
+	for (size_t i = 0; i < p->n_slots; i++)
+		ml_model_free(p->models[i]);
+	free(p->models);
+	free(p->free_list);
+	pthread_cond_destroy(&p->cv);
+	pthread_mutex_destroy(&p->mu);
+}
+
+static size_t
+pool_acquire(sim_pool *p)
+{
+	size_t slot;
+
+	pthread_mutex_lock(&p->mu);
+	while (p->n_free == 0)
+		pthread_cond_wait(&p->cv, &p->mu);
+	slot = p->free_list[--p->n_free];
+	pthread_mutex_unlock(&p->mu);
+	return slot;
+}
+
+static void
+pool_release(sim_pool *p, size_t slot)
+{
+	pthread_mutex_lock(&p->mu);
+	p->free_list[p->n_free++] = slot;
+	pthread_cond_signal(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- clients ------------------------------------------------------------ */
+
+static int
+client_train(void *user, float *params, size_t dim, const shoal_train_info *info,
+             uint32_t *n_examples, float *loss)
+{
+	sim_client *c = user;
+	sim_shared *sh = c->sh;
+	const ml_partition *part = sh->part;
+	const uint32_t *idx = part->idx + part->start[c->index];
+	size_t n = part->start[c->index + 1] - part->start[c->index];
+	ml_sgd_config cfg = {
+		.epochs = info->epochs, .batch = info->batch, .lr = info->lr, .seed = info->seed,
+	};
+	double mean_loss = 0.0;
+	shoal_err e;
+	size_t slot;
+
+	if (dim != sh->dim || info->batch > sh->pool.max_batch) {
+		log_error("%s: task does not fit the simulator (dim %zu, batch %" PRIu32 ")",
+		          c->name, dim, info->batch);
+		return 1;
+	}
+	slot = pool_acquire(&sh->pool);
+	if (sh->pool.models[slot] == NULL) {
+		e = ml_model_new(sh->pool.model, sh->pool.max_batch, &sh->pool.models[slot]);
+		if (e != SHOAL_OK) {
+			pool_release(&sh->pool, slot);
+			log_error("%s: cannot create model: %s", c->name, shoal_strerror(e));
+			return 1;
+		}
+	}
+	e = ml_train_sgd(sh->pool.models[slot], params, sh->train, idx, n, &cfg, &mean_loss);
+	pool_release(&sh->pool, slot);
+	if (e != SHOAL_OK) {
+		log_error("%s: training failed: %s", c->name, shoal_strerror(e));
+		return 1;
+	}
+	*n_examples = (uint32_t)n;
+	*loss = (float)mean_loss;
+	log_debug("%s: round %" PRIu32 " trained on %zu examples, loss %.4f", c->name,
+	          info->round, n, mean_loss);
+	return 0;
+}
+
+static void *
+client_main(void *arg)
+{
+	sim_client *c = arg;
+	sim_shared *sh = c->sh;
+	shoal_client_options o;
+
+	shoal_client_options_init(&o);
+	o.url = sh->url;
+	o.name = c->name;
+	o.model = sh->o->model;
+	o.dim = sh->dim;
+	o.n_examples = (uint32_t)(sh->part->start[c->index + 1] - sh->part->start[c->index]);
+	o.train = client_train;
+	o.user = c;
+	o.seed = sh->o->seed ^ ((uint64_t)c->index << 32); /* backoff jitter only */
+	o.stop = &g_stop;
+	c->result = shoal_client_run(&o, &c->stats);
+	/* min_clients = N: without this client no round can start again. */
+	if (c->result != SHOAL_OK && !(c->result == SHOAL_ECLOSED && g_stop)) {
+		log_error("%s stopped: %s", c->name, shoal_strerror(c->result));
+		g_client_failed = 1;
+		g_stop = 1;
+	}
+	return NULL;
+}
+
+typedef struct sim_launch {
+	sim_client *clients;
+	uint32_t n;
+	bool failed;
+	sim_totals *totals;
+} sim_launch;
+
+/* Called by srv_serve once the inproc URL listens, so no client has to wait
+ * for a redial. Client threads block every signal: SIGINT goes to main. */
+static void
+start_clients(void *user)
+{
+	sim_launch *l = user;
+	sigset_t all, old;
+	pthread_attr_t attr;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	pthread_attr_init(&attr);
+	/* Training runs on these threads: keep headroom for BLAS and codecs. */
+	pthread_attr_setstacksize(&attr, (size_t)2 << 20);
+	for (uint32_t i = 0; i < l->n; i++) {
+		sim_client *c = &l->clients[i];
+
+		if (pthread_create(&c->thread, &attr, client_main, c) != 0) {
+			log_error("cannot start client thread %" PRIu32 " of %" PRIu32, i, l->n);
+			l->failed = true;
+			g_stop = 1;
+			break;
+		}
+		c->started = true;
+	}
+	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* ---- totals for the summary -------------------------------------------- */
+
+static void
+on_round(void *user, const srv_round_stats *st)
+{
+	sim_totals *t = ((sim_launch *)user)->totals;
+
+	t->bytes_up += st->bytes_up;
+	t->bytes_down += st->bytes_down;
+	if (st->abandoned)
+		t->abandoned++;
+	else
+		t->completed++;
+	t->accuracy = st->accuracy;
+	t->loss = st->loss;
+}
+
+/* ---- main --------------------------------------------------------------- */
+
+static shoal_err
+load_data(const sim_opts *o, ml_dataset *train, ml_dataset *test)
+{
+	struct stat st;
+	shoal_err e;
+
+	if (stat(o->data_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		log_error("data directory '%s' not found: run scripts/setup.sh to download "
+		          "MNIST, or pass --data-dir", o->data_dir);
+		return SHOAL_EIO;
+	}
+	if ((e = ml_mnist_load(o->data_dir, "train", train)) != SHOAL_OK) {
+		log_error("cannot load MNIST training set from '%s': %s (run scripts/setup.sh)",
+		          o->data_dir, shoal_strerror(e));
+		return e;
+	}
+	if ((e = ml_mnist_load(o->data_dir, "t10k", test)) != SHOAL_OK) {
+		log_error("cannot load MNIST test set from '%s': %s (run scripts/setup.sh)",
+		          o->data_dir, shoal_strerror(e));
+		ml_dataset_fini(train);
+		return e;
+	}
+	return SHOAL_OK;
+}
+
+static void
+human_bytes(uint64_t b, char *out, size_t cap)
+{
+	static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double v = (double)b;
+	int u = 0;
+
+	while (v >= 1024.0 && u < 4) {
+		v /= 1024.0;
+		u++;
+	}
+	snprintf(out, cap, u == 0 ? "%.0f %s" : "%.1f %s", v, unit[u]);
+}
+
+int
+main(int argc, char **argv)
+{
+	sim_opts o;
+	ml_dataset train = {0}, test = {0};
+	ml_partition part = {0};
+	sim_shared sh = {0};
+	sim_client *clients = NULL;
+	sim_launch launch = {0};
+	sim_totals totals = {0};
+	srv_config cfg;
+	srv_core *core = NULL;
+	FILE *metrics = NULL;
+	bool pool_ready = false, data_ready = false;
+	int status = 1, r;
+	double t0;
+	shoal_err e;
+
+	if ((r = parse_flags(argc, argv, &o)) >= 0)
+		return r;
+	/* Per-client info lines (100 registrations, 100 DONEs) would bury the
+	 * progress lines: those are for --verbose. */
+	log_set_level(o.verbose ? LOG_DEBUG : LOG_WARN);
+	t0 = now_s();
+	if (sodium_init() < 0) {
+		log_error("libsodium failed to initialise");
+		return 1;
+	}
+	/* Parallelism is across clients; a threaded BLAS would oversubscribe. */
+	openblas_set_num_threads(1);
+
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+
+	if (load_data(&o, &train, &test) != SHOAL_OK)
+		goto out;
+	data_ready = true;
+	if (o.clients > train.n) {
+		log_error("--clients %" PRIu32 " exceeds the %zu training examples", o.clients,
+		          train.n);
+		status = SIM_EXIT_USAGE;
+		goto out;
+	}
+	if ((e = ml_partition_make(o.partition, &train, o.clients, o.seed, &part)) != SHOAL_OK) {
+		log_error("cannot partition the training set with '%s': %s", o.partition,
+		          shoal_strerror(e));
+		goto out;
+	}
+	for (uint32_t i = 0; i < o.clients; i++) {
+		if (part.start[i + 1] == part.start[i]) {
+			log_error("partition '%s' left client %" PRIu32 " without examples",
+			          o.partition, i);
+			goto out;
+		}
+	}
+
+	srv_config_defaults(&cfg);
+	cfg.model = o.model;
+	cfg.rounds = o.rounds;
+	cfg.clients_per_round = o.per_round;
+	cfg.min_clients = o.clients;   /* every client parked: selection is deterministic */
+	cfg.min_reports = o.per_round; /* no simulated dropouts yet */
+	cfg.epochs = o.epochs;
+	cfg.batch = o.batch;
+	cfg.lr = o.lr;
+	cfg.round_timeout_ms = SIM_ROUND_TIMEOUT_MS;
+	if (cfg.max_clients < o.clients)
+		cfg.max_clients = o.clients;
+	cfg.seed = o.seed;
+	cfg.test = &test;
+	if ((e = srv_core_new(&cfg, &core)) != SHOAL_OK) {
+		log_error("cannot create the server core: %s", shoal_strerror(e));
+		goto out;
+	}
+
+	sh.train = &train;
+	sh.part = &part;
+	sh.o = &o;
+	sh.dim = ml_model_dim_of(o.model);
+	snprintf(sh.url, sizeof(sh.url), "inproc://shoal-sim-%ld", (long)getpid());
+	if (pool_init(&sh.pool, o.threads, o.model, o.batch) != SHOAL_OK) {
+		log_error("out of memory");
+		goto out;
+	}
+	pool_ready = true;
+	clients = calloc(o.clients, sizeof(*clients));
+	if (clients == NULL) {
+		log_error("out of memory");
+		goto out;
+	}
+	for (uint32_t i = 0; i < o.clients; i++) {
+		clients[i].sh = &sh;
+		clients[i].index = i;
+		snprintf(clients[i].name, sizeof(clients[i].name), "sim-%05" PRIu32, i);
+	}
+
+	if (o.metrics != NULL && (metrics = fopen(o.metrics, "w")) == NULL) {
+		log_error("cannot open metrics file '%s': %s", o.metrics, strerror(errno));
+		goto out;
+	}
+
+	if (!o.quiet)
+		fprintf(stderr, "shoal-sim: %" PRIu32 " clients (%s, %s), %" PRIu32 " per round, %" PRIu32
+		        " rounds, E=%" PRIu32 " B=%" PRIu32 " lr=%g, %" PRIu32
+		        " training threads, seed %" PRIu64 "\n",
+		        o.clients, o.model, o.partition, o.per_round, o.rounds, o.epochs, o.batch,
+		        (double)o.lr, o.threads, o.seed);
+
+	launch.clients = clients;
+	launch.n = o.clients;
+	launch.totals = &totals;
+	const char *urls[1] = {sh.url};
+	srv_serve_opts so = {
+		.listen = urls,
+		.n_listen = 1,
+		.max_message = cfg.max_message,
+		.metrics = metrics,
+		.progress = !o.quiet,
+		.stop = &g_stop,
+		.linger_ms = SIM_LINGER_MS,
+		.on_listening = start_clients,
+		.on_round = on_round,
+		.user = &launch,
+		.rounds = o.rounds,
+	};
+	e = srv_serve(core, &so);
+	/* Clients that did not hear DONE during the linger stop now. */
+	bool interrupted = g_stop != 0 && !g_client_failed;
+	g_stop = 1;
+	uint32_t client_failures = 0;
+	for (uint32_t i = 0; i < o.clients; i++) {
+		if (!clients[i].started)
+			continue;
+		pthread_join(clients[i].thread, NULL);
+		if (clients[i].result != SHOAL_OK)
+			client_failures++;
+	}
+	if (metrics != NULL && fclose(metrics) != 0) {
+		log_error("cannot write metrics file '%s'", o.metrics);
+		metrics = NULL;
+		goto out;
+	}
+	metrics = NULL;
+	if (e != SHOAL_OK && !(e == SHOAL_ECLOSED && interrupted)) {
+		log_error("server driver failed: %s", shoal_strerror(e));
+		goto out;
+	}
+	if (launch.failed || g_client_failed) {
+		log_error("the simulation stopped because a client failed");
+		goto out;
+	}
+
+	/* Summary: the final model as the server holds it. */
+	size_t dim = 0;
+	const float *params = srv_core_params(core, &dim);
+	unsigned char hash[crypto_generichash_BYTES];
+	char hex[2 * crypto_generichash_BYTES + 1];
+	char up[32], down[32];
+
+	crypto_generichash(hash, sizeof(hash), (const unsigned char *)params,
+	                   dim * sizeof(float), NULL, 0);
+	sodium_bin2hex(hex, sizeof(hex), hash, sizeof(hash));
+	human_bytes(totals.bytes_up, up, sizeof(up));
+	human_bytes(totals.bytes_down, down, sizeof(down));
+	fprintf(stderr,
+	        "%s"
+	        "final test accuracy: %.4f (loss %.4f)\n"
+	        "rounds: %" PRIu32 " completed, %" PRIu32 " abandoned, of %" PRIu32 "\n"
+	        "wall time: %.1f s\n"
+	        "bytes up: %" PRIu64 " (%s), bytes down: %" PRIu64 " (%s)\n"
+	        "final model blake2b: %s\n",
+	        interrupted ? "interrupted\n" : "", totals.accuracy, totals.loss, totals.completed,
+	        totals.abandoned, o.rounds, now_s() - t0, totals.bytes_up, up,
+	        totals.bytes_down, down, hex);
+	if (client_failures > 0 && !interrupted)
+		log_debug("%" PRIu32 " clients were stopped before they heard DONE",
+		          client_failures);
+	status = interrupted ? 130 : 0;
+out:
+	if (metrics != NULL)
+		fclose(metrics);
+	free(clients);
+	if (pool_ready)
+		pool_fini(&sh.pool);
+	if (core != NULL)
+		srv_core_free(core);
+	if (part.start != NULL)
+		ml_partition_fini(&part);
+	if (data_ready) {
+		ml_dataset_fini(&test);
+		ml_dataset_fini(&train);
+	}
+	return status;
+}

@@ -1,0 +1,444 @@
+/* test_sim.c - end-to-end tests of shoal-sim: runs the built binary as a
+ * child process with small settings (logreg, 20 clients, 5 per round,
+ * 3 rounds) and checks determinism across --threads, seed sensitivity,
+ * accuracy, the non-IID partitions and flag validation. No assertion is
+ * about wall-clock time; a watchdog only bounds a hung child. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "tests/testutil.h"
+
+#define SIM_BIN SHOAL_BIN_DIR "/shoal-sim"
+#define WATCHDOG_S 300
+#define MAX_ARGS 48
+#define HASH_HEX 64
+
+typedef struct sim_run {
+	int status;     /* exit code, or 128 + signal */
+	char *out;      /* stdout, NUL-terminated */
+	char *err;      /* stderr, NUL-terminated */
+	char hash[HASH_HEX + 1];
+} sim_run;
+
+static char *
+read_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t len = 0, cap = 0, got;
+
+	if (f == NULL)
+		return NULL;
+	do {
+		if (cap - len < 4096) {
+			cap = cap ? 2 * cap : 8192;
+			buf = realloc(buf, cap + 1);
+			assert_non_null(buf);
+		}
+		got = fread(buf + len, 1, cap - len, f);
+		len += got;
+	} while (got > 0);
+	fclose(f);
+	buf[len] = '\0';
+	return buf;
+}
+
+static void
+make_tmpdir(char *dir, size_t cap)
+{
+	const char *base = getenv("TMPDIR");
+
+	snprintf(dir, cap, "%s/shoal-test-sim-XXXXXX", base && *base ? base : "/tmp");
+	assert_non_null(mkdtemp(dir));
+}
+
+/* Run shoal-sim with argv[1..] = args (NULL-terminated); capture its output
+ * in files under dir. */
+static void
+run_sim(const char *dir, const char *const *args, sim_run *r)
+{
+	char out_path[512], err_path[512];
+	const char *argv[MAX_ARGS + 2];
+	size_t n = 0;
+	pid_t pid;
+	int st = 0;
+	struct timespec start, now;
+
+	memset(r, 0, sizeof(*r));
+	argv[n++] = SIM_BIN;
+	for (; args[n - 1] != NULL; n++) {
+		assert_true(n <= MAX_ARGS);
+		argv[n] = args[n - 1];
+	}
+	argv[n] = NULL;
+	snprintf(out_path, sizeof(out_path), "%s/stdout", dir);
+	snprintf(err_path, sizeof(err_path), "%s/stderr", dir);
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fo = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		int fe = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+		if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0)
+			_exit(127);
+		execv(SIM_BIN, (char *const *)argv);
+		_exit(127);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		pid_t w = waitpid(pid, &st, WNOHANG);
+
+		if (w == pid)
+			break;
+		assert_true(w == 0 || (w < 0 && errno == EINTR));
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec - start.tv_sec > WATCHDOG_S) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			fail_msg("shoal-sim did not finish within %d s", WATCHDOG_S);
+		}
+		nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+	}
+	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	r->out = read_file(out_path);
+	r->err = read_file(err_path);
+	assert_non_null(r->out);
+	assert_non_null(r->err);
+	unlink(out_path);
+	unlink(err_path);
+
+	const char *key = "final model blake2b: ";
+	const char *h = strstr(r->err, key);
+	if (h != NULL) {
+		h += strlen(key);
+		if (strspn(h, "0123456789abcdef") >= HASH_HEX)
+			memcpy(r->hash, h, HASH_HEX);
+	}
+}
+
+static void
+sim_run_fini(sim_run *r)
+{
+	free(r->out);
+	free(r->err);
+}
+
+/* The small, fast configuration every case uses; seed, threads, extra flags
+ * and the metrics path vary. */
+static void
+run_small(const char *dir, const char *metrics, const char *seed, const char *threads,
+          const char *partition, sim_run *r)
+{
+	const char *args[] = {
+		"--model", "logreg", "--clients", "20", "--clients-per-round", "5",
+		"--rounds", "3", "--partition", partition, "--seed", seed,
+		"--threads", threads, "--data-dir", SHOAL_DATA_DIR, "--metrics", metrics,
+		"--quiet", NULL,
+	};
+
+	run_sim(dir, args, r);
+	if (r->status != 0)
+		print_error("shoal-sim stderr:\n%s\n", r->err);
+	assert_int_equal(r->status, 0);
+	assert_int_equal((int)strlen(r->hash), HASH_HEX);
+}
+
+/* Keys that measure time (wall clock or virtual) rather than the result. */
+static bool
+is_time_key(const char *k)
+{
+	size_t n = strlen(k);
+
+	return strcmp(k, "time") == 0 || strcmp(k, "ts") == 0 ||
+	       (n > 2 && strcmp(k + n - 2, "_s") == 0) ||
+	       (n > 3 && strcmp(k + n - 3, "_ms") == 0);
+}
+
+/* Metrics lines with the time keys removed and keys sorted, one per line;
+ * *n_lines gets the round count, *stripped whether any time key existed. */
+static char *
+metrics_canonical(const char *path, size_t *n_lines, bool *stripped)
+{
+	char *text = read_file(path);
+	char *out = NULL, *save = NULL;
+	size_t len = 0;
+
+	assert_non_null(text);
+	*n_lines = 0;
+	*stripped = false;
+	for (char *line = strtok_r(text, "\n", &save); line != NULL;
+	     line = strtok_r(NULL, "\n", &save)) {
+		json_error_t jerr;
+		json_t *j = json_loads(line, 0, &jerr);
+		const char *k;
+		json_t *v;
+		void *tmp;
+		char *s;
+
+		if (j == NULL)
+			fail_msg("metrics line is not JSON: %s (%s)", line, jerr.text);
+		assert_true(json_is_object(j));
+		json_object_foreach_safe(j, tmp, k, v) {
+			(void)v;
+			if (is_time_key(k)) {
+				json_object_del(j, k);
+				*stripped = true;
+			}
+		}
+		s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+		assert_non_null(s);
+		out = realloc(out, len + strlen(s) + 2);
+		assert_non_null(out);
+		memcpy(out + len, s, strlen(s));
+		len += strlen(s);
+		out[len++] = '\n';
+		out[len] = '\0';
+		free(s);
+		json_decref(j);
+		(*n_lines)++;
+	}
+	free(text);
+	if (out == NULL)
+		out = calloc(1, 1);
+	return out;
+}
+
+static void
+cleanup_dir(const char *dir, const char *const *files)
+{
+	char path[600];
+
+	for (; *files != NULL; files++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, *files);
+		unlink(path);
+	}
+	rmdir(dir);
+}
+
+static void
+sim_deterministic_across_threads(void **state)
+{
+	char dir[256], m1[300], m2[300];
+	sim_run r1, r2;
+	size_t n1, n2;
+	bool s1, s2;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m1, sizeof(m1), "%s/m1.jsonl", dir);
+	snprintf(m2, sizeof(m2), "%s/m2.jsonl", dir);
+	run_small(dir, m1, "7", "1", "iid", &r1);
+	run_small(dir, m2, "7", "2", "iid", &r2);
+	assert_string_equal(r1.hash, r2.hash);
+
+	char *c1 = metrics_canonical(m1, &n1, &s1);
+	char *c2 = metrics_canonical(m2, &n2, &s2);
+	assert_int_equal(n1, 3);
+	assert_int_equal(n2, 3);
+	assert_string_equal(c1, c2);
+	if (!s1 && !s2) {
+		/* No time keys: the files must be byte-identical. */
+		char *raw1 = read_file(m1), *raw2 = read_file(m2);
+
+		assert_string_equal(raw1, raw2);
+		free(raw1);
+		free(raw2);
+	}
+	free(c1);
+	free(c2);
+	sim_run_fini(&r1);
+	sim_run_fini(&r2);
+	cleanup_dir(dir, (const char *const[]){"m1.jsonl", "m2.jsonl", NULL});
+}
+
+static void
+sim_seed_changes_result(void **state)
+{
+	char dir[256], m[300];
+	sim_run r1, r2;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m, sizeof(m), "%s/m.jsonl", dir);
+	run_small(dir, m, "7", "2", "iid", &r1);
+	run_small(dir, m, "8", "2", "iid", &r2);
+	assert_string_not_equal(r1.hash, r2.hash);
+	sim_run_fini(&r1);
+	sim_run_fini(&r2);
+	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
+}
+
+/* Accuracy of the last metrics line. */
+static double
+last_accuracy(const char *path, size_t *n_lines)
+{
+	char *text = read_file(path);
+	char *save = NULL, *last = NULL;
+	json_error_t jerr;
+	json_t *j, *acc;
+	double a;
+
+	assert_non_null(text);
+	*n_lines = 0;
+	for (char *line = strtok_r(text, "\n", &save); line != NULL;
+	     line = strtok_r(NULL, "\n", &save)) {
+		last = line;
+		(*n_lines)++;
+	}
+	assert_non_null(last);
+	j = json_loads(last, 0, &jerr);
+	assert_non_null(j);
+	acc = json_object_get(j, "accuracy");
+	assert_non_null(acc);
+	assert_true(json_is_number(acc));
+	a = json_number_value(acc);
+	json_decref(j);
+	free(text);
+	return a;
+}
+
+static void
+sim_reaches_accuracy_logreg(void **state)
+{
+	char dir[256], m[300];
+	sim_run r;
+	size_t n;
+	double acc;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m, sizeof(m), "%s/m.jsonl", dir);
+	run_small(dir, m, "1", "2", "iid", &r);
+	acc = last_accuracy(m, &n);
+	assert_int_equal(n, 3);
+	if (acc < 0.85)
+		fail_msg("final accuracy %.4f < 0.85", acc);
+	assert_non_null(strstr(r.err, "final test accuracy: "));
+	sim_run_fini(&r);
+	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
+}
+
+static void
+sim_partition_shards_and_dirichlet_run(void **state)
+{
+	static const char *const specs[] = {"shards", "dirichlet:0.5"};
+	char dir[256], m[300];
+	size_t n;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m, sizeof(m), "%s/m.jsonl", dir);
+	for (size_t i = 0; i < sizeof(specs) / sizeof(specs[0]); i++) {
+		sim_run r;
+		double acc;
+
+		run_small(dir, m, "3", "2", specs[i], &r);
+		acc = last_accuracy(m, &n);
+		assert_int_equal(n, 3);
+		assert_true(acc >= 0.0 && acc <= 1.0);
+		sim_run_fini(&r);
+	}
+	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
+}
+
+static void
+sim_rejects_bad_flags(void **state)
+{
+	static const char *const bad[][5] = {
+		{"--clients", "0", NULL},
+		{"--clients", "-3", NULL},
+		{"--clients", "12x", NULL},
+		{"--partition", "bogus", NULL},
+		{"--partition", "dirichlet:-1", NULL},
+		{"--model", "nope", NULL},
+		{"--clients", "10", "--clients-per-round", "11", NULL},
+		{"--threads", "0", NULL},
+		{"--lr", "-0.1", NULL},
+		{"--rounds", "", NULL},
+		{"--epochs", "0", NULL},
+		{"--no-such-flag", NULL},
+		{"--rounds", NULL},
+		{"stray-argument", NULL},
+	};
+	char dir[256];
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		sim_run r;
+
+		run_sim(dir, bad[i], &r);
+		if (r.status != 2)
+			fail_msg("'%s %s' exited %d, want 2", bad[i][0], bad[i][1] ? bad[i][1] : "",
+			         r.status);
+		if (strlen(r.err) == 0)
+			fail_msg("'%s %s' printed nothing on stderr", bad[i][0],
+			         bad[i][1] ? bad[i][1] : "");
+		sim_run_fini(&r);
+	}
+	rmdir(dir);
+}
+
+static void
+sim_help_lists_every_flag(void **state)
+{
+	static const char *const flags[] = {
+		"--clients ", "--clients-per-round", "--rounds", "--model", "--partition",
+		"--epochs", "--batch", "--lr", "--threads", "--data-dir", "--metrics",
+		"--seed", "--quiet", "--verbose", "--help",
+	};
+	const char *args[] = {"--help", NULL};
+	char dir[256];
+	sim_run r;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	run_sim(dir, args, &r);
+	assert_int_equal(r.status, 0);
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+		if (strstr(r.out, flags[i]) == NULL)
+			fail_msg("--help does not mention %s", flags[i]);
+	sim_run_fini(&r);
+	rmdir(dir);
+}
+
+static void
+sim_missing_data_dir_explains(void **state)
+{
+	const char *args[] = {"--data-dir", "/nonexistent/shoal-data", "--quiet", NULL};
+	char dir[256];
+	sim_run r;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	run_sim(dir, args, &r);
+	assert_int_not_equal(r.status, 0);
+	assert_non_null(strstr(r.err, "scripts/setup.sh"));
+	sim_run_fini(&r);
+	rmdir(dir);
+}
+
+static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(sim_deterministic_across_threads),
+	cmocka_unit_test(sim_seed_changes_result),
+	cmocka_unit_test(sim_reaches_accuracy_logreg),
+	cmocka_unit_test(sim_partition_shards_and_dirichlet_run),
+	cmocka_unit_test(sim_rejects_bad_flags),
+	cmocka_unit_test(sim_help_lists_every_flag),
+	cmocka_unit_test(sim_missing_data_dir_explains),
+};
+
+SHOAL_TEST_MAIN(tests)
