@@ -85,8 +85,7 @@ drain(srv_core *core, tp_server *tp, const srv_serve_opts *o)
 			if (o->on_round != NULL)
 				o->on_round(o->user, &ev.stats);
 			break;
-		case SRV_EV_FINISHED:
-			log_info("training finished after round %" PRIu32, srv_core_round(core));
+		case SRV_EV_FINISHED: /* the core logs it */
 			break;
 		}
 	}

@@ -1,0 +1,529 @@
+/* main.c - shoal-client: a federated-learning client for the built-in MNIST
+ * models. Loads the MNIST training set, keeps the examples of its partition
+ * (every client of a federation computes the same partition from the same
+ * --split and --seed and keeps its own part), and runs libshoal-client with
+ * a train callback doing local minibatch SGD. Prints one stats line on
+ * stdout at exit (tests parse it). */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/msg.h"
+#include "ml/ml.h"
+#include "shoal/client.h"
+#include "shoal/err.h"
+
+#ifndef SHOAL_VERSION
+#define SHOAL_VERSION "0.1.0"
+#endif
+
+#define PROG "shoal-client"
+#define DEFAULT_CONNECT "tcp://127.0.0.1:7000"
+#define DEFAULT_DATA_DIR "data"
+#define DEFAULT_SPLIT "iid"
+#define DEFAULT_SEED 1u
+#define DEFAULT_MODEL "logreg"
+#define MAX_PARTITIONS 60000u       /* MNIST train has 60000 examples */
+#define MAX_TRAIN_DELAY_MS 3600000u /* 1 hour */
+
+enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+/* The signal that asked us to stop (0: none); a second one kills. */
+static volatile sig_atomic_t stop_signal;
+
+static void
+on_signal(int sig)
+{
+	stop_signal = sig;
+}
+
+static int
+usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, PROG ": ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry '" PROG " --help' for more information.\n");
+	return EXIT_USAGE;
+}
+
+/* A whole unsigned decimal in [lo, hi]; no sign, no trailing junk. */
+static bool
+parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < lo || v > hi)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* "I/N" with 0 <= I < N <= MAX_PARTITIONS. */
+static bool
+parse_partition(const char *s, uint32_t *i, uint32_t *n)
+{
+	char buf[32];
+	const char *slash = strchr(s, '/');
+	size_t len;
+	uint64_t a, b;
+
+	if (slash == NULL || (len = (size_t)(slash - s)) == 0 || len >= sizeof buf)
+		return false;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	if (!parse_u64(buf, 0, MAX_PARTITIONS - 1, &a) ||
+	    !parse_u64(slash + 1, 1, MAX_PARTITIONS, &b) || a >= b)
+		return false;
+	*i = (uint32_t)a;
+	*n = (uint32_t)b;
+	return true;
+}
+
+static bool
+valid_name(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > MSG_NAME_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < 0x21 || s[i] > 0x7e)
+			return false;
+	return true;
+}
+
+typedef struct options {
+	const char *url;
+	const char *data_dir;
+	const char *split;
+	uint64_t seed;
+	const char *model;
+	const char *name;
+	char name_buf[MSG_NAME_MAX + 1];
+	uint32_t part, n_parts;
+	uint32_t train_delay_ms;
+	int verbosity;
+} options;
+
+static void
+print_help(FILE *f)
+{
+	fprintf(f,
+	    "Usage: " PROG " --partition I/N [OPTION]...\n"
+	    "Run a shoal federated-learning client: join the server, and whenever it\n"
+	    "selects this client, train the global model with minibatch SGD on this\n"
+	    "client's part of the MNIST training set and send the update back.\n"
+	    "\n"
+	    "Data:\n"
+	    "      --partition I/N       use part I of N (0 <= I < N); required\n"
+	    "      --split SPEC          how MNIST train is cut into N parts: iid, shards\n"
+	    "                            (2 label-sorted shards per client) or\n"
+	    "                            dirichlet:ALPHA (label skew, smaller ALPHA = more\n"
+	    "                            skewed) [default: " DEFAULT_SPLIT "]\n"
+	    "      --seed S              partition seed [default: %u]\n"
+	    "                            every client of a federation must use the same\n"
+	    "                            --split, --seed and N, or parts will overlap\n"
+	    "      --data-dir DIR        folder with train-images-idx3-ubyte and\n"
+	    "                            train-labels-idx1-ubyte (scripts/setup.sh fetches\n"
+	    "                            them) [default: " DEFAULT_DATA_DIR "]\n"
+	    "\n"
+	    "Server:\n"
+	    "      --connect URL         server address (tcp://HOST:PORT, ipc:///PATH);\n"
+	    "                            the client keeps retrying until the server is up\n"
+	    "                            [default: " DEFAULT_CONNECT "]\n"
+	    "      --model NAME          model to train: %s; must match the server's\n"
+	    "                            --model [default: " DEFAULT_MODEL "]\n"
+	    "      --name NAME           stable client name, 1..%u printable characters\n"
+	    "                            without spaces; a restarted client should keep\n"
+	    "                            its name [default: HOSTNAME-I-of-N]\n"
+	    "\n"
+	    "Testing and output:\n"
+	    "      --train-delay MS      sleep MS before each local training (to make\n"
+	    "                            mid-round failures reproducible) [default: 0]\n"
+	    "  -q, --quiet               print only errors on stderr\n"
+	    "  -v, --verbose             print debug messages on stderr\n"
+	    "  -h, --help                show this help and exit\n"
+	    "  -V, --version             show the version and exit\n"
+	    "\n"
+	    "At exit one line goes to stdout:\n"
+	    "  " PROG ": rounds_trained=R updates_acked=A updates_late=L\n"
+	    "(R tasks trained, A updates the server accepted, L refused as too late).\n"
+	    "SIGINT or SIGTERM stops the client; a second signal kills it at once.\n"
+	    "\n"
+	    "Exit status:\n"
+	    "  0    the server said training is done\n"
+	    "  1    runtime error (data missing, model mismatch with the server, ...)\n"
+	    "  2    usage error (bad flag or value)\n"
+	    "  130  stopped by SIGINT (128 + signal number)\n"
+	    "  143  stopped by SIGTERM (128 + signal number)\n"
+	    "\n"
+	    "Example: client 3 of a 10-client federation with label-skewed data:\n"
+	    "  " PROG " --connect tcp://10.0.0.2:7000 --model logreg --partition 3/10 \\\n"
+	    "      --split dirichlet:0.5 --seed 7\n",
+	    DEFAULT_SEED, ml_model_names(), MSG_NAME_MAX);
+}
+
+enum {
+	OPT_CONNECT = 256, OPT_DATA_DIR, OPT_PARTITION, OPT_SPLIT, OPT_SEED, OPT_MODEL,
+	OPT_NAME, OPT_TRAIN_DELAY,
+};
+
+static const struct option long_options[] = {
+	{"connect", required_argument, NULL, OPT_CONNECT},
+	{"data-dir", required_argument, NULL, OPT_DATA_DIR},
+	{"partition", required_argument, NULL, OPT_PARTITION},
+	{"split", required_argument, NULL, OPT_SPLIT},
+	{"seed", required_argument, NULL, OPT_SEED},
+	{"model", required_argument, NULL, OPT_MODEL},
+	{"name", required_argument, NULL, OPT_NAME},
+	{"train-delay", required_argument, NULL, OPT_TRAIN_DELAY},
+	{"quiet", no_argument, NULL, 'q'},
+	{"verbose", no_argument, NULL, 'v'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, 'V'},
+	{NULL, 0, NULL, 0},
+};
+
+/* HOSTNAME-I-of-N, the hostname cut and cleaned so the name stays valid. */
+static void
+default_name(options *o)
+{
+	char host[256], suffix[32];
+	size_t room, n;
+
+	if (gethostname(host, sizeof host) != 0)
+		strcpy(host, "client");
+	host[sizeof host - 1] = '\0';
+	for (char *p = host; *p != '\0'; p++)
+		if (*p < 0x21 || *p > 0x7e)
+			*p = '_';
+	if (host[0] == '\0')
+		strcpy(host, "client");
+	snprintf(suffix, sizeof suffix, "-%" PRIu32 "-of-%" PRIu32, o->part, o->n_parts);
+	room = MSG_NAME_MAX - strlen(suffix);
+	n = strlen(host);
+	if (n > room)
+		n = room;
+	memcpy(o->name_buf, host, n);
+	strcpy(o->name_buf + n, suffix);
+	o->name = o->name_buf;
+}
+
+/* Returns -1 to go on, else an exit status. */
+static int
+parse_args(int argc, char **argv, options *o)
+{
+	bool quiet = false, verbose = false, have_partition = false;
+	uint64_t u64;
+	int c;
+
+	memset(o, 0, sizeof *o);
+	o->url = DEFAULT_CONNECT;
+	o->data_dir = DEFAULT_DATA_DIR;
+	o->split = DEFAULT_SPLIT;
+	o->seed = DEFAULT_SEED;
+	o->model = DEFAULT_MODEL;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":qvhV", long_options, NULL)) != -1) {
+		const char *a = optarg;
+
+		switch (c) {
+		case OPT_CONNECT:
+			if (strstr(a, "://") == NULL)
+				return usage_error("--connect '%s' is not a URL; use e.g. "
+				                   "tcp://10.0.0.2:7000", a);
+			o->url = a;
+			break;
+		case OPT_DATA_DIR:
+			if (*a == '\0')
+				return usage_error("--data-dir must not be empty");
+			o->data_dir = a;
+			break;
+		case OPT_PARTITION:
+			if (!parse_partition(a, &o->part, &o->n_parts))
+				return usage_error("--partition '%s': expected I/N with 0 <= I < N <= %u, "
+				                   "e.g. 0/10 for the first of ten clients",
+				                   a, MAX_PARTITIONS);
+			have_partition = true;
+			break;
+		case OPT_SPLIT:
+			if (ml_partition_check_spec(a) != SHOAL_OK)
+				return usage_error("--split '%s': expected iid, shards or "
+				                   "dirichlet:ALPHA with ALPHA > 0", a);
+			o->split = a;
+			break;
+		case OPT_SEED:
+			if (!parse_u64(a, 0, UINT64_MAX, &o->seed))
+				return usage_error("--seed '%s': expected a whole number in 0..%" PRIu64,
+				                   a, UINT64_MAX);
+			break;
+		case OPT_MODEL:
+			if (ml_model_dim_of(a) == 0)
+				return usage_error("--model '%s': unknown model; choose one of: %s",
+				                   a, ml_model_names());
+			o->model = a;
+			break;
+		case OPT_NAME:
+			if (!valid_name(a))
+				return usage_error("--name '%s': use 1..%u printable characters "
+				                   "without spaces", a, MSG_NAME_MAX);
+			o->name = a;
+			break;
+		case OPT_TRAIN_DELAY:
+			if (!parse_u64(a, 0, MAX_TRAIN_DELAY_MS, &u64))
+				return usage_error("--train-delay '%s': expected milliseconds in 0..%u",
+				                   a, MAX_TRAIN_DELAY_MS);
+			o->train_delay_ms = (uint32_t)u64;
+			break;
+		case 'q':
+			quiet = true;
+			break;
+		case 'v':
+			verbose = true;
+			break;
+		case 'h':
+			print_help(stdout);
+			return EXIT_DONE;
+		case 'V':
+			printf(PROG " %s (protocol %u)\n", SHOAL_VERSION, MSG_VERSION);
+			return EXIT_DONE;
+		case ':':
+			return usage_error("option '%s' needs a value", argv[optind - 1]);
+		default:
+			if (optopt != 0)
+				return usage_error("unknown option '-%c'", optopt);
+			return usage_error("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s' (all settings are --flags)",
+		                   argv[optind]);
+	if (!have_partition)
+		return usage_error("--partition I/N is required: which part of the training "
+		                   "data this client holds (e.g. --partition 0/5)");
+	if (quiet && verbose)
+		return usage_error("--quiet and --verbose contradict each other; pick one");
+	o->verbosity = quiet ? -1 : verbose ? 1 : 0;
+	if (o->name == NULL)
+		default_name(o);
+	return -1;
+}
+
+/* ---- training -------------------------------------------------------- */
+
+typedef struct trainer {
+	const ml_dataset *ds;
+	const uint32_t *idx;   /* this client's examples */
+	size_t n;
+	const char *model_name;
+	ml_model *model;       /* scratch for batches up to max_batch */
+	size_t max_batch;
+	uint32_t delay_ms;
+} trainer;
+
+/* Sleep ms, waking early when a stop signal arrives. */
+static void
+sleep_ms_interruptible(uint32_t ms)
+{
+	while (ms > 0 && stop_signal == 0) {
+		uint32_t step = ms < 50 ? ms : 50;
+		struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)step * 1000000L};
+
+		nanosleep(&ts, NULL);
+		ms -= step;
+	}
+}
+
+static int
+train(void *user, float *params, size_t dim, const shoal_train_info *info,
+      uint32_t *n_examples, float *loss)
+{
+	trainer *t = user;
+	ml_sgd_config sgd;
+	double mean_loss = 0.0;
+	size_t batch;
+	shoal_err err;
+
+	log_info(PROG ": round %" PRIu32 ": training on %zu examples (epochs %" PRIu32
+	         ", batch %" PRIu32 ", lr %g, %" PRIu32 " ms left)",
+	         info->round, t->n, info->epochs, info->batch, (double)info->lr,
+	         info->deadline_ms);
+	if (t->delay_ms > 0) {
+		log_debug(PROG ": --train-delay: sleeping %" PRIu32 " ms", t->delay_ms);
+		sleep_ms_interruptible(t->delay_ms);
+	}
+	if (stop_signal != 0)
+		return -1;
+
+	/* A batch never holds more than all local examples, so the scratch
+	 * space only needs min(B, n) rows; the result is the same. */
+	batch = info->batch < t->n ? info->batch : t->n;
+	if (t->model == NULL || batch > t->max_batch) {
+		if (t->model != NULL)
+			ml_model_free(t->model);
+		t->model = NULL;
+		err = ml_model_new(t->model_name, batch, &t->model);
+		if (err != SHOAL_OK) {
+			log_error(PROG ": cannot create model '%s' for batch %zu: %s", t->model_name,
+			          batch, shoal_strerror(err));
+			return -1;
+		}
+		t->max_batch = batch;
+	}
+	if (dim != ml_model_dim(t->model)) {
+		log_error(PROG ": server sent %zu parameters, model '%s' has %zu", dim,
+		          t->model_name, ml_model_dim(t->model));
+		return -1;
+	}
+	sgd.epochs = info->epochs;
+	sgd.batch = (uint32_t)batch;
+	sgd.lr = info->lr;
+	sgd.seed = info->seed;
+	err = ml_train_sgd(t->model, params, t->ds, t->idx, t->n, &sgd, &mean_loss);
+	if (err != SHOAL_OK) {
+		log_error(PROG ": round %" PRIu32 ": training failed: %s", info->round,
+		          shoal_strerror(err));
+		return -1;
+	}
+	*n_examples = (uint32_t)t->n;
+	*loss = (float)mean_loss;
+	log_debug(PROG ": round %" PRIu32 ": mean training loss %.4f", info->round, mean_loss);
+	return 0;
+}
+
+/* ---- main ------------------------------------------------------------ */
+
+static void
+install_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESETHAND;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sa.sa_flags = 0;
+	sigaction(SIGPIPE, &sa, NULL);
+}
+
+int
+main(int argc, char **argv)
+{
+	options o;
+	ml_dataset ds;
+	ml_partition part;
+	trainer t;
+	shoal_client_options co;
+	shoal_client_stats st;
+	uint32_t *idx = NULL;
+	size_t n;
+	shoal_err err;
+	int rc;
+
+	rc = parse_args(argc, argv, &o);
+	if (rc >= 0)
+		return rc;
+	log_set_level(o.verbosity < 0 ? LOG_ERROR : o.verbosity > 0 ? LOG_DEBUG : LOG_INFO);
+	install_signals();
+	memset(&ds, 0, sizeof ds);
+	memset(&t, 0, sizeof t);
+	memset(&st, 0, sizeof st);
+	rc = EXIT_RUNTIME;
+
+	err = ml_mnist_load(o.data_dir, "train", &ds);
+	if (err != SHOAL_OK) {
+		log_error(PROG ": cannot load the MNIST training set from '%s': %s", o.data_dir,
+		          shoal_strerror(err));
+		return EXIT_RUNTIME;
+	}
+	err = ml_partition_make(o.split, &ds, o.n_parts, o.seed, &part);
+	if (err != SHOAL_OK) {
+		log_error(PROG ": cannot cut %zu examples into %" PRIu32 " '%s' parts: %s", ds.n,
+		          o.n_parts, o.split, shoal_strerror(err));
+		goto out;
+	}
+	/* Keep only this client's index list. */
+	n = part.start[o.part + 1] - part.start[o.part];
+	if (n > 0 && (idx = malloc(n * sizeof *idx)) != NULL)
+		memcpy(idx, part.idx + part.start[o.part], n * sizeof *idx);
+	ml_partition_fini(&part);
+	if (n == 0) {
+		log_error(PROG ": partition %" PRIu32 "/%" PRIu32 " (%s, seed %" PRIu64 ") is empty; "
+		          "use fewer parts", o.part, o.n_parts, o.split, o.seed);
+		goto out;
+	}
+	if (idx == NULL) {
+		log_error(PROG ": out of memory");
+		goto out;
+	}
+	log_info(PROG ": %s holds %zu examples (partition %" PRIu32 "/%" PRIu32 ", %s, seed %"
+	         PRIu64 "); connecting to %s", o.name, n, o.part, o.n_parts, o.split, o.seed,
+	         o.url);
+
+	t.ds = &ds;
+	t.idx = idx;
+	t.n = n;
+	t.model_name = o.model;
+	t.delay_ms = o.train_delay_ms;
+
+	shoal_client_options_init(&co);
+	co.url = o.url;
+	co.name = o.name;
+	co.model = o.model;
+	co.dim = ml_model_dim_of(o.model);
+	co.n_examples = (uint32_t)n;
+	co.train = train;
+	co.user = &t;
+	co.seed = o.seed ^ ((uint64_t)o.part << 32) ^ o.n_parts; /* backoff jitter */
+	co.stop = &stop_signal;
+
+	err = shoal_client_run(&co, &st);
+	if (err == SHOAL_OK) {
+		rc = EXIT_DONE;
+		log_info(PROG ": the server finished training");
+	} else if (stop_signal != 0) {
+		rc = 128 + stop_signal;
+		log_info(PROG ": stopped by %s", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+	} else if (err == SHOAL_EMODEL || err == SHOAL_EDIM) {
+		log_error(PROG ": the server trains another model than '%s'; use the server's "
+		          "--model (%s)", o.model, shoal_strerror(err));
+	} else {
+		log_error(PROG ": %s", shoal_strerror(err));
+	}
+	printf(PROG ": rounds_trained=%" PRIu32 " updates_acked=%" PRIu32 " updates_late=%" PRIu32
+	       "\n", st.rounds_trained, st.updates_acked, st.updates_late);
+	fflush(stdout);
+
+out:
+	if (t.model != NULL)
+		ml_model_free(t.model);
+	free(idx);
+	ml_dataset_fini(&ds);
+	return rc;
+}

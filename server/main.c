@@ -1,0 +1,581 @@
+/* main.c - shoal-server: the command-line front end of the aggregation
+ * server. Parses and validates flags, loads the MNIST test set for
+ * evaluation, builds the protocol core and runs the nng driver (serve.c)
+ * until the last round or a stop signal, then prints one summary line. */
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+
+#include "common/log.h"
+#include "common/msg.h"
+#include "ml/ml.h"
+#include "server/core.h"
+#include "server/serve.h"
+#include "shoal/err.h"
+
+#ifndef SHOAL_VERSION
+#define SHOAL_VERSION "0.1.0"
+#endif
+
+#define PROG "shoal-server"
+#define DEFAULT_LISTEN "tcp://0.0.0.0:7000"
+#define DEFAULT_DATA_DIR "data"
+#define DEFAULT_LINGER_MS 5000u
+#define MAX_LISTEN 16
+#define MAX_HOLD_MS 600000u     /* 10 min */
+#define MAX_LINGER_MS 600000u   /* 10 min */
+#define MAX_TIMEOUT_S 86400.0   /* 1 day */
+
+/* Exit statuses (documented in --help). */
+enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+/* The signal that asked us to stop (0: none). SA_RESETHAND makes a second
+ * signal terminate the process the default way. */
+static volatile sig_atomic_t stop_signal;
+
+static void
+on_signal(int sig)
+{
+	stop_signal = sig;
+}
+
+/* ---- flag parsing ---------------------------------------------------- */
+
+static int
+usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, PROG ": ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry '" PROG " --help' for more information.\n");
+	return EXIT_USAGE;
+}
+
+/* A whole unsigned decimal in [lo, hi]; no sign, no trailing junk. */
+static bool
+parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < lo || v > hi)
+		return false;
+	*out = v;
+	return true;
+}
+
+static bool
+parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+	uint64_t v;
+
+	if (!parse_u64(s, lo, hi, &v))
+		return false;
+	*out = (uint32_t)v;
+	return true;
+}
+
+/* A finite decimal number in (0, hi]. */
+static bool
+parse_pos_double(const char *s, double hi, double *out)
+{
+	char *end;
+	double v;
+
+	if (s == NULL || *s == '\0')
+		return false;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || *end != '\0' || !isfinite(v) || !(v > 0.0) || v > hi)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* Bytes with an optional binary suffix: 4096, 512K, 64M, 1G. */
+static bool
+parse_bytes(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	char buf[32];
+	size_t n = strlen(s);
+	uint64_t mul = 1, v;
+
+	if (n == 0 || n >= sizeof buf)
+		return false;
+	memcpy(buf, s, n + 1);
+	switch (buf[n - 1]) {
+	case 'k': case 'K': mul = 1u << 10; break;
+	case 'm': case 'M': mul = 1u << 20; break;
+	case 'g': case 'G': mul = 1u << 30; break;
+	default: break;
+	}
+	if (mul != 1)
+		buf[n - 1] = '\0';
+	if (!parse_u64(buf, 0, UINT64_MAX / mul, &v))
+		return false;
+	v *= mul;
+	if (v < lo || v > hi)
+		return false;
+	*out = v;
+	return true;
+}
+
+typedef struct options {
+	srv_config cfg;
+	const char *listen[MAX_LISTEN];
+	size_t n_listen;
+	const char *data_dir;
+	const char *metrics;
+	uint32_t linger_ms;
+	int verbosity; /* -1 quiet, 0 normal, 1 verbose */
+} options;
+
+static void
+print_help(FILE *f)
+{
+	srv_config d;
+
+	srv_config_defaults(&d);
+	fprintf(f,
+	    "Usage: " PROG " [OPTION]...\n"
+	    "Run a shoal federated-learning server: wait for clients to check in, run\n"
+	    "FedAvg rounds (select K clients, send them the global model, average their\n"
+	    "updates weighted by example counts) and evaluate the global model on the\n"
+	    "MNIST test set after every round.\n"
+	    "\n"
+	    "Network:\n"
+	    "      --listen URL          listen on URL; repeat to listen on several\n"
+	    "                            (tcp://HOST:PORT, ipc:///PATH, inproc://NAME)\n"
+	    "                            [default: " DEFAULT_LISTEN "]\n"
+	    "      --max-clients N       most clients that may register [default: %" PRIu32 "]\n"
+	    "      --max-message BYTES   largest request accepted, suffix K, M or G allowed;\n"
+	    "                            must hold a whole model [default: %zu]\n"
+	    "      --hold MS             longest a check-in is parked before the client is\n"
+	    "                            told to retry (long polling) [default: %" PRIu32 "]\n"
+	    "      --linger MS           after the last round, keep answering DONE this long\n"
+	    "                            so clients learn that training ended\n"
+	    "                            [default: %u]\n"
+	    "\n"
+	    "Rounds:\n"
+	    "      --rounds N            round attempts, completed or abandoned\n"
+	    "                            [default: %" PRIu32 "]\n"
+	    "      --clients-per-round K clients selected per round, K >= 1 [default: %" PRIu32 "]\n"
+	    "      --min-clients M       waiting clients needed to start a round, M >= 1\n"
+	    "                            [default: %" PRIu32 "]\n"
+	    "      --min-reports R       updates needed to aggregate a round; with fewer by\n"
+	    "                            the deadline the round is abandoned and the model\n"
+	    "                            kept, 1 <= R <= K [default: %" PRIu32 "]\n"
+	    "      --round-timeout SECONDS\n"
+	    "                            deadline of a round, from its start; decimals\n"
+	    "                            allowed [default: %g]\n"
+	    "\n"
+	    "Training (sent to the clients in every task):\n"
+	    "      --model NAME          model to train: %s [default: %s]\n"
+	    "      --epochs E            local epochs, 1..%u [default: %" PRIu32 "]\n"
+	    "      --batch B             local minibatch size, 1..%u [default: %" PRIu32 "]\n"
+	    "      --lr LR               local SGD learning rate, > 0 [default: %g]\n"
+	    "      --seed S              seed of model initialisation, client selection\n"
+	    "                            and the clients' shuffling [default: %" PRIu64 "]\n"
+	    "\n"
+	    "Evaluation and output:\n"
+	    "      --data-dir DIR        folder with t10k-images-idx3-ubyte and\n"
+	    "                            t10k-labels-idx1-ubyte (scripts/setup.sh fetches\n"
+	    "                            them) [default: " DEFAULT_DATA_DIR "]\n"
+	    "      --metrics FILE        write one JSON object per round to FILE (JSON\n"
+	    "                            lines; '-' for stdout); FILE is truncated\n"
+	    "  -q, --quiet               print only errors on stderr (no progress lines)\n"
+	    "  -v, --verbose             print debug messages on stderr\n"
+	    "  -h, --help                show this help and exit\n"
+	    "  -V, --version             show the version and exit\n"
+	    "\n"
+	    "A summary line (rounds, final accuracy, bytes) goes to stdout at the end, or\n"
+	    "to stderr when --metrics is '-'. SIGINT or SIGTERM stops the server cleanly:\n"
+	    "waiting clients are released and the summary printed; a second signal kills\n"
+	    "it at once.\n"
+	    "\n"
+	    "Exit status:\n"
+	    "  0    all rounds ran\n"
+	    "  1    runtime error (test set missing, address in use, out of memory, ...)\n"
+	    "  2    usage error (bad flag or value)\n"
+	    "  130  stopped by SIGINT (128 + signal number)\n"
+	    "  143  stopped by SIGTERM (128 + signal number)\n"
+	    "\n"
+	    "Example: 20 rounds of 10 out of at least 10 clients, metrics to run.jsonl:\n"
+	    "  " PROG " --listen tcp://0.0.0.0:7000 --model logreg --rounds 20 \\\n"
+	    "      --clients-per-round 10 --min-clients 10 --metrics run.jsonl\n"
+	    "and on each client machine (i = 0..9, same --split and --seed everywhere):\n"
+	    "  shoal-client --connect tcp://SERVER:7000 --model logreg --partition i/10\n",
+	    d.max_clients, d.max_message, d.hold_ms, DEFAULT_LINGER_MS,
+	    d.rounds, d.clients_per_round, d.min_clients, d.min_reports,
+	    d.round_timeout_ms / 1000.0,
+	    ml_model_names(), d.model,
+	    MSG_EPOCHS_MAX, d.epochs, MSG_BATCH_MAX, d.batch, (double)d.lr, d.seed);
+}
+
+enum {
+	OPT_LISTEN = 256, OPT_ROUNDS, OPT_K, OPT_M, OPT_MIN_REPORTS, OPT_MODEL,
+	OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_TIMEOUT, OPT_HOLD, OPT_MAX_CLIENTS,
+	OPT_MAX_MESSAGE, OPT_DATA_DIR, OPT_METRICS, OPT_SEED, OPT_LINGER,
+};
+
+static const struct option long_options[] = {
+	{"listen", required_argument, NULL, OPT_LISTEN},
+	{"rounds", required_argument, NULL, OPT_ROUNDS},
+	{"clients-per-round", required_argument, NULL, OPT_K},
+	{"min-clients", required_argument, NULL, OPT_M},
+	{"min-reports", required_argument, NULL, OPT_MIN_REPORTS},
+	{"model", required_argument, NULL, OPT_MODEL},
+	{"epochs", required_argument, NULL, OPT_EPOCHS},
+	{"batch", required_argument, NULL, OPT_BATCH},
+	{"lr", required_argument, NULL, OPT_LR},
+	{"round-timeout", required_argument, NULL, OPT_TIMEOUT},
+	{"hold", required_argument, NULL, OPT_HOLD},
+	{"max-clients", required_argument, NULL, OPT_MAX_CLIENTS},
+	{"max-message", required_argument, NULL, OPT_MAX_MESSAGE},
+	{"data-dir", required_argument, NULL, OPT_DATA_DIR},
+	{"metrics", required_argument, NULL, OPT_METRICS},
+	{"seed", required_argument, NULL, OPT_SEED},
+	{"linger", required_argument, NULL, OPT_LINGER},
+	{"quiet", no_argument, NULL, 'q'},
+	{"verbose", no_argument, NULL, 'v'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, 'V'},
+	{NULL, 0, NULL, 0},
+};
+
+/* Returns -1 to go on, else an exit status. */
+static int
+parse_args(int argc, char **argv, options *o)
+{
+	bool quiet = false, verbose = false;
+	uint64_t u64;
+	double d;
+	size_t dim;
+	int c;
+
+	memset(o, 0, sizeof *o);
+	srv_config_defaults(&o->cfg);
+	o->data_dir = DEFAULT_DATA_DIR;
+	o->linger_ms = DEFAULT_LINGER_MS;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":qvhV", long_options, NULL)) != -1) {
+		const char *a = optarg;
+
+		switch (c) {
+		case OPT_LISTEN:
+			if (o->n_listen == MAX_LISTEN)
+				return usage_error("at most %d --listen URLs", MAX_LISTEN);
+			if (strstr(a, "://") == NULL)
+				return usage_error("--listen '%s' is not a URL; use e.g. "
+				                   "tcp://0.0.0.0:7000 or ipc:///tmp/shoal.sock", a);
+			o->listen[o->n_listen++] = a;
+			break;
+		case OPT_ROUNDS:
+			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.rounds))
+				return usage_error("--rounds '%s': expected a whole number >= 1", a);
+			break;
+		case OPT_K:
+			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.clients_per_round))
+				return usage_error("--clients-per-round '%s': expected a whole number >= 1", a);
+			break;
+		case OPT_M:
+			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.min_clients))
+				return usage_error("--min-clients '%s': expected a whole number >= 1", a);
+			break;
+		case OPT_MIN_REPORTS:
+			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.min_reports))
+				return usage_error("--min-reports '%s': expected a whole number >= 1", a);
+			break;
+		case OPT_MODEL:
+			if (ml_model_dim_of(a) == 0)
+				return usage_error("--model '%s': unknown model; choose one of: %s",
+				                   a, ml_model_names());
+			o->cfg.model = a;
+			break;
+		case OPT_EPOCHS:
+			if (!parse_u32(a, 1, MSG_EPOCHS_MAX, &o->cfg.epochs))
+				return usage_error("--epochs '%s': expected a whole number in 1..%u",
+				                   a, MSG_EPOCHS_MAX);
+			break;
+		case OPT_BATCH:
+			if (!parse_u32(a, 1, MSG_BATCH_MAX, &o->cfg.batch))
+				return usage_error("--batch '%s': expected a whole number in 1..%u",
+				                   a, MSG_BATCH_MAX);
+			break;
+		case OPT_LR:
+			if (!parse_pos_double(a, 1e6, &d) || !isfinite((float)d) || (float)d <= 0.0f)
+				return usage_error("--lr '%s': expected a number > 0, e.g. 0.05", a);
+			o->cfg.lr = (float)d;
+			break;
+		case OPT_TIMEOUT:
+			if (!parse_pos_double(a, MAX_TIMEOUT_S, &d) || d * 1000.0 < 1.0)
+				return usage_error("--round-timeout '%s': expected seconds in "
+				                   "0.001..%.0f, e.g. 60 or 2.5", a, MAX_TIMEOUT_S);
+			o->cfg.round_timeout_ms = (uint32_t)llround(d * 1000.0);
+			break;
+		case OPT_HOLD:
+			if (!parse_u32(a, 0, MAX_HOLD_MS, &o->cfg.hold_ms))
+				return usage_error("--hold '%s': expected milliseconds in 0..%u",
+				                   a, MAX_HOLD_MS);
+			break;
+		case OPT_MAX_CLIENTS:
+			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.max_clients))
+				return usage_error("--max-clients '%s': expected a whole number >= 1", a);
+			break;
+		case OPT_MAX_MESSAGE:
+			if (!parse_bytes(a, 1, SIZE_MAX < UINT64_MAX ? SIZE_MAX : UINT64_MAX, &u64))
+				return usage_error("--max-message '%s': expected bytes, e.g. 67108864 "
+				                   "or 64M", a);
+			o->cfg.max_message = (size_t)u64;
+			break;
+		case OPT_DATA_DIR:
+			if (*a == '\0')
+				return usage_error("--data-dir must not be empty");
+			o->data_dir = a;
+			break;
+		case OPT_METRICS:
+			if (*a == '\0')
+				return usage_error("--metrics must name a file, or '-' for stdout");
+			o->metrics = a;
+			break;
+		case OPT_SEED:
+			if (!parse_u64(a, 0, UINT64_MAX, &o->cfg.seed))
+				return usage_error("--seed '%s': expected a whole number in 0..%" PRIu64,
+				                   a, UINT64_MAX);
+			break;
+		case OPT_LINGER:
+			if (!parse_u32(a, 0, MAX_LINGER_MS, &o->linger_ms))
+				return usage_error("--linger '%s': expected milliseconds in 0..%u",
+				                   a, MAX_LINGER_MS);
+			break;
+		case 'q':
+			quiet = true;
+			break;
+		case 'v':
+			verbose = true;
+			break;
+		case 'h':
+			print_help(stdout);
+			return EXIT_DONE;
+		case 'V':
+			printf(PROG " %s (protocol %u)\n", SHOAL_VERSION, MSG_VERSION);
+			return EXIT_DONE;
+		case ':':
+			return usage_error("option '%s' needs a value", argv[optind - 1]);
+		default:
+			if (optopt != 0)
+				return usage_error("unknown option '-%c'", optopt);
+			return usage_error("unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s' (all settings are --flags)",
+		                   argv[optind]);
+	if (quiet && verbose)
+		return usage_error("--quiet and --verbose contradict each other; pick one");
+	o->verbosity = quiet ? -1 : verbose ? 1 : 0;
+	if (o->n_listen == 0)
+		o->listen[o->n_listen++] = DEFAULT_LISTEN;
+
+	/* Cross-flag checks. */
+	if (o->cfg.min_reports > o->cfg.clients_per_round)
+		return usage_error("--min-reports %" PRIu32 " exceeds --clients-per-round %" PRIu32
+		                   ": a round can never collect more updates than it selects",
+		                   o->cfg.min_reports, o->cfg.clients_per_round);
+	if (o->cfg.min_clients > o->cfg.max_clients)
+		return usage_error("--min-clients %" PRIu32 " exceeds --max-clients %" PRIu32
+		                   ": no round could ever start; raise --max-clients",
+		                   o->cfg.min_clients, o->cfg.max_clients);
+	if (o->cfg.clients_per_round > o->cfg.max_clients)
+		return usage_error("--clients-per-round %" PRIu32 " exceeds --max-clients %" PRIu32
+		                   "; raise --max-clients or lower --clients-per-round",
+		                   o->cfg.clients_per_round, o->cfg.max_clients);
+	dim = ml_model_dim_of(o->cfg.model);
+	if (dim == 0)
+		return usage_error("model '%s' is not built in; choose one of: %s",
+		                   o->cfg.model, ml_model_names());
+	/* A TASK and an UPDATE carry the whole model plus a few header bytes. */
+	if (o->cfg.max_message / 4 < dim + 256)
+		return usage_error("--max-message %zu is too small for model '%s' "
+		                   "(%zu parameters): use at least %zu",
+		                   o->cfg.max_message, o->cfg.model, dim, (dim + 256) * 4);
+	return -1;
+}
+
+/* ---- totals for the closing summary line ------------------------------ */
+
+typedef struct summary {
+	uint32_t rounds, completed, abandoned;
+	double accuracy, loss; /* after the last round */
+	uint64_t bytes_up, bytes_down;
+} summary;
+
+static void
+on_round(void *user, const srv_round_stats *st)
+{
+	summary *s = user;
+
+	s->rounds++;
+	if (st->abandoned)
+		s->abandoned++;
+	else
+		s->completed++;
+	s->accuracy = st->accuracy;
+	s->loss = st->loss;
+	s->bytes_up += st->bytes_up;
+	s->bytes_down += st->bytes_down;
+}
+
+/* ---- main ------------------------------------------------------------ */
+
+static const options *g_opts; /* for on_listening's log line */
+
+static void
+on_listening(void *user)
+{
+	const options *o = g_opts;
+	(void)user;
+
+	log_info(PROG ": %s, %" PRIu32 " rounds of %" PRIu32 " clients (start at %" PRIu32
+	         " waiting, aggregate with >= %" PRIu32 " updates)",
+	         o->cfg.model, o->cfg.rounds, o->cfg.clients_per_round, o->cfg.min_clients,
+	         o->cfg.min_reports);
+}
+
+static void
+install_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESETHAND;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sa.sa_flags = 0;
+	sigaction(SIGPIPE, &sa, NULL);
+}
+
+int
+main(int argc, char **argv)
+{
+	options o;
+	summary sum;
+	ml_dataset test;
+	srv_core *core = NULL;
+	srv_serve_opts so;
+	FILE *user_metrics = NULL, *report;
+	shoal_err err;
+	int rc;
+
+	rc = parse_args(argc, argv, &o);
+	if (rc >= 0)
+		return rc;
+	log_set_level(o.verbosity < 0 ? LOG_ERROR : o.verbosity > 0 ? LOG_DEBUG : LOG_INFO);
+	install_signals();
+	memset(&sum, 0, sizeof sum);
+	memset(&test, 0, sizeof test);
+	rc = EXIT_RUNTIME;
+
+	if (o.metrics != NULL) {
+		if (strcmp(o.metrics, "-") == 0) {
+			user_metrics = stdout;
+		} else if ((user_metrics = fopen(o.metrics, "w")) == NULL) {
+			log_error(PROG ": cannot write metrics file '%s': %s", o.metrics,
+			          strerror(errno));
+			goto out;
+		}
+	}
+
+	err = ml_mnist_load(o.data_dir, "t10k", &test);
+	if (err != SHOAL_OK) {
+		log_error(PROG ": cannot load the MNIST test set from '%s': %s", o.data_dir,
+		          shoal_strerror(err));
+		goto out;
+	}
+	log_debug(PROG ": loaded %zu test examples from %s", test.n, o.data_dir);
+	o.cfg.test = &test;
+	if (o.cfg.min_reports > o.cfg.min_clients)
+		log_warn(PROG ": --min-reports %" PRIu32 " > --min-clients %" PRIu32 ": a round "
+		         "that starts with fewer than %" PRIu32 " clients will be abandoned",
+		         o.cfg.min_reports, o.cfg.min_clients, o.cfg.min_reports);
+
+	err = srv_core_new(&o.cfg, &core);
+	if (err != SHOAL_OK) {
+		log_error(PROG ": cannot create the server: %s", shoal_strerror(err));
+		goto out;
+	}
+
+	err = SHOAL_ECLOSED;
+	if (stop_signal == 0) {
+		memset(&so, 0, sizeof so);
+		so.listen = o.listen;
+		so.n_listen = o.n_listen;
+		so.max_message = o.cfg.max_message;
+		so.metrics = user_metrics;
+		so.progress = o.verbosity >= 0;
+		so.stop = &stop_signal;
+		so.linger_ms = o.linger_ms;
+		so.on_listening = on_listening;
+		so.on_round = on_round;
+		so.user = &sum;
+		g_opts = &o;
+		err = srv_serve(core, &so);
+	}
+	if (err == SHOAL_OK) {
+		rc = EXIT_DONE;
+	} else if (err == SHOAL_ECLOSED && stop_signal != 0) {
+		rc = 128 + stop_signal;
+		log_info(PROG ": stopped by %s", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+	} else {
+		log_error(PROG ": %s", shoal_strerror(err));
+		goto out;
+	}
+
+	report = user_metrics == stdout ? stderr : stdout;
+	fprintf(report, PROG ": %s rounds=%" PRIu32 " completed=%" PRIu32 " abandoned=%" PRIu32,
+	        rc == EXIT_DONE ? "finished" : "stopped", sum.rounds, sum.completed,
+	        sum.abandoned);
+	if (sum.rounds > 0 && isfinite(sum.accuracy))
+		fprintf(report, " accuracy=%.4f loss=%.4f", sum.accuracy, sum.loss);
+	else
+		fprintf(report, " accuracy=n/a");
+	fprintf(report, " bytes_up=%" PRIu64 " bytes_down=%" PRIu64 " bytes_total=%" PRIu64 "\n",
+	        sum.bytes_up, sum.bytes_down, sum.bytes_up + sum.bytes_down);
+	fflush(report);
+
+out:
+	if (core != NULL)
+		srv_core_free(core);
+	ml_dataset_fini(&test);
+	if (user_metrics != NULL && user_metrics != stdout && fclose(user_metrics) != 0 &&
+	    rc == EXIT_DONE) {
+		log_error(PROG ": writing metrics file '%s' failed: %s", o.metrics, strerror(errno));
+		rc = EXIT_RUNTIME;
+	}
+	return rc;
+}
