@@ -31,7 +31,7 @@ struct cli_core {
 	float *work;        /* local model during TRAIN, then the delta */
 	bool have_global;
 	uint32_t round, epochs, batch, deadline;
-	float lr;
+	float lr, momentum, weight_decay, prox_mu;
 	uint64_t seed;
 	uint8_t *req;       /* encoded request of the current state */
 	size_t req_len;
@@ -182,6 +182,9 @@ cli_core_step(cli_core *c, uint64_t now, cli_step *out)
 		out->epochs = c->epochs;
 		out->batch = c->batch;
 		out->lr = c->lr;
+		out->momentum = c->momentum;
+		out->weight_decay = c->weight_decay;
+		out->prox_mu = c->prox_mu;
 		out->seed = c->seed;
 		out->deadline_ms = c->deadline;
 		return;
@@ -234,6 +237,9 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 	c->epochs = m->epochs;
 	c->batch = m->batch;
 	c->lr = m->lr;
+	c->momentum = m->momentum;
+	c->weight_decay = m->weight_decay;
+	c->prox_mu = m->prox_mu;
 	c->seed = m->seed;
 	c->deadline = m->deadline_ms;
 	set_state(c, ST_TRAIN);

@@ -41,6 +41,7 @@ typedef struct cli_step {
 	uint32_t dim;
 	uint32_t round, epochs, batch, deadline_ms; /* TRAIN */
 	float lr;
+	float momentum, weight_decay, prox_mu; /* TRAIN: 0 when not used */
 	uint64_t seed;
 	shoal_err err;        /* DONE: SHOAL_OK, or why the client gave up */
 } cli_step;

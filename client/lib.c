@@ -197,6 +197,9 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 				.epochs = st.epochs,
 				.batch = st.batch,
 				.lr = st.lr,
+				.momentum = st.momentum,
+				.weight_decay = st.weight_decay,
+				.prox_mu = st.prox_mu,
 				.seed = st.seed,
 				.deadline_ms = st.deadline_ms,
 			};

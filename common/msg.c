@@ -33,23 +33,25 @@
 
 typedef enum { F_U32, F_U64, F_I32, F_F32, F_STR, F_VEC } fkind;
 
-/* One required key of a message type. For F_U32/F_U64 lo..hi bound the
- * value (below lo: malformed, above hi: too big); for F_STR they bound the
+/* One key of a message type. For F_U32/F_U64 lo..hi bound the value
+ * (below lo: malformed, above hi: too big); for F_STR they bound the
  * length; for F_I32 the value must be negative; for F_F32 lo == 1 means
- * "must be > 0". */
+ * "must be > 0" and lo == 2 "must be >= 0". An optional key (opt, F_F32
+ * only) decodes to 0 when absent and is not written when 0. */
 typedef struct field {
 	const char *key;
 	fkind kind;
 	size_t off; /* offsetof(msg, ...) */
 	uint64_t lo, hi;
+	bool opt;
 } field;
 
-#define U32(k, member, lo, hi) { k, F_U32, offsetof(msg, member), lo, hi }
+#define U32(k, member, lo, hi) { k, F_U32, offsetof(msg, member), lo, hi, false }
 #define U32ANY(k, member) U32(k, member, 0, UINT32_MAX)
 
 static const field f_hello[] = {
-	{ "name", F_STR, offsetof(msg, name), 1, MSG_NAME_MAX },
-	{ "model", F_STR, offsetof(msg, model), 1, MSG_MODEL_MAX },
+	{ "name", F_STR, offsetof(msg, name), 1, MSG_NAME_MAX, false },
+	{ "model", F_STR, offsetof(msg, model), 1, MSG_MODEL_MAX, false },
 	U32("dim", dim, 1, MSG_DIM_MAX),
 	U32ANY("n", n_examples),
 };
@@ -62,26 +64,29 @@ static const field f_checkin[] = {
 };
 static const field f_task[] = {
 	U32ANY("round", round),
-	{ "model", F_STR, offsetof(msg, model), 1, MSG_MODEL_MAX },
+	{ "model", F_STR, offsetof(msg, model), 1, MSG_MODEL_MAX, false },
 	U32("E", epochs, 1, MSG_EPOCHS_MAX),
 	U32("B", batch, 1, MSG_BATCH_MAX),
-	{ "lr", F_F32, offsetof(msg, lr), 1, 0 },
+	{ "lr", F_F32, offsetof(msg, lr), 1, 0, false },
 	U32ANY("deadline", deadline_ms),
-	{ "seed", F_U64, offsetof(msg, seed), 0, UINT64_MAX },
-	{ "params", F_VEC, 0, 0, 0 },
+	{ "seed", F_U64, offsetof(msg, seed), 0, UINT64_MAX, false },
+	{ "mom", F_F32, offsetof(msg, momentum), 2, 0, true },
+	{ "wd", F_F32, offsetof(msg, weight_decay), 2, 0, true },
+	{ "mu", F_F32, offsetof(msg, prox_mu), 2, 0, true },
+	{ "params", F_VEC, 0, 0, 0, false },
 };
 static const field f_update[] = {
 	U32("id", client_id, 1, UINT32_MAX),
 	U32ANY("round", round),
 	U32("n", n_examples, 1, UINT32_MAX),
-	{ "loss", F_F32, offsetof(msg, loss), 0, 0 },
-	{ "delta", F_VEC, 0, 0, 0 },
+	{ "loss", F_F32, offsetof(msg, loss), 0, 0, false },
+	{ "delta", F_VEC, 0, 0, 0, false },
 };
 static const field f_ack[] = { U32ANY("round", round) };
 static const field f_wait[] = { U32ANY("retry", retry_ms) };
 static const field f_error[] = {
-	{ "code", F_I32, offsetof(msg, code), 0, 0 },
-	{ "msg", F_STR, offsetof(msg, text), 0, MSG_TEXT_MAX },
+	{ "code", F_I32, offsetof(msg, code), 0, 0, false },
+	{ "msg", F_STR, offsetof(msg, text), 0, MSG_TEXT_MAX, false },
 };
 static const field f_done[] = { U32ANY("round", round) };
 
@@ -382,7 +387,7 @@ decode_field(const field *f, const msgpack_object *o, msg *out)
 		if (!isfinite(d) || fabs(d) > FLT_MAX)
 			return SHOAL_ENONFINITE; /* also a double that overflows float */
 		float v = (float)d;
-		if (f->lo == 1 && !(v > 0.0f))
+		if ((f->lo == 1 && !(v > 0.0f)) || (f->lo == 2 && !(v >= 0.0f)))
 			return SHOAL_EMALFORMED;
 		memcpy(base + f->off, &v, sizeof(v));
 		return SHOAL_OK;
@@ -461,6 +466,8 @@ decode_map(const msgpack_object *root, msg *out)
 
 	for (size_t i = 0; i < l->n; i++) {
 		v = lookup(m, l->f[i].key, &dup);
+		if (v == NULL && l->f[i].opt)
+			continue; /* stays 0 */
 		if (v == NULL)
 			return SHOAL_EMALFORMED;
 		shoal_err e = decode_field(&l->f[i], v, out);
@@ -561,7 +568,7 @@ validate(const msg *m, const layout **lp)
 		case F_F32: {
 			float v;
 			memcpy(&v, base + f->off, sizeof(v));
-			if (!isfinite(v) || (f->lo == 1 && !(v > 0.0f)))
+			if (!isfinite(v) || (f->lo == 1 && !(v > 0.0f)) || (f->lo == 2 && !(v >= 0.0f)))
 				return SHOAL_EINVAL;
 			break;
 		}
@@ -582,6 +589,17 @@ validate(const msg *m, const layout **lp)
 	return SHOAL_OK;
 }
 
+/* An optional key holding 0 is not written. */
+static bool
+omitted(const msg *m, const field *f)
+{
+	float v;
+	if (!f->opt)
+		return false;
+	memcpy(&v, (const char *)m + f->off, sizeof(v));
+	return v == 0.0f;
+}
+
 static size_t
 layout_size(const msg *m, const layout *l)
 {
@@ -590,6 +608,8 @@ layout_size(const msg *m, const layout *l)
 	for (size_t i = 0; i < l->n; i++) {
 		const field *f = &l->f[i];
 		const char *base = (const char *)m;
+		if (omitted(m, f))
+			continue;
 		sz += str_size(strlen(f->key));
 		switch (f->kind) {
 		case F_U32: sz += uint_size(get_u32(m, f->off)); break;
@@ -650,13 +670,18 @@ msg_encode(const msg *m, uint8_t **out, size_t *out_len)
 		return SHOAL_ENOMEM;
 
 	msgpack_packer pk;
+	size_t present = 0;
+	for (size_t i = 0; i < l->n; i++)
+		present += !omitted(m, &l->f[i]);
 	msgpack_packer_init(&pk, &w, wbuf_write);
-	int bad = msgpack_pack_map(&pk, 2 + l->n) || pack_key(&pk, "v") ||
+	int bad = msgpack_pack_map(&pk, 2 + present) || pack_key(&pk, "v") ||
 	          msgpack_pack_uint32(&pk, MSG_VERSION) || pack_key(&pk, "t") ||
 	          msgpack_pack_uint32(&pk, (uint32_t)m->type);
 	for (size_t i = 0; i < l->n && !bad; i++) {
 		const field *f = &l->f[i];
 		const char *base = (const char *)m;
+		if (omitted(m, f))
+			continue;
 		bad = pack_key(&pk, f->key);
 		if (bad)
 			break;

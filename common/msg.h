@@ -12,7 +12,8 @@
  *   2 WELCOME   s->c id:uint, hold:uint
  *   3 CHECKIN   c->s id:uint
  *   4 TASK      s->c round:uint, model:str, E:uint, B:uint, lr:float,
- *                    deadline:uint, seed:uint, params:bin
+ *                    deadline:uint, seed:uint, [mom:float, wd:float,
+ *                    mu:float,] params:bin
  *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float, delta:bin
  *   6 ACK       s->c round:uint
  *   7 WAIT      s->c retry:uint
@@ -81,6 +82,9 @@ typedef struct msg {
 	uint32_t hold_ms;   /* "hold": WELCOME, longest the server parks a CHECKIN */
 	uint32_t retry_ms;  /* "retry": WAIT, ms to wait before the next CHECKIN */
 	uint64_t seed;      /* "seed": TASK, seed for the client's local shuffling */
+	float momentum;     /* "mom": TASK, optional (0 = absent), SGD momentum >= 0 */
+	float weight_decay; /* "wd": TASK, optional, L2 weight decay >= 0 */
+	float prox_mu;      /* "mu": TASK, optional, FedProx proximal weight >= 0 */
 	int32_t code;       /* "code": ERROR, a negative shoal_err */
 	float loss;         /* "loss": UPDATE, mean local training loss, finite */
 	char name[MSG_NAME_MAX + 1];   /* "name": HELLO, NUL-terminated */

@@ -51,6 +51,7 @@ struct srv_core {
 	size_t dim;
 	float *params;
 	double *acc;        /* dim, FedAvg accumulator */
+	srv_opt opt;
 	double accuracy, loss;
 
 	client *clients;
@@ -82,6 +83,8 @@ srv_config_defaults(srv_config *c)
 	c->epochs = 1;
 	c->batch = 10;
 	c->lr = 0.05f;
+	c->lr_decay = 1.0f;
+	srv_opt_config_defaults(&c->opt);
 	c->round_timeout_ms = 60000;
 	c->hold_ms = 2000;
 	c->max_clients = 10000;
@@ -325,7 +328,8 @@ close_round(srv_core *s, uint64_t now)
 			loss += (double)sl->loss * sl->n;
 		}
 		for (size_t j = 0; j < s->dim; j++)
-			s->params[j] += (float)(s->acc[j] / total);
+			s->acc[j] /= total;
+		srv_opt_step(&s->opt, s->params, s->acc);
 		st->train_loss = loss / total;
 		evaluate(s);
 		st->abandoned = false;
@@ -356,6 +360,13 @@ free_slots(srv_core *s)
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		free(s->slots[i].delta);
 	s->n_slots = s->n_reported = 0;
+}
+
+/* The client learning rate of the round being opened (s->round). */
+static float
+round_lr(const srv_core *s)
+{
+	return (float)(s->cfg.lr * pow(s->cfg.lr_decay, (double)s->round - 1));
 }
 
 static void
@@ -404,7 +415,10 @@ try_start_round(srv_core *s, uint64_t now)
 		    .round = s->round,
 		    .epochs = s->cfg.epochs,
 		    .batch = s->cfg.batch,
-		    .lr = s->cfg.lr,
+		    .lr = round_lr(s),
+		    .momentum = s->cfg.momentum,
+		    .weight_decay = s->cfg.weight_decay,
+		    .prox_mu = s->cfg.prox_mu,
 		    .deadline_ms = s->cfg.round_timeout_ms,
 		    .seed = rng_u64(&r),
 		    .dim = (uint32_t)s->dim,
@@ -645,6 +659,13 @@ check_config(const srv_config *c, size_t dim)
 		BAD("batch size must be between 1 and %u", MSG_BATCH_MAX);
 	if (!(c->lr > 0) || !isfinite(c->lr))
 		BAD("learning rate must be a positive number");
+	if (!(c->lr_decay > 0 && c->lr_decay <= 1))
+		BAD("learning-rate decay must be in (0, 1]");
+	if (!(c->momentum >= 0 && c->momentum < 1))
+		BAD("client momentum must be in [0, 1)");
+	if (!(c->weight_decay >= 0) || !isfinite(c->weight_decay) || !(c->prox_mu >= 0) ||
+	    !isfinite(c->prox_mu))
+		BAD("weight decay and the proximal term mu must be >= 0");
 	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
 		BAD("round timeout and hold time must be positive");
 	if (c->max_clients == 0 || c->max_clients > (1u << 24))
@@ -689,6 +710,11 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
 	    (s->slots = malloc((size_t)cfg->clients_per_round * sizeof *s->slots)) == NULL)
 		goto fail;
+	if ((e = srv_opt_init(&s->opt, &cfg->opt, dim)) != SHOAL_OK) {
+		if (e == SHOAL_EINVAL)
+			log_error("server optimizer: lr and tau must be > 0, betas in [0, 1)");
+		goto fail;
+	}
 	if ((e = ml_model_new(s->model, 1000, &s->eval)) != SHOAL_OK)
 		goto fail;
 	ml_model_init(s->eval, s->params, cfg->seed);
@@ -719,6 +745,7 @@ srv_core_free(srv_core *s)
 	free(s->clients);
 	free(s->acc);
 	free(s->params);
+	srv_opt_fini(&s->opt);
 	ml_model_free(s->eval);
 	free(s);
 }

@@ -25,6 +25,7 @@
 #include <stdio.h>
 
 #include "ml/ml.h"
+#include "server/opt.h"
 #include "shoal/err.h"
 
 typedef struct srv_config {
@@ -35,7 +36,12 @@ typedef struct srv_config {
 	uint32_t min_reports;       /* fewer updates than this -> round abandoned */
 	uint32_t epochs;            /* E sent in TASK */
 	uint32_t batch;             /* B sent in TASK */
-	float lr;                   /* lr sent in TASK */
+	float lr;                   /* client lr of round 1, sent in TASK */
+	float lr_decay;             /* round r uses lr * lr_decay^(r-1); (0, 1] */
+	float momentum;             /* client SGD momentum, [0, 1) ("mom") */
+	float weight_decay;         /* client L2 weight decay, >= 0 ("wd") */
+	float prox_mu;              /* FedProx proximal weight, >= 0 ("mu") */
+	srv_opt_config opt;         /* server optimizer applied to the average */
 	uint32_t round_timeout_ms;  /* deadline, from round start */
 	uint32_t hold_ms;           /* longest a CHECKIN is parked */
 	uint32_t max_clients;       /* registry size limit */
@@ -44,8 +50,10 @@ typedef struct srv_config {
 	const ml_dataset *test;     /* evaluation set; NULL skips evaluation */
 } srv_config;
 
-/* rounds 10, K 10, M 10, min_reports 1, E 1, B 10, lr 0.05, timeout 60 s,
- * hold 2 s, max_clients 10000, max_message 64 MiB, seed 1, model "2nn". */
+/* rounds 10, K 10, M 10, min_reports 1, E 1, B 10, lr 0.05 (no decay, no
+ * momentum, weight decay or proximal term), server optimizer FedAvg with
+ * eta 1, timeout 60 s, hold 2 s, max_clients 10000, max_message 64 MiB,
+ * seed 1, model "2nn". */
 void srv_config_defaults(srv_config *c);
 
 typedef struct srv_round_stats {

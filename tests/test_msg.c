@@ -968,8 +968,54 @@ test_random_byte_flips(void **state)
 	assert_true(decoded > 0); /* some flips land in values and still decode */
 }
 
+/* TASK's optional keys: omitted when 0 (so plain FedAvg TASKs are
+ * unchanged), decoded when present, refused when negative. */
+static void
+test_task_optional_keys(void **state)
+{
+	(void)state;
+	float p[2] = {0.5f, -1.0f};
+	msg t = {.type = MSG_TASK, .round = 3, .epochs = 1, .batch = 10, .lr = 0.1f,
+	         .deadline_ms = 1000, .seed = 9, .dim = 2, .vec = (const uint8_t *)p};
+	strcpy(t.model, "2nn");
+	uint8_t *plain, *full;
+	size_t plain_len, full_len;
+	assert_int_equal(msg_encode(&t, &plain, &plain_len), SHOAL_OK);
+	assert_true(plain[0] == 0x8a); /* fixmap: v, t + 8 required keys */
+	msg d;
+	assert_int_equal(msg_decode(plain, plain_len, &d), (long)plain_len);
+	assert_true(d.momentum == 0.0f && d.weight_decay == 0.0f && d.prox_mu == 0.0f);
+
+	t.momentum = 0.9f;
+	t.weight_decay = 1e-4f;
+	t.prox_mu = 0.01f;
+	assert_int_equal(msg_encode(&t, &full, &full_len), SHOAL_OK);
+	assert_true(full[0] == 0x8d);
+	assert_int_equal(full_len, plain_len + 3 * 5 + 4 + 3 + 3); /* keys + float32s */
+	assert_int_equal(msg_encoded_size(&t), full_len);
+	assert_int_equal(msg_decode(full, full_len, &d), (long)full_len);
+	assert_true(d.momentum == 0.9f && d.weight_decay == 1e-4f && d.prox_mu == 0.01f);
+
+	t.prox_mu = -1.0f;
+	uint8_t *bad;
+	size_t bad_len;
+	assert_int_equal(msg_encode(&t, &bad, &bad_len), SHOAL_EINVAL);
+	/* A negative "mu" on the wire: set the float32 sign bit. */
+	int patched = 0;
+	for (size_t i = 0; i + 4 < full_len; i++)
+		if (memcmp(full + i, "\xa2mu\xca", 4) == 0) {
+			full[i + 4] |= 0x80;
+			patched++;
+		}
+	assert_int_equal(patched, 1);
+	assert_int_equal(msg_decode(full, full_len, &d), SHOAL_EMALFORMED);
+	free(plain);
+	free(full);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_round_trip_every_type),
+	cmocka_unit_test(test_task_optional_keys),
 	cmocka_unit_test(test_vector_zero_copy),
 	cmocka_unit_test(test_large_vector_round_trip),
 	cmocka_unit_test(test_encoded_size_matches),

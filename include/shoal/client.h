@@ -35,7 +35,11 @@ typedef struct shoal_train_info {
 	uint32_t round;       /* server round id */
 	uint32_t epochs;      /* E */
 	uint32_t batch;       /* B */
-	float lr;             /* learning rate */
+	float lr;             /* learning rate (the server may decay it by round) */
+	float momentum;       /* SGD momentum, 0 = plain SGD */
+	float weight_decay;   /* L2 weight decay, 0 = none */
+	float prox_mu;        /* FedProx: add (mu/2)*||w - w_global||^2 to the
+	                         local loss; 0 = plain FedAvg */
 	uint64_t seed;        /* use for shuffling, so runs are reproducible */
 	uint32_t deadline_ms; /* time left before the server closes the round */
 } shoal_train_info;
