@@ -2,6 +2,8 @@
  * result on stdout (anything else goes to stderr), e.g.
  *   {"bench": "train", "params": {"model": "2nn", "batch": 10, "threads": 1},
  *    "value": 12345.6, "unit": "samples/s"}
+ * and "train_vs_peak" (train GFLOP/s over the one-thread sgemm peak measured
+ * in the same run, unit "fraction"); "gemm" measures sgemm alone.
  * Timings are the median of several repetitions; tests never time things. */
 #include <cblas.h>
 #include <errno.h>
@@ -25,14 +27,20 @@ usage(FILE *f)
 	        "Progress and errors go to stderr. Each value is the median of --reps runs.\n"
 	        "\n"
 	        "subcommands:\n"
-	        "  train   minibatch SGD on real MNIST; reports samples/s and GFLOP/s\n"
-	        "          (6 x parameters flops per sample: 2 forward + 4 backward)\n"
+	        "  train   minibatch SGD on real MNIST; reports samples/s, model GFLOP/s\n"
+	        "          (see train_flops in bench.c) and, measured in the same run, the\n"
+	        "          one-thread sgemm peak and train GFLOP/s as a fraction of it\n"
 	        "    --model NAME     %s (default 2nn)\n"
 	        "    --batch B        minibatch size (default 10)\n"
 	        "    --threads T      OpenBLAS threads (default 1)\n"
-	        "    --steps N        SGD steps per repetition (default 2000)\n"
+	        "    --steps N        SGD steps per repetition (default 2000; cnn 200)\n"
 	        "    --reps R         repetitions, median reported (default 5)\n"
-	        "    --data-dir DIR   MNIST IDX folder (default data)\n",
+	        "    --data-dir DIR   MNIST IDX folder (default data)\n"
+	        "  gemm    cblas_sgemm GFLOP/s: square sizes, the CNN's shapes at B=10, and\n"
+	        "          the peak (best square size)\n"
+	        "    --threads T      OpenBLAS threads (default 1)\n"
+	        "    --size N ...     square sizes (repeatable; default 256 512 1024)\n"
+	        "    --reps R         repetitions, median reported (default 5)\n",
 	        ml_model_names());
 }
 
@@ -92,12 +100,201 @@ emit(const char *bench, json_t *params, double value, const char *unit)
 
 #define MAX_REPS 101
 
+static double
+median(double *v, long n)
+{
+	qsort(v, (size_t)n, sizeof v[0], cmp_double);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Median GFLOP/s (2 M N K per call) of row-major C (M x N) = op(A) op(B),
+ * each repetition calling sgemm for at least 50 ms; 0 when out of memory. */
+static double
+sgemm_gflops(int ta, int tb, int M, int N, int K, long reps)
+{
+	size_t na = (size_t)M * (size_t)K, nb = (size_t)K * (size_t)N;
+	float *a = malloc(na * sizeof *a), *b = malloc(nb * sizeof *b),
+	      *c = malloc((size_t)M * (size_t)N * sizeof *c);
+	double rate[MAX_REPS], med = 0.0;
+
+	if (a == NULL || b == NULL || c == NULL)
+		goto done;
+	for (size_t i = 0; i < na; i++)
+		a[i] = (float)(i % 17) * 0.01f - 0.08f;
+	for (size_t i = 0; i < nb; i++)
+		b[i] = (float)(i % 13) * 0.01f - 0.06f;
+	for (long r = -1; r < reps; r++) { /* r = -1 warms up */
+		double t0 = now_s(), t;
+		long calls = 0;
+
+		do {
+			cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+			            tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, a, ta ? M : K, b,
+			            tb ? K : N, 0.0f, c, N);
+			calls++;
+			t = now_s() - t0;
+		} while (t < 0.05);
+		if (r >= 0)
+			rate[r] = 2.0 * M * N * (double)K * (double)calls / t / 1e9;
+	}
+	med = median(rate, reps);
+done:
+	free(a);
+	free(b);
+	free(c);
+	return med;
+}
+
+static const int default_sizes[] = {256, 512, 1024};
+
+/* Best median GFLOP/s over square sizes: the machine's sgemm peak for the
+ * current thread count; emit_each prints each size as a "gemm" result. */
+static double
+sgemm_peak(const int *sizes, size_t n, long reps, int emit_each, long threads)
+{
+	double peak = 0.0;
+
+	for (size_t i = 0; i < n; i++) {
+		double g = sgemm_gflops(0, 0, sizes[i], sizes[i], sizes[i], reps);
+
+		fprintf(stderr, "sgemm %dx%dx%d T=%ld: %.1f GFLOP/s\n", sizes[i], sizes[i], sizes[i],
+		        threads, g);
+		if (emit_each) {
+			json_t *pj = json_pack("{s:s, s:i, s:i, s:i, s:i}", "shape", "square", "m",
+			                       (json_int_t)sizes[i], "n", (json_int_t)sizes[i], "k",
+			                       (json_int_t)sizes[i], "threads", (json_int_t)threads);
+
+			emit("gemm", pj, g, "GFLOP/s");
+			json_decref(pj);
+		}
+		peak = g > peak ? g : peak;
+	}
+	return peak;
+}
+
+/* FLOPs per training sample, counted from the model's dense products:
+ * 2 per multiply-accumulate of every conv and fc layer's forward, the same
+ * again for its weight gradient (dW), and again for its input gradient
+ * (dX) except the first layer, whose input needs none (no code computes
+ * it) - so ~3x forward. Biases, ReLU, pooling, im2col/col2im and the
+ * softmax are O(activations) and not counted. Per sample:
+ *   logreg  784x10                                 -> 4 x 7,840 = 31,360
+ *   2nn     784x200, 200x200, 200x10               -> 879,200
+ *   cnn     conv1 28*28 px x 25 taps x 32 ch = 627,200 MACs,
+ *           conv2 14*14 px x 800 x 64 = 10,035,200, fc1 3136x512 =
+ *           1,605,632, fc2 512x10 = 5,120; forward 24,546,304 flops,
+ *           backward 2 x forward - 2 x 627,200 -> 72,384,512 (72.4 MFLOP).
+ * These are the model's flops: the MLPs' first layer skips the blank
+ * border columns of each batch (exact zeros), and that saved work is still
+ * counted, as model-flops utilisation does. 0 for an unknown model. */
+static double
+train_flops(const char *model)
+{
+	static const struct { const char *name; size_t n; double macs[4]; } t[] = {
+		{"logreg", 1, {784.0 * 10}},
+		{"2nn", 3, {784.0 * 200, 200.0 * 200, 200.0 * 10}},
+		{"cnn", 4, {28.0 * 28 * 25 * 32, 14.0 * 14 * 800 * 64, 3136.0 * 512, 512.0 * 10}},
+	};
+
+	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+		if (strcmp(t[i].name, model) == 0) {
+			double f = 0.0;
+
+			for (size_t l = 0; l < t[i].n; l++)
+				f += (l == 0 ? 4.0 : 6.0) * t[i].macs[l];
+			return f;
+		}
+	return 0.0;
+}
+
+static int
+bench_gemm(int argc, char **argv)
+{
+	/* The CNN's products at B = 10 (ml/cnn.c), with their transposes. */
+	static const struct { const char *name; int ta, tb, m, n, k; } cnn[] = {
+		{"cnn.conv1.fwd", 0, 0, 7840, 32, 25}, {"cnn.conv1.dW", 1, 0, 25, 32, 7840},
+		{"cnn.conv2.fwd", 0, 0, 1960, 64, 800}, {"cnn.conv2.dW", 1, 0, 800, 64, 1960},
+		{"cnn.conv2.dX", 0, 1, 1960, 800, 64}, {"cnn.fc1.fwd", 0, 0, 10, 512, 3136},
+		{"cnn.fc1.dW", 1, 0, 3136, 512, 10},   {"cnn.fc1.dX", 0, 1, 10, 3136, 512},
+	};
+	int sizes[64];
+	size_t n_sizes = 0;
+	long threads = 1, reps = 5;
+	double peak;
+	json_t *pj;
+
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		}
+		if (v == NULL) {
+			fprintf(stderr, "shoal-bench: unknown or incomplete option '%s'\n", a);
+			usage(stderr);
+			return 2;
+		}
+		i++;
+		if (strcmp(a, "--threads") == 0) {
+			if (parse_count(a, v, 1024, &threads) != 0)
+				return 2;
+		} else if (strcmp(a, "--reps") == 0) {
+			if (parse_count(a, v, MAX_REPS, &reps) != 0)
+				return 2;
+		} else if (strcmp(a, "--size") == 0) {
+			/* --size N [N ...]: take following bare numbers too. */
+			for (;;) {
+				long sz;
+
+				if (n_sizes == sizeof sizes / sizeof sizes[0]) {
+					fprintf(stderr, "shoal-bench: at most %zu sizes\n", n_sizes);
+					return 2;
+				}
+				if (parse_count(a, argv[i], 8192, &sz) != 0)
+					return 2;
+				sizes[n_sizes++] = (int)sz;
+				if (i + 1 >= argc || argv[i + 1][0] == '-')
+					break;
+				i++;
+			}
+		} else {
+			fprintf(stderr, "shoal-bench: unknown option '%s'\n", a);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (n_sizes == 0)
+		for (size_t i = 0; i < sizeof default_sizes / sizeof default_sizes[0]; i++)
+			sizes[n_sizes++] = default_sizes[i];
+	openblas_set_num_threads((int)threads);
+	peak = sgemm_peak(sizes, n_sizes, reps, 1, threads);
+	for (size_t i = 0; i < sizeof cnn / sizeof cnn[0]; i++) {
+		double g = sgemm_gflops(cnn[i].ta, cnn[i].tb, cnn[i].m, cnn[i].n, cnn[i].k, reps);
+
+		fprintf(stderr, "sgemm %s %dx%dx%d%s%s T=%ld: %.1f GFLOP/s\n", cnn[i].name,
+		        cnn[i].m, cnn[i].n, cnn[i].k, cnn[i].ta ? " A^T" : "", cnn[i].tb ? " B^T" : "",
+		        threads, g);
+		pj = json_pack("{s:s, s:i, s:i, s:i, s:b, s:b, s:i}", "shape", cnn[i].name, "m",
+		               (json_int_t)cnn[i].m, "n", (json_int_t)cnn[i].n, "k",
+		               (json_int_t)cnn[i].k, "trans_a", cnn[i].ta, "trans_b", cnn[i].tb,
+		               "threads", (json_int_t)threads);
+		emit("gemm", pj, g, "GFLOP/s");
+		json_decref(pj);
+	}
+	pj = json_pack("{s:i, s:s}", "threads", (json_int_t)threads, "of", "best square size");
+	emit("gemm_peak", pj, peak, "GFLOP/s");
+	json_decref(pj);
+	return peak > 0.0 ? 0 : 1;
+}
+
+
 static int
 bench_train(int argc, char **argv)
 {
 	const char *model = "2nn", *dir = "data";
-	long batch = 10, threads = 1, steps = 2000, reps = 5;
-	double rate[MAX_REPS], med, gflops;
+	long batch = 10, threads = 1, steps = 0, reps = 5;
+	double rate[MAX_REPS], med, gflops, peak;
 	ml_dataset ds = {0};
 	ml_model *m = NULL;
 	uint32_t *idx = NULL;
@@ -142,7 +339,9 @@ bench_train(int argc, char **argv)
 		}
 	}
 	dim = ml_model_dim_of(model);
-	if (dim == 0) {
+	if (steps == 0)
+		steps = strcmp(model, "cnn") == 0 ? 200 : 2000;
+	if (dim == 0 || train_flops(model) == 0.0) {
 		fprintf(stderr, "shoal-bench: unknown model '%s' (have %s)\n", model,
 		        ml_model_names());
 		return 2;
@@ -180,15 +379,30 @@ bench_train(int argc, char **argv)
 			        model, batch, threads, r, rate[r], loss);
 		}
 	}
-	qsort(rate, (size_t)reps, sizeof rate[0], cmp_double);
-	med = reps % 2 ? rate[reps / 2] : 0.5 * (rate[reps / 2 - 1] + rate[reps / 2]);
-	gflops = med * 6.0 * (double)dim / 1e9;
+	med = median(rate, reps);
+	gflops = med * train_flops(model) / 1e9;
+	/* The yardstick, in the same run: one-thread sgemm at its best. */
+	openblas_set_num_threads(1);
+	peak = sgemm_peak(default_sizes, sizeof default_sizes / sizeof default_sizes[0], reps, 0, 1);
 	params_json = json_pack("{s:s, s:i, s:i}", "model", model, "batch", (json_int_t)batch,
 	                        "threads", (json_int_t)threads);
 	if (params_json == NULL)
 		goto done;
 	emit("train", params_json, med, "samples/s");
 	emit("train", params_json, gflops, "GFLOP/s");
+	json_decref(params_json);
+	params_json = json_pack("{s:i, s:s}", "threads", (json_int_t)1, "of", "best square size");
+	emit("gemm_peak", params_json, peak, "GFLOP/s");
+	json_decref(params_json);
+	params_json = json_pack("{s:s, s:i, s:i, s:i, s:f, s:f}", "model", model, "batch",
+	                        (json_int_t)batch, "threads", (json_int_t)threads, "peak_threads",
+	                        (json_int_t)1, "train_gflops", gflops, "peak_gflops", peak);
+	if (params_json == NULL)
+		goto done;
+	emit("train_vs_peak", params_json, peak > 0.0 ? gflops / peak : 0.0, "fraction");
+	fprintf(stderr, "train %s B=%ld T=%ld: %.0f samples/s, %.1f GFLOP/s = %.1f%% of the "
+	        "one-thread sgemm peak %.1f GFLOP/s\n",
+	        model, batch, threads, med, gflops, peak > 0.0 ? 100.0 * gflops / peak : 0.0, peak);
 	json_decref(params_json);
 	rc = 0;
 done:
@@ -213,6 +427,8 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "train") == 0)
 		return bench_train(argc - 2, argv + 2);
+	if (strcmp(argv[1], "gemm") == 0)
+		return bench_gemm(argc - 2, argv + 2);
 	fprintf(stderr, "shoal-bench: unknown subcommand '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;

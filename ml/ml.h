@@ -87,7 +87,8 @@ void ml_partition_fini(ml_partition *p);
 typedef struct ml_model ml_model;
 
 /* Parameter count of a built-in model, 0 if the name is unknown.
- * "logreg": 784x10 + 10 = 7850. "2nn": 784-200-200-10 ReLU = 199210. */
+ * "logreg": 784x10 + 10 = 7850. "2nn": 784-200-200-10 ReLU = 199210. "cnn": McMahan et al. 2017,
+ * conv5x5x32-pool-conv5x5x64-pool-fc512-fc10 = 1663370. */
 size_t ml_model_dim_of(const char *name);
 /* Comma-separated list of built-in model names, for --help. */
 const char *ml_model_names(void);

@@ -2,14 +2,15 @@
  * forward/backward passes (dense layers through CBLAS sgemm), evaluation and
  * minibatch SGD: the hot loop of local training and of the simulator.
  *
- * Each model is an ops table (add a CNN by adding an entry to models[]).
- * Both built-ins are MLPs. Layer l with fan-in I and fan-out O stores
+ * Each model is an ops table (model_impl.h) registered in models[]; the
+ * CNN lives in cnn.c. logreg and 2nn are MLPs. Layer l with fan-in I and
+ * fan-out O stores
  *   fcL.w  I x O, row-major (so a batch forward is Y = X W + b, no transpose)
  *   fcL.b  O
  * back to back: logreg = [fc1.w 784x10 | fc1.b 10]            =   7,850
  *               2nn    = [fc1 784x200 | fc2 200x200 | fc3 200x10] = 199,210
  * Hidden layers use ReLU; the output is softmax cross-entropy. */
-#include "ml/ml.h"
+#include "ml/model_impl.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -17,39 +18,6 @@
 #include <string.h>
 
 #define MLP_MAX_LAYERS 4
-
-typedef struct ml_model_ops ml_model_ops;
-
-struct ml_model {
-	const ml_model_ops *ops;
-	size_t max_batch;
-	float *x;       /* max_batch x 784: the current batch as floats */
-	float *logits;  /* max_batch x 10 */
-	float *dlogits; /* max_batch x 10: d(mean loss)/d(logits) */
-	float *work;    /* ops->work_floats(max_batch): activations, deltas */
-	uint8_t *y;     /* max_batch labels */
-	/* Input columns [in_lo, in_hi) hold every nonzero of the last
-	 * forward's x. MNIST borders are blank, so the first layer skips
-	 * their weight rows: ~30% of the flops of 2nn at no cost in accuracy
-	 * (the skipped products are exact zeros). */
-	size_t in_lo, in_hi;
-};
-
-struct ml_model_ops {
-	const char *name;
-	size_t dim;
-	const void *arch;
-	size_t (*work_floats)(const ml_model_ops *ops, size_t max_batch);
-	size_t (*tensors)(const ml_model_ops *ops, ml_tensor_view *out, size_t max);
-	void (*init)(const ml_model_ops *ops, float *params, ml_rng *r);
-	/* x (n x 784) -> m->logits (n x 10), keeping activations in m->work. */
-	void (*forward)(ml_model *m, const float *params, const float *x, size_t n);
-	/* gw += alpha * d(loss)/d(params), from m->dlogits and the activations
-	 * of the last forward. gw may alias params (fused SGD step): every
-	 * layer reads its weights before it updates them. */
-	void (*backward)(ml_model *m, const float *params, const float *x, size_t n, float *gw,
-	                 float alpha);
-};
 
 /* ---- MLP ------------------------------------------------------------- */
 
@@ -236,12 +204,16 @@ mlp_backward(ml_model *m, const float *p, const float *x, size_t n, float *gw, f
 static const mlp_arch arch_logreg = {1, {ML_IMAGE_PIXELS, ML_CLASSES}};
 static const mlp_arch arch_2nn = {3, {ML_IMAGE_PIXELS, 200, 200, ML_CLASSES}};
 
-static const ml_model_ops models[] = {
-	{"logreg", 7850, &arch_logreg, mlp_work_floats, mlp_tensors, mlp_init, mlp_forward,
-	 mlp_backward},
-	{"2nn", 199210, &arch_2nn, mlp_work_floats, mlp_tensors, mlp_init, mlp_forward,
-	 mlp_backward},
+static const ml_model_ops ops_logreg = {
+	"logreg", 7850, &arch_logreg, mlp_work_floats, mlp_tensors, mlp_init, mlp_forward,
+	mlp_backward,
 };
+static const ml_model_ops ops_2nn = {
+	"2nn", 199210, &arch_2nn, mlp_work_floats, mlp_tensors, mlp_init, mlp_forward,
+	mlp_backward,
+};
+
+static const ml_model_ops *const models[] = {&ops_logreg, &ops_2nn, &ml_cnn_ops};
 
 /* ---- Model objects --------------------------------------------------- */
 
@@ -251,8 +223,8 @@ find_model(const char *name)
 	if (name == NULL)
 		return NULL;
 	for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
-		if (strcmp(models[i].name, name) == 0)
-			return &models[i];
+		if (strcmp(models[i]->name, name) == 0)
+			return models[i];
 	return NULL;
 }
 
@@ -267,7 +239,7 @@ ml_model_dim_of(const char *name)
 const char *
 ml_model_names(void)
 {
-	return "logreg,2nn";
+	return "logreg,2nn,cnn";
 }
 
 shoal_err
