@@ -348,6 +348,10 @@ close_round(srv_core *s, uint64_t now)
 	push_event(s, SRV_EV_ROUND_END);
 	if (s->round >= s->cfg.rounds) {
 		finish(s);
+	} else if (s->cfg.target_accuracy > 0 && !st->abandoned &&
+	           st->accuracy >= s->cfg.target_accuracy) {
+		log_info("round %u reached the target accuracy %.4f", s->round, s->cfg.target_accuracy);
+		finish(s);
 	} else {
 		s->phase = PH_IDLE;
 		try_start_round(s, now);

@@ -42,6 +42,7 @@ typedef struct srv_config {
 	float weight_decay;         /* client L2 weight decay, >= 0 ("wd") */
 	float prox_mu;              /* FedProx proximal weight, >= 0 ("mu") */
 	srv_opt_config opt;         /* server optimizer applied to the average */
+	double target_accuracy;     /* finish once a round reaches it; 0: off */
 	uint32_t round_timeout_ms;  /* deadline, from round start */
 	uint32_t hold_ms;           /* longest a CHECKIN is parked */
 	uint32_t max_clients;       /* registry size limit */

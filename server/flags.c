@@ -1,0 +1,152 @@
+/* flags.c - algorithm flags shared by shoal-server and shoal-sim (flags.h). */
+#include "server/flags.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+	F_MOMENTUM, F_WEIGHT_DECAY, F_PROX_MU, F_LR_DECAY, F_SERVER_OPT, F_SERVER_LR,
+	F_BETA1, F_BETA2, F_TAU, F_TARGET,
+};
+
+const struct option srv_flag_options[SRV_FLAG_COUNT] = {
+	{"momentum", required_argument, NULL, SRV_FLAG_BASE + F_MOMENTUM},
+	{"weight-decay", required_argument, NULL, SRV_FLAG_BASE + F_WEIGHT_DECAY},
+	{"prox-mu", required_argument, NULL, SRV_FLAG_BASE + F_PROX_MU},
+	{"lr-decay", required_argument, NULL, SRV_FLAG_BASE + F_LR_DECAY},
+	{"server-opt", required_argument, NULL, SRV_FLAG_BASE + F_SERVER_OPT},
+	{"server-lr", required_argument, NULL, SRV_FLAG_BASE + F_SERVER_LR},
+	{"server-beta1", required_argument, NULL, SRV_FLAG_BASE + F_BETA1},
+	{"server-beta2", required_argument, NULL, SRV_FLAG_BASE + F_BETA2},
+	{"server-tau", required_argument, NULL, SRV_FLAG_BASE + F_TAU},
+	{"target-accuracy", required_argument, NULL, SRV_FLAG_BASE + F_TARGET},
+};
+
+/* A finite number in [lo, hi] (hi_open: [lo, hi)). */
+static bool
+number(const char *s, double lo, double hi, bool hi_open, double *out)
+{
+	char *end;
+	double v;
+
+	if (s == NULL || *s == '\0')
+		return false;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || *end != '\0' || !isfinite(v) || v < lo || v > hi || (hi_open && v == hi))
+		return false;
+	*out = v;
+	return true;
+}
+
+int
+srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
+{
+	double v;
+	const char *why = NULL;
+
+	switch (id - SRV_FLAG_BASE) {
+	case F_MOMENTUM:
+		if (number(arg, 0, 1, true, &v))
+			cfg->momentum = (float)v;
+		else
+			why = "expected a number in [0, 1), e.g. 0.9";
+		break;
+	case F_WEIGHT_DECAY:
+		if (number(arg, 0, 1e3, false, &v))
+			cfg->weight_decay = (float)v;
+		else
+			why = "expected a number >= 0, e.g. 1e-4";
+		break;
+	case F_PROX_MU:
+		if (number(arg, 0, 1e6, false, &v))
+			cfg->prox_mu = (float)v;
+		else
+			why = "expected a number >= 0, e.g. 0.01";
+		break;
+	case F_LR_DECAY:
+		if (number(arg, 0, 1, false, &v) && v > 0)
+			cfg->lr_decay = (float)v;
+		else
+			why = "expected a factor in (0, 1], e.g. 0.99";
+		break;
+	case F_SERVER_OPT:
+		if (srv_opt_parse(arg, &cfg->opt.kind) != SHOAL_OK)
+			why = "expected fedavg, fedavgm, fedadam or fedyogi";
+		break;
+	case F_SERVER_LR:
+		if (number(arg, 0, 1e6, false, &v) && v > 0)
+			cfg->opt.lr = v;
+		else
+			why = "expected a number > 0, e.g. 1 (fedavg) or 0.01 (fedadam)";
+		break;
+	case F_BETA1:
+		if (number(arg, 0, 1, true, &v))
+			cfg->opt.beta1 = v;
+		else
+			why = "expected a number in [0, 1)";
+		break;
+	case F_BETA2:
+		if (number(arg, 0, 1, true, &v))
+			cfg->opt.beta2 = v;
+		else
+			why = "expected a number in [0, 1)";
+		break;
+	case F_TAU:
+		if (number(arg, 0, 1e3, false, &v) && v > 0)
+			cfg->opt.tau = v;
+		else
+			why = "expected a number > 0, e.g. 1e-3";
+		break;
+	case F_TARGET:
+		if (number(arg, 0, 1, false, &v) && v > 0)
+			cfg->target_accuracy = v;
+		else
+			why = "expected an accuracy in (0, 1], e.g. 0.97";
+		break;
+	default:
+		return 1;
+	}
+	if (why == NULL)
+		return 0;
+	fprintf(stderr, "%s: --%s '%s': %s\nTry '%s --help' for more information.\n", prog,
+	        srv_flag_options[id - SRV_FLAG_BASE].name, arg, why, prog);
+	return -1;
+}
+
+void
+srv_flag_help(FILE *f)
+{
+	srv_config d;
+
+	srv_config_defaults(&d);
+	fprintf(f,
+	    "Algorithm (clients receive the first four in every task):\n"
+	    "      --momentum M          client SGD momentum, [0, 1) [default: %g]\n"
+	    "      --weight-decay W      client L2 weight decay, >= 0 [default: %g]\n"
+	    "      --prox-mu MU          FedProx proximal term (mu/2)|w - w_global|^2,\n"
+	    "                            >= 0; 0 is plain FedAvg [default: %g]\n"
+	    "      --lr-decay D          round r uses lr * D^(r-1), (0, 1] [default: %g]\n"
+	    "      --server-opt NAME     fedavg, fedavgm, fedadam or fedyogi (Reddi et al.\n"
+	    "                            2021), applied to the averaged update\n"
+	    "                            [default: %s]\n"
+	    "      --server-lr ETA       server learning rate [default: %g]\n"
+	    "      --server-beta1 B      momentum of fedavgm/fedadam/fedyogi [default: %g]\n"
+	    "      --server-beta2 B      second-moment decay of fedadam/fedyogi\n"
+	    "                            [default: %g]\n"
+	    "      --server-tau T        adaptivity of fedadam/fedyogi [default: %g]\n"
+	    "      --target-accuracy A   finish as soon as a round's test accuracy reaches\n"
+	    "                            A (0 < A <= 1) [default: off]\n",
+	    (double)d.momentum, (double)d.weight_decay, (double)d.prox_mu, (double)d.lr_decay,
+	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau);
+}
+
+void
+srv_flag_merge(struct option *out, const struct option *own, size_t n)
+{
+	memcpy(out, own, n * sizeof *out);
+	memcpy(out + n, srv_flag_options, sizeof srv_flag_options);
+	memset(&out[n + SRV_FLAG_COUNT], 0, sizeof *out);
+}
