@@ -362,7 +362,7 @@ train(void *user, float *params, size_t dim, const shoal_train_info *info,
       uint32_t *n_examples, float *loss)
 {
 	trainer *t = user;
-	ml_sgd_config sgd;
+	ml_sgd_config sgd = {0};
 	double mean_loss = 0.0;
 	size_t batch;
 	shoal_err err;
@@ -402,6 +402,9 @@ train(void *user, float *params, size_t dim, const shoal_train_info *info,
 	sgd.batch = (uint32_t)batch;
 	sgd.lr = info->lr;
 	sgd.seed = info->seed;
+	sgd.momentum = info->momentum;
+	sgd.weight_decay = info->weight_decay;
+	sgd.prox_mu = info->prox_mu;
 	err = ml_train_sgd(t->model, params, t->ds, t->idx, t->n, &sgd, &mean_loss);
 	if (err != SHOAL_OK) {
 		log_error(PROG ": round %" PRIu32 ": training failed: %s", info->round,

@@ -132,12 +132,21 @@ typedef struct ml_sgd_config {
 	uint32_t batch;  /* <= the model's max_batch */
 	float lr;
 	uint64_t seed;   /* shuffling order of each epoch */
+	float momentum;     /* heavy ball: v = m*v + g; p -= lr*v. [0, 1) */
+	float weight_decay; /* g += wd * p */
+	float prox_mu;      /* FedProx (Li et al. 2020): g += mu * (p - p_start),
+	                       the gradient of (mu/2)|p - p_start|^2 where p_start
+	                       is params on entry (the global model) */
 } ml_sgd_config;
 
-/* Plain minibatch SGD over examples idx[0..n) of ds, updating params in
- * place. Each epoch visits a fresh seeded permutation; the last batch may be
- * short. *mean_loss (may be NULL) gets the mean of the batch losses.
- * Errors: SHOAL_EINVAL (n == 0, batch 0 or > max_batch, epochs 0). */
+/* Minibatch SGD over examples idx[0..n) of ds, updating params in place.
+ * Each epoch visits a fresh seeded permutation; the last batch may be
+ * short. *mean_loss (may be NULL) gets the mean of the batch losses (data
+ * term only). With momentum, weight_decay and prox_mu all 0 this is plain
+ * SGD with the step fused into backward; otherwise the gradient goes
+ * through a buffer (three dim-sized allocations per call, none per batch).
+ * Errors: SHOAL_EINVAL (n == 0, batch 0 or > max_batch, epochs 0, momentum
+ * outside [0, 1), negative or non-finite coefficients), SHOAL_ENOMEM. */
 shoal_err ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *idx,
                        size_t n, const ml_sgd_config *cfg, double *mean_loss);
 

@@ -14,6 +14,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -412,20 +413,36 @@ shoal_err
 ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *idx, size_t n,
              const ml_sgd_config *cfg, double *mean_loss)
 {
-	size_t batches = 0;
+	size_t batches = 0, dim;
 	double total = 0.0;
 	uint32_t *perm;
+	float *g = NULL, *v = NULL, *p0 = NULL;
+	bool general;
 
 	if (m == NULL || params == NULL || ds == NULL || idx == NULL || cfg == NULL || n == 0 ||
 	    n > UINT32_MAX || cfg->batch == 0 || cfg->batch > m->max_batch || cfg->epochs == 0 ||
-	    !isfinite(cfg->lr))
+	    !isfinite(cfg->lr) || !(cfg->momentum >= 0 && cfg->momentum < 1) ||
+	    !(cfg->weight_decay >= 0) || !isfinite(cfg->weight_decay) || !(cfg->prox_mu >= 0) ||
+	    !isfinite(cfg->prox_mu))
 		return SHOAL_EINVAL;
 	for (size_t i = 0; i < n; i++)
 		if (idx[i] >= ds->n)
 			return SHOAL_EINVAL;
+	dim = m->ops->dim;
+	general = cfg->momentum != 0 || cfg->weight_decay != 0 || cfg->prox_mu != 0;
 	perm = malloc(n * sizeof *perm);
 	if (perm == NULL)
 		return SHOAL_ENOMEM;
+	if (general && ((g = malloc(dim * sizeof *g)) == NULL ||
+	                (v = calloc(dim, sizeof *v)) == NULL ||
+	                (p0 = malloc(dim * sizeof *p0)) == NULL)) {
+		free(perm);
+		free(g);
+		free(v);
+		return SHOAL_ENOMEM;
+	}
+	if (general)
+		memcpy(p0, params, dim * sizeof *p0);
 	for (uint32_t e = 0; e < cfg->epochs; e++) {
 		ml_rng r;
 
@@ -439,13 +456,29 @@ ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *i
 			m->ops->forward(m, params, m->x, nb);
 			total += softmax_xent(m->logits, m->y, nb, m->dlogits, 1.0f / (float)nb) /
 			         (double)nb;
-			/* p -= lr * g, fused: backward accumulates -lr * g straight
-			 * into params (no gradient buffer, no extra pass). */
-			m->ops->backward(m, params, m->x, nb, params, -cfg->lr);
 			batches++;
+			if (!general) {
+				/* p -= lr * g, fused: backward accumulates -lr * g
+				 * straight into params (no gradient buffer, no extra
+				 * pass). */
+				m->ops->backward(m, params, m->x, nb, params, -cfg->lr);
+				continue;
+			}
+			memset(g, 0, dim * sizeof *g);
+			m->ops->backward(m, params, m->x, nb, g, 1.0f);
+			const float mom = cfg->momentum, wd = cfg->weight_decay, mu = cfg->prox_mu,
+			            lr = cfg->lr;
+			for (size_t j = 0; j < dim; j++) {
+				float gj = g[j] + wd * params[j] + mu * (params[j] - p0[j]);
+				v[j] = mom * v[j] + gj;
+				params[j] -= lr * v[j];
+			}
 		}
 	}
 	free(perm);
+	free(g);
+	free(v);
+	free(p0);
 	if (mean_loss != NULL)
 		*mean_loss = total / (double)batches;
 	return SHOAL_OK;

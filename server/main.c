@@ -21,6 +21,7 @@
 #include "common/msg.h"
 #include "ml/ml.h"
 #include "server/core.h"
+#include "server/flags.h"
 #include "server/serve.h"
 #include "shoal/err.h"
 
@@ -231,6 +232,8 @@ print_help(FILE *f)
 	    d.round_timeout_ms / 1000.0,
 	    ml_model_names(), d.model,
 	    MSG_EPOCHS_MAX, d.epochs, MSG_BATCH_MAX, d.batch, (double)d.lr, d.seed);
+	fputc('\n', f);
+	srv_flag_help(f);
 }
 
 enum {
@@ -279,8 +282,11 @@ parse_args(int argc, char **argv, options *o)
 	o->data_dir = DEFAULT_DATA_DIR;
 	o->linger_ms = DEFAULT_LINGER_MS;
 
+	enum { NOWN = sizeof long_options / sizeof long_options[0] - 1 };
+	struct option all[NOWN + SRV_FLAG_COUNT + 1];
+	srv_flag_merge(all, long_options, NOWN);
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":qvhV", long_options, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":qvhV", all, NULL)) != -1) {
 		const char *a = optarg;
 
 		switch (c) {
@@ -384,10 +390,16 @@ parse_args(int argc, char **argv, options *o)
 			return EXIT_DONE;
 		case ':':
 			return usage_error("option '%s' needs a value", argv[optind - 1]);
-		default:
+		default: {
+			int r = c >= SRV_FLAG_BASE ? srv_flag_apply(PROG, c, a, &o->cfg) : 1;
+			if (r == 0)
+				break;
+			if (r < 0)
+				return EXIT_USAGE; /* srv_flag_apply said why */
 			if (optopt != 0)
 				return usage_error("unknown option '-%c'", optopt);
 			return usage_error("unknown option '%s'", argv[optind - 1]);
+		}
 		}
 	}
 	if (optind < argc)

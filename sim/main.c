@@ -25,6 +25,7 @@
 #include "common/msg.h"
 #include "ml/ml.h"
 #include "server/core.h"
+#include "server/flags.h"
 #include "server/serve.h"
 #include "shoal/client.h"
 
@@ -52,6 +53,7 @@ typedef struct sim_opts {
 	uint64_t seed;
 	const char *model, *partition, *data_dir, *metrics;
 	bool quiet, verbose;
+	srv_config algo;      /* --momentum, --server-opt, ... (server/flags.h) */
 } sim_opts;
 
 /* At most T clients train at once: T slots, each with its own model scratch
@@ -163,6 +165,8 @@ usage(FILE *f, const char *argv0)
 	    argv0, SIM_DEF_CLIENTS, SIM_DEF_PER_ROUND, SIM_DEF_ROUNDS, ml_model_names(),
 	    SIM_DEF_MODEL, SIM_DEF_PARTITION, SIM_DEF_EPOCHS, SIM_DEF_BATCH, (double)SIM_DEF_LR,
 	    ncpu > 0 ? ncpu : 1, SIM_DEF_DATA, SIM_DEF_SEED, argv0);
+	fputc('\n', f);
+	srv_flag_help(f);
 }
 
 /* Parse a decimal integer in [lo, hi]; false (with a message) otherwise. */
@@ -226,16 +230,20 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		{NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	enum { NOWN = sizeof longopts / sizeof longopts[0] - 1 };
+	struct option all[NOWN + SRV_FLAG_COUNT + 1];
 	int c;
 
+	srv_flag_merge(all, longopts, NOWN);
 	*o = (sim_opts){
 		.clients = SIM_DEF_CLIENTS, .per_round = SIM_DEF_PER_ROUND,
 		.rounds = SIM_DEF_ROUNDS, .epochs = SIM_DEF_EPOCHS, .batch = SIM_DEF_BATCH,
 		.threads = ncpu > 0 ? (uint32_t)ncpu : 1, .lr = SIM_DEF_LR, .seed = SIM_DEF_SEED,
 		.model = SIM_DEF_MODEL, .partition = SIM_DEF_PARTITION, .data_dir = SIM_DEF_DATA,
 	};
+	srv_config_defaults(&o->algo);
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":h", all, NULL)) != -1) {
 		bool ok = true;
 
 		switch (c) {
@@ -310,10 +318,16 @@ parse_flags(int argc, char **argv, sim_opts *o)
 			fprintf(stderr, "shoal-sim: %s needs a value\n", argv[optind - 1]);
 			ok = false;
 			break;
-		default:
-			fprintf(stderr, "shoal-sim: unknown option '%s'\n", argv[optind - 1]);
-			ok = false;
+		default: {
+			int r = c >= SRV_FLAG_BASE ? srv_flag_apply("shoal-sim", c, optarg, &o->algo) : 1;
+			if (r < 0)
+				return SIM_EXIT_USAGE; /* srv_flag_apply said why */
+			if (r > 0) {
+				fprintf(stderr, "shoal-sim: unknown option '%s'\n", argv[optind - 1]);
+				ok = false;
+			}
 			break;
+		}
 		}
 		if (!ok)
 			goto usage_error;
@@ -406,6 +420,8 @@ client_train(void *user, float *params, size_t dim, const shoal_train_info *info
 	size_t n = part->start[c->index + 1] - part->start[c->index];
 	ml_sgd_config cfg = {
 		.epochs = info->epochs, .batch = info->batch, .lr = info->lr, .seed = info->seed,
+		.momentum = info->momentum, .weight_decay = info->weight_decay,
+		.prox_mu = info->prox_mu,
 	};
 	double mean_loss = 0.0;
 	shoal_err e;
@@ -620,7 +636,7 @@ main(int argc, char **argv)
 		}
 	}
 
-	srv_config_defaults(&cfg);
+	cfg = o.algo; /* defaults plus the algorithm flags */
 	cfg.model = o.model;
 	cfg.rounds = o.rounds;
 	cfg.clients_per_round = o.per_round;

@@ -880,6 +880,124 @@ test_cnn_training_reduces_loss(void **state)
 	ml_dataset_fini(&test);
 }
 
+/* The general SGD path (gradient buffer) with a negligible proximal term
+ * agrees with the fused plain path: FedProx at mu = 0 is FedAvg's SGD. The
+ * paths differ only in float rounding of the update (fused: sgemm beta=1
+ * into params), so the tolerance is a few ulps of the ~1e-1 weights times
+ * the step count. */
+static void
+test_sgd_general_path_matches_plain(void **state)
+{
+	ml_dataset train = load("train");
+	ml_model *m;
+	assert_int_equal(ml_model_new("2nn", 10, &m), SHOAL_OK);
+	size_t dim = ml_model_dim(m);
+	float *a = new_params(m, 3), *b = new_params(m, 3);
+	uint32_t idx[200];
+	for (uint32_t i = 0; i < 200; i++)
+		idx[i] = i * 7;
+	ml_sgd_config c = {.epochs = 1, .batch = 10, .lr = 0.05f, .seed = 9};
+	assert_int_equal(ml_train_sgd(m, a, &train, idx, 200, &c, NULL), SHOAL_OK);
+	c.prox_mu = 1e-30f; /* forces the general path, changes no gradient */
+	assert_int_equal(ml_train_sgd(m, b, &train, idx, 200, &c, NULL), SHOAL_OK);
+	double maxd = 0;
+	for (size_t j = 0; j < dim; j++)
+		maxd = fmax(maxd, fabs((double)a[j] - b[j]));
+	assert_true(maxd < 1e-5);
+	c.prox_mu = 0; /* and mu = 0 exactly is the plain path, bit for bit */
+	float *d = new_params(m, 3);
+	assert_int_equal(ml_train_sgd(m, d, &train, idx, 200, &c, NULL), SHOAL_OK);
+	assert_memory_equal(a, d, dim * sizeof *a);
+	free(a);
+	free(b);
+	free(d);
+	ml_model_free(m);
+	ml_dataset_fini(&train);
+}
+
+static double
+dist2(const float *a, const float *b, size_t n)
+{
+	double s = 0;
+	for (size_t j = 0; j < n; j++)
+		s += ((double)a[j] - b[j]) * ((double)a[j] - b[j]);
+	return s;
+}
+
+/* FedProx keeps the local model closer to where it started. */
+static void
+test_fedprox_pulls_toward_start(void **state)
+{
+	ml_dataset train = load("train");
+	ml_model *m;
+	assert_int_equal(ml_model_new("logreg", 10, &m), SHOAL_OK);
+	size_t dim = ml_model_dim(m);
+	float *p0 = new_params(m, 5), *a = new_params(m, 5), *b = new_params(m, 5);
+	uint32_t idx[600];
+	for (uint32_t i = 0; i < 600; i++)
+		idx[i] = i;
+	ml_sgd_config c = {.epochs = 2, .batch = 10, .lr = 0.1f, .seed = 1};
+	assert_int_equal(ml_train_sgd(m, a, &train, idx, 600, &c, NULL), SHOAL_OK);
+	c.prox_mu = 1.0f;
+	assert_int_equal(ml_train_sgd(m, b, &train, idx, 600, &c, NULL), SHOAL_OK);
+	assert_true(dist2(b, p0, dim) < 0.8 * dist2(a, p0, dim));
+	free(p0);
+	free(a);
+	free(b);
+	ml_model_free(m);
+	ml_dataset_fini(&train);
+}
+
+/* Momentum, weight decay and the proximal term against a step-by-step
+ * computation from ml_model_loss_grad in the same batch order. */
+static void
+test_momentum_wd_prox_match_manual(void **state)
+{
+	ml_dataset train = load("train");
+	ml_model *m;
+	assert_int_equal(ml_model_new("logreg", 10, &m), SHOAL_OK);
+	size_t dim = ml_model_dim(m);
+	float *p = new_params(m, 8), *q = new_params(m, 8), *p0 = new_params(m, 8);
+	float *g = malloc(dim * sizeof *g), *v = calloc(dim, sizeof *v);
+	float x[10 * ML_IMAGE_PIXELS];
+	uint8_t y[10];
+	uint32_t idx[30], perm[30];
+	for (uint32_t i = 0; i < 30; i++)
+		idx[i] = 100 + 3 * i;
+	ml_sgd_config c = {.epochs = 1, .batch = 10, .lr = 0.1f, .seed = 4, .momentum = 0.5f,
+	                   .weight_decay = 0.01f, .prox_mu = 0.2f};
+	assert_int_equal(ml_train_sgd(m, p, &train, idx, 30, &c, NULL), SHOAL_OK);
+
+	ml_rng r;
+	ml_rng_seed(&r, ml_seed_mix(c.seed, 0));
+	memcpy(perm, idx, sizeof perm);
+	ml_rng_shuffle(&r, perm, 30);
+	for (int b = 0; b < 3; b++) {
+		ml_gather(&train, perm + 10 * b, 10, x, y);
+		ml_model_loss_grad(m, q, x, y, 10, g);
+		for (size_t j = 0; j < dim; j++) {
+			float gj = g[j] + c.weight_decay * q[j] + c.prox_mu * (q[j] - p0[j]);
+			v[j] = c.momentum * v[j] + gj;
+			q[j] -= c.lr * v[j];
+		}
+	}
+	double maxd = 0;
+	for (size_t j = 0; j < dim; j++)
+		maxd = fmax(maxd, fabs((double)p[j] - q[j]));
+	assert_true(maxd < 1e-6);
+	assert_true(dist2(p, p0, dim) > 0); /* it did move */
+	c.momentum = 1.0f;
+	assert_int_equal(ml_train_sgd(m, p, &train, idx, 30, &c, NULL), SHOAL_EINVAL);
+	free(p);
+	free(q);
+	free(p0);
+	free(g);
+	free(v);
+	ml_model_free(m);
+	ml_dataset_fini(&train);
+}
+
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_dims),
 	cmocka_unit_test(test_init),
@@ -890,6 +1008,9 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_training_reduces_loss),
 	cmocka_unit_test(test_logreg_accuracy),
 	cmocka_unit_test(test_sgd_deterministic),
+	cmocka_unit_test(test_sgd_general_path_matches_plain),
+	cmocka_unit_test(test_fedprox_pulls_toward_start),
+	cmocka_unit_test(test_momentum_wd_prox_match_manual),
 	cmocka_unit_test(test_sgd_step_matches_gradient),
 	cmocka_unit_test(test_evaluate_chunking),
 	cmocka_unit_test(test_bad_args),

@@ -431,9 +431,61 @@ sim_missing_data_dir_explains(void **state)
 	rmdir(dir);
 }
 
+/* run_small with seed 7, 2 threads, iid, plus up to 4 extra flags. */
+static void
+run_small_flags(const char *dir, const char *metrics, const char *const *extra, sim_run *r)
+{
+	const char *args[32] = {
+		"--model", "logreg", "--clients", "20", "--clients-per-round", "5",
+		"--rounds", "3", "--seed", "7", "--threads", "2", "--data-dir", SHOAL_DATA_DIR,
+		"--metrics", metrics, "--quiet",
+	};
+	size_t n = 17;
+	for (size_t i = 0; extra[i] != NULL && n < 31; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	run_sim(dir, args, r);
+	if (r->status != 0)
+		print_error("shoal-sim stderr:\n%s\n", r->err);
+	assert_int_equal(r->status, 0);
+	assert_int_equal((int)strlen(r->hash), HASH_HEX);
+}
+
+/* FedProx with mu = 0 is FedAvg: the same final model bit for bit; a
+ * positive mu changes it. Likewise the server optimizer FedAvg with server
+ * lr 1 is the default, and FedAdam differs. */
+static void
+sim_prox_mu_zero_is_fedavg(void **state)
+{
+	char dir[256], m[300];
+	sim_run base, zero, prox, avg, adam;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m, sizeof(m), "%s/m.jsonl", dir);
+	run_small_flags(dir, m, (const char *const[]){NULL}, &base);
+	run_small_flags(dir, m, (const char *const[]){"--prox-mu", "0", NULL}, &zero);
+	run_small_flags(dir, m, (const char *const[]){"--prox-mu", "0.5", NULL}, &prox);
+	run_small_flags(dir, m, (const char *const[]){"--server-opt", "fedavg", "--server-lr", "1",
+	                                              NULL}, &avg);
+	run_small_flags(dir, m, (const char *const[]){"--server-opt", "fedadam", "--server-lr",
+	                                              "0.01", NULL}, &adam);
+	assert_string_equal(base.hash, zero.hash);
+	assert_string_not_equal(base.hash, prox.hash);
+	assert_string_equal(base.hash, avg.hash);
+	assert_string_not_equal(base.hash, adam.hash);
+	sim_run_fini(&base);
+	sim_run_fini(&zero);
+	sim_run_fini(&prox);
+	sim_run_fini(&avg);
+	sim_run_fini(&adam);
+	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(sim_deterministic_across_threads),
 	cmocka_unit_test(sim_seed_changes_result),
+		cmocka_unit_test(sim_prox_mu_zero_is_fedavg),
 	cmocka_unit_test(sim_reaches_accuracy_logreg),
 	cmocka_unit_test(sim_partition_shards_and_dirichlet_run),
 	cmocka_unit_test(sim_rejects_bad_flags),
