@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "bench/bench.h"
 #include "ml/ml.h"
 
 static void
@@ -40,7 +41,10 @@ usage(FILE *f)
 	        "          the peak (best square size)\n"
 	        "    --threads T      OpenBLAS threads (default 1)\n"
 	        "    --size N ...     square sizes (repeatable; default 256 512 1024)\n"
-	        "    --reps R         repetitions, median reported (default 5)\n",
+	        "    --reps R         repetitions, median reported (default 5)\n"
+	        "  codec   update codec: bytes per parameter, index bits against the\n"
+	        "          information bound, encode and decode+accumulate throughput,\n"
+	        "          dense accumulate against memcpy (shoal-bench codec --help)\n",
 	        ml_model_names());
 }
 
@@ -429,6 +433,8 @@ main(int argc, char **argv)
 		return bench_train(argc - 2, argv + 2);
 	if (strcmp(argv[1], "gemm") == 0)
 		return bench_gemm(argc - 2, argv + 2);
+	if (strcmp(argv[1], "codec") == 0)
+		return bench_codec(argc - 1, argv + 1);
 	fprintf(stderr, "shoal-bench: unknown subcommand '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;
