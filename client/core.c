@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/codec.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "privacy/rng.h"
@@ -30,6 +31,11 @@ struct cli_core {
 	float *global;      /* last global model (dim) */
 	float *work;        /* local model during TRAIN, then the delta */
 	bool have_global;
+	uint32_t held_ver;  /* version of global, 0: none */
+	bool compress;      /* the current task asks for encoding "up" */
+	cx_config up;
+	float *residual;    /* error feedback, dim; allocated on first use */
+	rng noise;          /* stochastic rounding and rand-k */
 	uint32_t round, epochs, batch, deadline;
 	float lr, momentum, weight_decay, prox_mu;
 	uint64_t seed;
@@ -125,6 +131,7 @@ cli_core_new(const cli_config *cfg, cli_core **out)
 	for (size_t i = 0; i < nl; i++)
 		h = (h ^ (uint8_t)c->name[i]) * 1099511628211ull;
 	rng_init(&c->jitter, cfg->seed, h);
+	rng_init(&c->noise, cfg->seed, h ^ 0x636f646563ull); /* "codec" stream */
 	c->state = ST_HELLO;
 	*out = c;
 	return SHOAL_OK;
@@ -137,6 +144,8 @@ cli_core_free(cli_core *c)
 		return;
 	drop_request(c);
 	rng_fini(&c->jitter);
+	rng_fini(&c->noise);
+	free(c->residual);
 	free(c->global);
 	free(c->work);
 	free(c);
@@ -154,10 +163,12 @@ encode_request(cli_core *c)
 		memcpy(m.model, c->model, sizeof m.model);
 		m.dim = c->cfg.dim;
 		m.n_examples = c->cfg.n_examples;
+		m.cx_caps = c->cfg.cx_caps;
 		break;
 	case ST_CHECKIN:
 		m.type = MSG_CHECKIN;
 		m.client_id = c->id;
+		m.model_ver = c->held_ver;
 		break;
 	default:
 		return SHOAL_ESTATE; /* UPDATE is encoded by cli_core_submit */
@@ -223,16 +234,41 @@ cli_core_on_transport_error(cli_core *c, shoal_err err, uint64_t now)
 static void
 on_task(cli_core *c, const msg *m, uint64_t now)
 {
-	if (strcmp(m->model, c->model) != 0 || m->dim != c->cfg.dim) {
+	if (strcmp(m->model, c->model) != 0 || (m->vec != NULL && m->dim != c->cfg.dim)) {
 		log_error("client %s: server sent a task for model %s with %u parameters; this "
 		          "client has %s with %u",
 		          c->name, m->model, m->dim, c->model, c->cfg.dim);
 		fail(c, SHOAL_EMODEL);
 		return;
 	}
-	msg_vec_to_host(c->global, m->vec, c->cfg.dim);
+	c->compress = false;
+	if (m->up[0] != '\0') {
+		bool none;
+		if (cx_parse_spec(m->up, &c->up, &none) != SHOAL_OK ||
+		    (cx_required_caps(&c->up) & ~c->cfg.cx_caps) != 0) {
+			log_warn("client %s: server asks for update encoding '%s', which this client "
+			         "does not handle; skipping round %u", c->name, m->up, m->round);
+			drop_request(c);
+			return;
+		}
+		c->compress = !none;
+	}
+	if (m->vec != NULL) {
+		msg_vec_to_host(c->global, m->vec, c->cfg.dim);
+	} else if (m->base != c->held_ver || !c->have_global ||
+	           cx_decode_add(m->blob, m->blob_len, c->cfg.dim, c->global, NULL) < 0) {
+		/* Not the version the delta applies to, or a bad delta: ask for the
+		 * full model by checking in as a client that holds none. */
+		log_warn("client %s: cannot apply the model delta of round %u (base %u, held %u); "
+		         "asking for the full model", c->name, m->round, m->base, c->held_ver);
+		c->held_ver = 0;
+		c->have_global = false;
+		drop_request(c); /* the next CHECKIN says "ver 0" */
+		return;
+	}
 	memcpy(c->work, c->global, (size_t)c->cfg.dim * sizeof(float));
 	c->have_global = true;
+	c->held_ver = m->model_ver;
 	c->round = m->round;
 	c->epochs = m->epochs;
 	c->batch = m->batch;
@@ -243,7 +279,6 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 	c->seed = m->seed;
 	c->deadline = m->deadline_ms;
 	set_state(c, ST_TRAIN);
-	(void)now;
 }
 
 static void
@@ -345,6 +380,52 @@ cli_core_on_reply(cli_core *c, const uint8_t *buf, size_t len, uint64_t now)
 	back_off(c, now);
 }
 
+static uint64_t
+noise_u64(void *ctx)
+{
+	return rng_u64(ctx);
+}
+
+/* Encode the delta in c->work as the task asked ("up"), through the
+ * error-feedback residual when that is on. */
+static shoal_err
+encode_update(cli_core *c, uint8_t **out, size_t *len)
+{
+	uint32_t dim = c->cfg.dim, k = cx_k_for_ratio(dim, c->up.ratio);
+	size_t cap = cx_encoded_size_max(dim, k, &c->up);
+	float *residual = c->residual;
+	cx_work w = {0};
+	shoal_err e;
+	long n;
+
+	if (cap == 0)
+		return SHOAL_EINVAL;
+	if (residual == NULL && c->cfg.error_feedback) {
+		if ((c->residual = calloc(dim, sizeof *c->residual)) == NULL)
+			return SHOAL_ENOMEM;
+		residual = c->residual;
+	}
+	/* Without error feedback the residual is a scratch of zeros, dropped. */
+	if (residual == NULL && (residual = calloc(dim, sizeof *residual)) == NULL)
+		return SHOAL_ENOMEM;
+	if ((*out = malloc(cap)) == NULL || (e = cx_work_init(&w, dim)) != SHOAL_OK) {
+		e = SHOAL_ENOMEM;
+		goto done;
+	}
+	n = cx_encode_ef(&c->up, c->work, residual, dim, noise_u64, &c->noise, &w, *out, cap);
+	e = n < 0 ? (shoal_err)n : SHOAL_OK;
+	*len = n < 0 ? 0 : (size_t)n;
+done:
+	cx_work_fini(&w);
+	if (residual != c->residual)
+		free(residual);
+	if (e != SHOAL_OK) {
+		free(*out);
+		*out = NULL;
+	}
+	return e;
+}
+
 shoal_err
 cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 {
@@ -371,11 +452,24 @@ cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 	    .round = c->round,
 	    .n_examples = n_examples,
 	    .loss = isfinite(loss) ? loss : 0.0f,
-	    .dim = (uint32_t)dim,
-	    .vec = (const uint8_t *)c->work,
 	};
+	uint8_t *enc = NULL;
+	if (c->compress) {
+		if ((e = encode_update(c, &enc, &m.blob_len)) != SHOAL_OK) {
+			log_error("client %s: cannot encode the update of round %u: %s", c->name,
+			          c->round, shoal_strerror(e));
+			set_state(c, ST_CHECKIN);
+			return e;
+		}
+		m.blob = enc;
+	} else {
+		m.dim = (uint32_t)dim;
+		m.vec = (const uint8_t *)c->work;
+	}
 	drop_request(c);
-	if ((e = msg_encode(&m, &c->req, &c->req_len)) != SHOAL_OK) {
+	e = msg_encode(&m, &c->req, &c->req_len);
+	free(enc);
+	if (e != SHOAL_OK) {
 		set_state(c, ST_CHECKIN);
 		return e;
 	}
@@ -395,6 +489,19 @@ cli_core_abort_train(cli_core *c, uint64_t now)
 
 const cli_stats *cli_core_stats(const cli_core *c) { return &c->stats; }
 const float *cli_core_global(const cli_core *c) { return c->have_global ? c->global : NULL; }
+uint32_t cli_core_model_version(const cli_core *c) { return c->held_ver; }
+const float *cli_core_residual(const cli_core *c) { return c->residual; }
+
+shoal_err
+cli_core_set_residual(cli_core *c, const float *residual)
+{
+	if (!c->cfg.error_feedback)
+		return SHOAL_EINVAL;
+	if (c->residual == NULL && (c->residual = malloc(c->cfg.dim * sizeof(float))) == NULL)
+		return SHOAL_ENOMEM;
+	memcpy(c->residual, residual, c->cfg.dim * sizeof(float));
+	return SHOAL_OK;
+}
 
 uint32_t
 cli_core_request_timeout_ms(const cli_core *c)

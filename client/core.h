@@ -15,6 +15,7 @@
 #ifndef SHOAL_CLIENT_CORE_H
 #define SHOAL_CLIENT_CORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,6 +29,11 @@ typedef struct cli_config {
 	uint64_t seed;           /* backoff jitter */
 	uint32_t backoff_min_ms; /* default 100 */
 	uint32_t backoff_max_ms; /* default 5000 */
+	uint32_t cx_caps;        /* MSG_CX_* bits announced in HELLO: which
+	                            update encodings and downlink deltas this
+	                            client handles (0: dense float32 only) */
+	bool error_feedback;     /* keep what compression did not send and add
+	                            it to the next update (residual, dim floats) */
 } cli_config;
 
 typedef enum { CLI_SEND = 1, CLI_SLEEP, CLI_TRAIN, CLI_DONE } cli_action;
@@ -76,5 +82,14 @@ const cli_stats *cli_core_stats(const cli_core *c);
 uint32_t cli_core_request_timeout_ms(const cli_core *c);
 /* Last global model received (dim floats), NULL before the first TASK. */
 const float *cli_core_global(const cli_core *c);
+/* Version of that model (0: none). */
+uint32_t cli_core_model_version(const cli_core *c);
+
+/* The error-feedback residual (dim floats), NULL while there is none. The
+ * driver may persist it after each acknowledged update and hand it back to
+ * a new core with cli_core_set_residual (SHOAL_EINVAL if error feedback is
+ * off, SHOAL_ENOMEM). */
+const float *cli_core_residual(const cli_core *c);
+shoal_err cli_core_set_residual(cli_core *c, const float *residual);
 
 #endif

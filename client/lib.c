@@ -8,7 +8,9 @@
 #include <time.h>
 
 #include "client/core.h"
+#include "common/codec.h"
 #include "common/log.h"
+#include "common/msg.h"
 #include "common/transport.h"
 
 enum {
@@ -51,6 +53,44 @@ shoal_client_options_init(shoal_client_options *o)
 	o->backoff_min_ms = 100;
 	o->backoff_max_ms = 5000;
 	o->max_message = (size_t)64 << 20;
+	o->compress = "topk:0.01,q8";
+	o->error_feedback = 1;
+	o->downlink_q8 = 1;
+}
+
+/* An update was acknowledged: hand the residual to the caller. */
+static void
+acknowledged(const shoal_client_options *o, const cli_core *core)
+{
+	const float *r = cli_core_residual(core);
+
+	if (o->residual_io != NULL && r != NULL)
+		memcpy(o->residual_io, r, o->dim * sizeof(float));
+	if (o->on_ack != NULL)
+		o->on_ack(o->user, cli_core_stats(core)->last_round);
+}
+
+/* The MSG_CX_* bits a client with these options announces, or
+ * SHOAL_EINVAL for a bad compress spec. */
+static shoal_err
+offer(const shoal_client_options *o, uint32_t *caps)
+{
+	cx_config c;
+	bool none;
+
+	*caps = o->downlink_q8 ? MSG_CX_DOWN_Q8 : 0;
+	if (o->compress == NULL || strcmp(o->compress, "any") == 0) {
+		*caps = MSG_CX_ALL & (o->downlink_q8 ? MSG_CX_ALL : ~MSG_CX_DOWN_Q8);
+		return SHOAL_OK;
+	}
+	if (cx_parse_spec(o->compress, &c, &none) != SHOAL_OK) {
+		log_error("client option compress '%s': expected any, none, topk:RATIO or "
+		          "randk:RATIO with an optional ,q8 ,q4 or ,f32", o->compress);
+		return SHOAL_EINVAL;
+	}
+	if (!none)
+		*caps |= cx_required_caps(&c);
+	return SHOAL_OK;
 }
 
 /* Errors: SHOAL_EINVAL, with a log line naming the option. */
@@ -143,8 +183,18 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 	cfg.seed = o->seed;
 	cfg.backoff_min_ms = o->backoff_min_ms;
 	cfg.backoff_max_ms = o->backoff_max_ms;
+	cfg.error_feedback = o->error_feedback != 0;
+	if ((e = offer(o, &cfg.cx_caps)) != SHOAL_OK)
+		return e;
 	if ((e = cli_core_new(&cfg, &core)) != SHOAL_OK) {
 		log_error("client %s: cannot start: %s", o->name, shoal_strerror(e));
+		return e;
+	}
+	if (o->residual_io != NULL && o->residual_load &&
+	    (e = cli_core_set_residual(core, o->residual_io)) != SHOAL_OK) {
+		log_error("client %s: cannot load the saved residual: %s", o->name,
+		          shoal_strerror(e));
+		cli_core_free(core);
 		return e;
 	}
 	if ((e = tp_client_open(&tp, o->url, o->max_message)) != SHOAL_OK) {
@@ -175,8 +225,11 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 					log_info("client %s: server at %s is answering again", o->name, o->url);
 					unreachable = false;
 				}
+				uint32_t acked = cli_core_stats(core)->updates_acked;
 				cli_core_on_reply(core, tp_msg_data(reply), tp_msg_len(reply), now_ms());
 				tp_msg_free(reply);
+				if (cli_core_stats(core)->updates_acked != acked)
+					acknowledged(o, core);
 			} else if (stopped(o)) {
 				e = SHOAL_ECLOSED;
 				break;

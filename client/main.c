@@ -13,12 +13,16 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
 #include "common/msg.h"
+#include "client/state.h"
+#include "common/codec.h"
 #include "ml/ml.h"
 #include "shoal/client.h"
 #include "shoal/err.h"
@@ -124,6 +128,10 @@ typedef struct options {
 	char name_buf[MSG_NAME_MAX + 1];
 	uint32_t part, n_parts;
 	uint32_t train_delay_ms;
+	const char *compress;  /* encodings offered to the server */
+	bool error_feedback;
+	bool downlink_q8;
+	const char *state_dir; /* residual persistence, or NULL */
 	int verbosity;
 } options;
 
@@ -159,6 +167,20 @@ print_help(FILE *f)
 	    "                            without spaces; a restarted client should keep\n"
 	    "                            its name [default: HOSTNAME-I-of-N]\n"
 	    "\n"
+	    "Compression (the server picks; PROTOCOL.md section 12):\n"
+	    "      --compress SPEC       update encodings to offer: topk:RATIO or\n"
+	    "                            randk:RATIO with ,q8 ,q4 or ,f32 values, 'any'\n"
+	    "                            or 'none' (dense float32 only)\n"
+	    "                            [default: topk:0.01,q8]\n"
+	    "      --error-feedback on|off\n"
+	    "                            keep what compression did not send and add it\n"
+	    "                            to the next update [default: on]\n"
+	    "      --downlink q8|full    accept 8-bit model deltas [default: q8]\n"
+	    "      --state-dir DIR       keep the error-feedback residual in DIR/residual\n"
+	    "                            (written atomically after every accepted\n"
+	    "                            update, loaded at start) so a restart loses\n"
+	    "                            nothing [default: none]\n"
+	    "\n"
 	    "Testing and output:\n"
 	    "      --train-delay MS      sleep MS before each local training (to make\n"
 	    "                            mid-round failures reproducible) [default: 0]\n"
@@ -187,7 +209,7 @@ print_help(FILE *f)
 
 enum {
 	OPT_CONNECT = 256, OPT_DATA_DIR, OPT_PARTITION, OPT_SPLIT, OPT_SEED, OPT_MODEL,
-	OPT_NAME, OPT_TRAIN_DELAY,
+	OPT_NAME, OPT_TRAIN_DELAY, OPT_COMPRESS, OPT_EF, OPT_DOWNLINK, OPT_STATE_DIR,
 };
 
 static const struct option long_options[] = {
@@ -199,6 +221,10 @@ static const struct option long_options[] = {
 	{"model", required_argument, NULL, OPT_MODEL},
 	{"name", required_argument, NULL, OPT_NAME},
 	{"train-delay", required_argument, NULL, OPT_TRAIN_DELAY},
+	{"compress", required_argument, NULL, OPT_COMPRESS},
+	{"error-feedback", required_argument, NULL, OPT_EF},
+	{"downlink", required_argument, NULL, OPT_DOWNLINK},
+	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
 	{"quiet", no_argument, NULL, 'q'},
 	{"verbose", no_argument, NULL, 'v'},
 	{"help", no_argument, NULL, 'h'},
@@ -241,6 +267,9 @@ parse_args(int argc, char **argv, options *o)
 
 	memset(o, 0, sizeof *o);
 	o->url = DEFAULT_CONNECT;
+	o->compress = "topk:0.01,q8";
+	o->error_feedback = true;
+	o->downlink_q8 = true;
 	o->data_dir = DEFAULT_DATA_DIR;
 	o->split = DEFAULT_SPLIT;
 	o->seed = DEFAULT_SEED;
@@ -292,6 +321,30 @@ parse_args(int argc, char **argv, options *o)
 				                   "without spaces", a, MSG_NAME_MAX);
 			o->name = a;
 			break;
+		case OPT_COMPRESS: {
+			cx_config cc;
+			bool none;
+			if (strcmp(a, "any") != 0 && cx_parse_spec(a, &cc, &none) != SHOAL_OK)
+				return usage_error("--compress '%s': expected any, none, topk:RATIO or "
+				                   "randk:RATIO with an optional ,q8 ,q4 or ,f32", a);
+			o->compress = a;
+			break;
+		}
+		case OPT_EF:
+			if (strcmp(a, "on") != 0 && strcmp(a, "off") != 0)
+				return usage_error("--error-feedback '%s': expected on or off", a);
+			o->error_feedback = strcmp(a, "on") == 0;
+			break;
+		case OPT_DOWNLINK:
+			if (strcmp(a, "q8") != 0 && strcmp(a, "full") != 0)
+				return usage_error("--downlink '%s': expected q8 or full", a);
+			o->downlink_q8 = strcmp(a, "q8") == 0;
+			break;
+		case OPT_STATE_DIR:
+			if (*a == '\0')
+				return usage_error("--state-dir must name a folder");
+			o->state_dir = a;
+			break;
 		case OPT_TRAIN_DELAY:
 			if (!parse_u64(a, 0, MAX_TRAIN_DELAY_MS, &u64))
 				return usage_error("--train-delay '%s': expected milliseconds in 0..%u",
@@ -342,7 +395,20 @@ typedef struct trainer {
 	ml_model *model;       /* scratch for batches up to max_batch */
 	size_t max_batch;
 	uint32_t delay_ms;
+	const char *state_dir; /* --state-dir, or NULL */
+	const float *residual; /* refreshed by the library before on_ack */
+	size_t dim;
 } trainer;
+
+/* After every accepted update: persist the residual (--state-dir). */
+static void
+save_state(void *user, uint32_t round)
+{
+	const trainer *t = user;
+
+	if (cli_state_save_residual(t->state_dir, t->residual, t->dim) == SHOAL_OK)
+		log_debug(PROG ": saved the residual after round %" PRIu32, round);
+}
 
 /* Sleep ms, waking early when a stop signal arrives. */
 static void
@@ -445,6 +511,7 @@ main(int argc, char **argv)
 	shoal_client_options co;
 	shoal_client_stats st;
 	uint32_t *idx = NULL;
+	float *residual = NULL;
 	size_t n;
 	shoal_err err;
 	int rc;
@@ -503,8 +570,36 @@ main(int argc, char **argv)
 	co.n_examples = (uint32_t)n;
 	co.train = train;
 	co.user = &t;
-	co.seed = o.seed ^ ((uint64_t)o.part << 32) ^ o.n_parts; /* backoff jitter */
+	co.seed = o.seed ^ ((uint64_t)o.part << 32) ^ o.n_parts; /* jitter, rounding noise */
 	co.stop = &stop_signal;
+	co.compress = o.compress;
+	co.error_feedback = o.error_feedback;
+	co.downlink_q8 = o.downlink_q8;
+	if (o.state_dir != NULL && o.error_feedback) {
+		if (mkdir(o.state_dir, 0700) != 0 && errno != EEXIST) {
+			log_error(PROG ": cannot create --state-dir '%s': %s", o.state_dir,
+			          strerror(errno));
+			goto out;
+		}
+		if ((residual = calloc(co.dim, sizeof *residual)) == NULL) {
+			log_error(PROG ": out of memory");
+			goto out;
+		}
+		err = cli_state_load_residual(o.state_dir, residual, co.dim);
+		if (err == SHOAL_OK)
+			log_info(PROG ": resumed the error-feedback residual from %s", o.state_dir);
+		else if (err != SHOAL_EIO || access(o.state_dir, W_OK) != 0) {
+			log_error(PROG ": cannot use --state-dir '%s' (%s); move the bad file away "
+			          "or choose another folder", o.state_dir, shoal_strerror(err));
+			goto out;
+		}
+		co.residual_io = residual;
+		co.residual_load = err == SHOAL_OK;
+		co.on_ack = save_state;
+		t.state_dir = o.state_dir;
+		t.residual = residual;
+		t.dim = co.dim;
+	}
 
 	err = shoal_client_run(&co, &st);
 	if (err == SHOAL_OK) {
@@ -527,6 +622,7 @@ out:
 	if (t.model != NULL)
 		ml_model_free(t.model);
 	free(idx);
+	free(residual);
 	ml_dataset_fini(&ds);
 	return rc;
 }

@@ -51,8 +51,10 @@
  * The receiver adds (float)95 * 0.007874016f = 0.7480315 at 2, -1.0 at 3,
  * 0.25 at 9. */
 #include "common/codec.h"
+#include "common/msg.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -245,6 +247,68 @@ cx_config_default(double ratio)
 {
 	cx_config c = { CX_SELECT_TOPK, ratio, CX_VALUES_Q8, CX_BLOCK_DEFAULT, CX_INDEX_AUTO };
 	return c;
+}
+
+shoal_err
+cx_parse_spec(const char *spec, cx_config *out, bool *none)
+{
+	char sel[8], vals[8] = "f32";
+	const char *colon, *comma;
+	char *end;
+	size_t n;
+	double r;
+
+	*none = false;
+	*out = cx_config_default(1.0);
+	if (spec == NULL)
+		return SHOAL_EINVAL;
+	if (strcmp(spec, "none") == 0) {
+		*none = true;
+		return SHOAL_OK;
+	}
+	if ((colon = strchr(spec, ':')) == NULL || (n = (size_t)(colon - spec)) >= sizeof sel)
+		return SHOAL_EINVAL;
+	memcpy(sel, spec, n);
+	sel[n] = '\0';
+	errno = 0;
+	r = strtod(colon + 1, &end);
+	if (errno != 0 || end == colon + 1 || !(r > 0.0 && r <= 1.0))
+		return SHOAL_EINVAL;
+	comma = end;
+	if (*comma == ',') {
+		if (strlen(comma + 1) >= sizeof vals)
+			return SHOAL_EINVAL;
+		strcpy(vals, comma + 1);
+	} else if (*comma != '\0') {
+		return SHOAL_EINVAL;
+	}
+	if (strcmp(sel, "topk") == 0)
+		out->select = CX_SELECT_TOPK;
+	else if (strcmp(sel, "randk") == 0)
+		out->select = CX_SELECT_RANDK;
+	else
+		return SHOAL_EINVAL;
+	if (strcmp(vals, "q8") == 0)
+		out->values = CX_VALUES_Q8;
+	else if (strcmp(vals, "q4") == 0)
+		out->values = CX_VALUES_Q4;
+	else if (strcmp(vals, "f32") == 0)
+		out->values = CX_VALUES_F32;
+	else
+		return SHOAL_EINVAL;
+	out->ratio = r;
+	out->block = out->values == CX_VALUES_F32 ? 0 : CX_BLOCK_DEFAULT;
+	return SHOAL_OK;
+}
+
+uint32_t
+cx_required_caps(const cx_config *cfg)
+{
+	uint32_t caps = cfg->select == CX_SELECT_RANDK ? MSG_CX_RANDK : MSG_CX_TOPK;
+	caps |= cfg->values == CX_VALUES_Q8   ? MSG_CX_Q8
+	        : cfg->values == CX_VALUES_Q4 ? MSG_CX_Q4
+	                                      : MSG_CX_F32;
+	return caps;
 }
 
 uint32_t
@@ -1079,6 +1143,13 @@ apply(const view *v, enum sink kind, double weight, void *outp)
 		}
 		s += n;
 	}
+}
+
+long
+cx_validate(const uint8_t *buf, size_t len, uint32_t expected_dim, uint32_t *scratch)
+{
+	view v;
+	return parse(buf, len, expected_dim, scratch, &v);
 }
 
 long

@@ -30,6 +30,7 @@
 #ifndef SHOAL_CODEC_H
 #define SHOAL_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,6 +79,15 @@ typedef struct cx_config {
 
 /* Top-k, q8, block 64, automatic index mode, at the given ratio. */
 cx_config cx_config_default(double ratio);
+
+/* Parse an update-encoding spec, the syntax of --compress and of TASK "up":
+ *   none | topk:RATIO[,q8|,q4|,f32] | randk:RATIO[,q8|,q4|,f32]
+ * (values default to f32 when no suffix is given; RATIO in (0, 1]).
+ * "none" sets *none and leaves *out at the default. Errors: SHOAL_EINVAL. */
+shoal_err cx_parse_spec(const char *spec, cx_config *out, bool *none);
+/* The HELLO "cx" capability bits (MSG_CX_* in common/msg.h) that decoding
+ * an update of this configuration requires. */
+uint32_t cx_required_caps(const cx_config *cfg);
 
 /* ---- sizes --------------------------------------------------------------- */
 
@@ -201,8 +211,12 @@ long cx_encode_downlink(const float *x, uint32_t dim, uint32_t block, uint8_t *o
  * scratch: expected_dim uint32 for the decoded indices (may be NULL for a
  * dense encoding). */
 
-/* acc[i] += weight * (double)v_i for every kept i. A double accumulator
- * like the server's FedAvg sum: exact for integer weights n_i < 2^24 times
+/* Validation only (what every decoder below does first), e.g. to refuse an
+ * update when it arrives and accumulate it later. */
+long cx_validate(const uint8_t *buf, size_t len, uint32_t expected_dim, uint32_t *scratch);
+
+/* acc[i] += weight * (double)v_i for every kept i. A double accumulator like
+ * the server's FedAvg sum: exact for integer weights n_i < 2^24 times
  * float32 values, and no cancellation over thousands of clients. */
 long cx_accumulate(const uint8_t *buf, size_t len, uint32_t expected_dim, double weight,
                    double *acc, uint32_t *scratch);

@@ -31,13 +31,14 @@
 #define MSG_DEPTH_MAX 16
 #define MSG_OBJECTS_MAX 1024
 
-typedef enum { F_U32, F_U64, F_I32, F_F32, F_STR, F_VEC } fkind;
+typedef enum { F_U32, F_U64, F_I32, F_F32, F_STR, F_VEC, F_BIN } fkind;
 
 /* One key of a message type. For F_U32/F_U64 lo..hi bound the value
  * (below lo: malformed, above hi: too big); for F_STR they bound the
  * length; for F_I32 the value must be negative; for F_F32 lo == 1 means
- * "must be > 0" and lo == 2 "must be >= 0". An optional key (opt, F_F32
- * only) decodes to 0 when absent and is not written when 0. */
+ * "must be > 0" and lo == 2 "must be >= 0"; F_BIN is opaque bytes
+ * (msg.blob), 1..hi long. An optional key (opt) decodes to 0 / "" / NULL
+ * when absent and is not written when it holds that value. */
 typedef struct field {
 	const char *key;
 	fkind kind;
@@ -49,11 +50,14 @@ typedef struct field {
 #define U32(k, member, lo, hi) { k, F_U32, offsetof(msg, member), lo, hi, false }
 #define U32ANY(k, member) U32(k, member, 0, UINT32_MAX)
 
+#define OPT_U32(k, member) { k, F_U32, offsetof(msg, member), 0, UINT32_MAX, true }
+
 static const field f_hello[] = {
 	{ "name", F_STR, offsetof(msg, name), 1, MSG_NAME_MAX, false },
 	{ "model", F_STR, offsetof(msg, model), 1, MSG_MODEL_MAX, false },
 	U32("dim", dim, 1, MSG_DIM_MAX),
 	U32ANY("n", n_examples),
+	OPT_U32("cx", cx_caps),
 };
 static const field f_welcome[] = {
 	U32("id", client_id, 1, UINT32_MAX),
@@ -61,6 +65,7 @@ static const field f_welcome[] = {
 };
 static const field f_checkin[] = {
 	U32("id", client_id, 1, UINT32_MAX),
+	OPT_U32("ver", model_ver),
 };
 static const field f_task[] = {
 	U32ANY("round", round),
@@ -73,14 +78,19 @@ static const field f_task[] = {
 	{ "mom", F_F32, offsetof(msg, momentum), 2, 0, true },
 	{ "wd", F_F32, offsetof(msg, weight_decay), 2, 0, true },
 	{ "mu", F_F32, offsetof(msg, prox_mu), 2, 0, true },
-	{ "params", F_VEC, 0, 0, 0, false },
+	{ "up", F_STR, offsetof(msg, up), 1, MSG_MODEL_MAX, true },
+	OPT_U32("ver", model_ver),
+	OPT_U32("base", base),
+	{ "params", F_VEC, 0, 0, 0, true },
+	{ "dq", F_BIN, 0, 1, MSG_BIN_MAX, true },
 };
 static const field f_update[] = {
 	U32("id", client_id, 1, UINT32_MAX),
 	U32ANY("round", round),
 	U32("n", n_examples, 1, UINT32_MAX),
 	{ "loss", F_F32, offsetof(msg, loss), 0, 0, false },
-	{ "delta", F_VEC, 0, 0, 0, false },
+	{ "delta", F_VEC, 0, 0, 0, true },
+	{ "upd", F_BIN, 0, 1, MSG_BIN_MAX, true },
 };
 static const field f_ack[] = { U32ANY("round", round) };
 static const field f_wait[] = { U32ANY("retry", retry_ms) };
@@ -419,8 +429,32 @@ decode_field(const field *f, const msgpack_object *o, msg *out)
 		out->dim = (uint32_t)(n / 4);
 		return SHOAL_OK;
 	}
+	case F_BIN: {
+		if (o->type != MSGPACK_OBJECT_BIN)
+			return SHOAL_EMALFORMED;
+		size_t n = o->via.bin.size;
+		if (n < f->lo)
+			return SHOAL_EMALFORMED;
+		if (n > f->hi)
+			return SHOAL_ETOOBIG;
+		out->blob = (const uint8_t *)o->via.bin.ptr;
+		out->blob_len = n;
+		return SHOAL_OK;
+	}
 	}
 	return SHOAL_EMALFORMED;
+}
+
+/* A TASK carries exactly one of "params" / "dq", an UPDATE exactly one of
+ * "delta" / "upd"; other types carry neither. */
+static bool
+one_payload(const msg *m)
+{
+	bool vec = m->vec != NULL, blob = m->blob != NULL;
+
+	if (m->type == MSG_TASK || m->type == MSG_UPDATE)
+		return vec != blob;
+	return !vec && !blob;
 }
 
 static shoal_err
@@ -474,7 +508,7 @@ decode_map(const msgpack_object *root, msg *out)
 		if (e != SHOAL_OK)
 			return e;
 	}
-	return SHOAL_OK;
+	return one_payload(out) ? SHOAL_OK : SHOAL_EMALFORMED;
 }
 
 long
@@ -543,15 +577,45 @@ get_u32(const msg *m, size_t off)
 
 /* SHOAL_OK if every field of m's type is in range (so the decoder will
  * accept what we write), else SHOAL_EINVAL. */
+/* An optional key holding its empty value (0, "", no vector or bytes) is
+ * not written. */
+static bool
+omitted(const msg *m, const field *f)
+{
+	float v;
+
+	if (!f->opt)
+		return false;
+	switch (f->kind) {
+	case F_F32:
+		memcpy(&v, (const char *)m + f->off, sizeof(v));
+		return v == 0.0f;
+	case F_U32:
+		return get_u32(m, f->off) == 0;
+	case F_STR:
+		return ((const char *)m)[f->off] == '\0';
+	case F_VEC:
+		return m->vec == NULL;
+	case F_BIN:
+		return m->blob == NULL;
+	default:
+		return false;
+	}
+}
+
 static shoal_err
 validate(const msg *m, const layout **lp)
 {
 	const layout *l = layout_of((int64_t)m->type);
 	if (l == NULL)
 		return SHOAL_EINVAL;
+	if (!one_payload(m))
+		return SHOAL_EINVAL;
 	for (size_t i = 0; i < l->n; i++) {
 		const field *f = &l->f[i];
 		const char *base = (const char *)m;
+		if (omitted(m, f))
+			continue;
 		switch (f->kind) {
 		case F_U32: {
 			uint32_t v = get_u32(m, f->off);
@@ -583,21 +647,14 @@ validate(const msg *m, const layout **lp)
 			    !host_vec_finite(m->vec, m->dim))
 				return SHOAL_EINVAL;
 			break;
+		case F_BIN:
+			if (m->blob == NULL || m->blob_len < f->lo || m->blob_len > f->hi)
+				return SHOAL_EINVAL;
+			break;
 		}
 	}
 	*lp = l;
 	return SHOAL_OK;
-}
-
-/* An optional key holding 0 is not written. */
-static bool
-omitted(const msg *m, const field *f)
-{
-	float v;
-	if (!f->opt)
-		return false;
-	memcpy(&v, (const char *)m + f->off, sizeof(v));
-	return v == 0.0f;
 }
 
 static size_t
@@ -618,6 +675,7 @@ layout_size(const msg *m, const layout *l)
 		case F_F32: sz += 5; break;
 		case F_STR: sz += str_size(strlen(base + f->off)); break;
 		case F_VEC: sz += bin_size((size_t)m->dim * 4); break;
+		case F_BIN: sz += bin_size(m->blob_len); break;
 		}
 	}
 	return sz;
@@ -711,6 +769,10 @@ msg_encode(const msg *m, uint8_t **out, size_t *out_len)
 			}
 			break;
 		}
+		case F_BIN:
+			bad = msgpack_pack_bin(&pk, m->blob_len) ||
+			      msgpack_pack_bin_body(&pk, m->blob, m->blob_len);
+			break;
 		}
 	}
 	if (bad || w.len != size) {

@@ -8,18 +8,24 @@
  * family is SHOAL_EMALFORMED.
  *
  *   type        dir  required keys (besides v, t)
- *   1 HELLO     c->s name:str, model:str, dim:uint, n:uint
+ *   1 HELLO     c->s name:str, model:str, dim:uint, n:uint, [cx:uint]
  *   2 WELCOME   s->c id:uint, hold:uint
- *   3 CHECKIN   c->s id:uint
+ *   3 CHECKIN   c->s id:uint, [ver:uint]
  *   4 TASK      s->c round:uint, model:str, E:uint, B:uint, lr:float,
  *                    deadline:uint, seed:uint, [mom:float, wd:float,
- *                    mu:float,] params:bin
- *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float, delta:bin
+ *                    mu:float, up:str, ver:uint, base:uint],
+ *                    params:bin | dq:bin
+ *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float,
+ *                    delta:bin | upd:bin
  *   6 ACK       s->c round:uint
  *   7 WAIT      s->c retry:uint
  *   8 ERROR     s->c code:int, msg:str
  *   9 DONE      s->c round:uint
  *
+ * [keys] are optional: absent means 0 / "" and writers omit them then.
+ * "a | b": exactly one of the two keys (else SHOAL_EMALFORMED). "dq" and
+ * "upd" are opaque to this codec: common/codec.h encodings, validated by
+ * their receiver.
  * Vectors ("params", "delta") are msgpack bin holding dim float32 values in
  * IEEE-754 little-endian order, so len(bin) == 4*dim. "dim" of a TASK or an
  * UPDATE is len(bin)/4; a bin whose length is not a multiple of 4 is
@@ -51,6 +57,17 @@
 #define MSG_DIM_MAX (1u << 26) /* largest vector, in float32 elements */
 #define MSG_EPOCHS_MAX 1000u
 #define MSG_BATCH_MAX 65535u
+#define MSG_BIN_MAX (4u * MSG_DIM_MAX + 4096u) /* bytes of "dq" / "upd" */
+
+/* HELLO "cx": what the client can decode and encode, beyond dense float32
+ * (which every client supports). */
+#define MSG_CX_TOPK (1u << 0)    /* top-k sparsified updates */
+#define MSG_CX_RANDK (1u << 1)   /* rand-k sparsified updates */
+#define MSG_CX_Q8 (1u << 2)      /* 8-bit quantized update values */
+#define MSG_CX_Q4 (1u << 3)      /* 4-bit quantized update values */
+#define MSG_CX_F32 (1u << 4)     /* float32 values in a sparse update */
+#define MSG_CX_DOWN_Q8 (1u << 5) /* q8 model deltas in TASK "dq" */
+#define MSG_CX_ALL 0x3fu
 
 typedef enum {
 	MSG_HELLO = 1,
@@ -85,6 +102,14 @@ typedef struct msg {
 	float momentum;     /* "mom": TASK, optional (0 = absent), SGD momentum >= 0 */
 	float weight_decay; /* "wd": TASK, optional, L2 weight decay >= 0 */
 	float prox_mu;      /* "mu": TASK, optional, FedProx proximal weight >= 0 */
+	uint32_t cx_caps;   /* "cx": HELLO, optional, MSG_CX_* bits */
+	uint32_t model_ver; /* "ver": CHECKIN (model version the client holds, 0:
+	                       none), TASK (version of the model in the task) */
+	uint32_t base;      /* "base": TASK with "dq": the version it applies to */
+	char up[MSG_MODEL_MAX + 1]; /* "up": TASK, optional update encoding,
+	                       e.g. "topk:0.01,q8"; "": dense float32 "delta" */
+	const uint8_t *blob; /* "dq" (TASK) / "upd" (UPDATE): codec bytes */
+	size_t blob_len;
 	int32_t code;       /* "code": ERROR, a negative shoal_err */
 	float loss;         /* "loss": UPDATE, mean local training loss, finite */
 	char name[MSG_NAME_MAX + 1];   /* "name": HELLO, NUL-terminated */

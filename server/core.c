@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/codec.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "privacy/rng.h"
@@ -22,6 +23,8 @@ typedef struct client {
 	uint64_t park_req;
 	uint64_t park_until;
 	uint32_t selected_round; /* round in which it holds a slot, 0 if none */
+	uint32_t cx_caps;   /* HELLO "cx" */
+	uint32_t held_ver;  /* model version it says it holds (CHECKIN "ver") */
 } client;
 
 typedef struct slot {
@@ -29,7 +32,10 @@ typedef struct slot {
 	bool reported;
 	uint32_t n;        /* FedAvg weight of the update */
 	float loss;
-	uint8_t *delta;    /* 4*dim wire bytes (little-endian float32) */
+	uint8_t *delta;    /* the update's wire bytes: 4*dim little-endian
+	                      float32, or a codec encoding when compressed */
+	size_t delta_len;
+	bool compressed;
 } slot;
 
 typedef struct reply_queue {
@@ -52,6 +58,14 @@ struct srv_core {
 	float *params;
 	double *acc;        /* dim, FedAvg accumulator */
 	srv_opt opt;
+	uint32_t *scratch;  /* dim indices for the codec */
+	cx_config up;       /* update encoding asked for ... */
+	uint32_t up_caps;   /* ... of clients with these capabilities */
+	char up_spec[MSG_MODEL_MAX + 1]; /* "" when dense */
+	uint32_t version;   /* of params */
+	float *prev;        /* downlink: the previous version, dim */
+	uint8_t *dq;        /* downlink: encoding of version-1 -> version */
+	size_t dq_len, dq_cap;
 	double accuracy, loss;
 
 	client *clients;
@@ -85,6 +99,8 @@ srv_config_defaults(srv_config *c)
 	c->lr = 0.05f;
 	c->lr_decay = 1.0f;
 	srv_opt_config_defaults(&c->opt);
+	c->compress = "topk:0.01,q8";
+	c->downlink_q8 = true;
 	c->round_timeout_ms = 60000;
 	c->hold_ms = 2000;
 	c->max_clients = 10000;
@@ -296,16 +312,32 @@ evaluate(srv_core *s)
 		s->accuracy = s->loss = NAN;
 }
 
+/* A new global model is ready in params: make it version+1. With the q8
+ * downlink, the canonical model is what clients reconstruct, prev + the
+ * dequantized change, so server and clients hold bit-identical
+ * parameters. */
 static void
-le_floats_fma(double *acc, const uint8_t *p, size_t dim, double w)
+publish(srv_core *s)
 {
-	for (size_t j = 0; j < dim; j++, p += 4) {
-		uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-		             (uint32_t)p[3] << 24;
-		float f;
-		memcpy(&f, &u, sizeof f);
-		acc[j] += w * (double)f;
+	s->version++;
+	if (!s->cfg.downlink_q8)
+		return;
+	float *diff = (float *)s->acc; /* acc is free again: reuse its memory */
+	for (size_t j = 0; j < s->dim; j++)
+		diff[j] = s->params[j] - s->prev[j];
+	long n = cx_encode_downlink(diff, (uint32_t)s->dim, CX_BLOCK_DEFAULT, s->dq, s->dq_cap);
+	memcpy(s->params, s->prev, s->dim * sizeof *s->params);
+	if (n < 0 || cx_decode_add(s->dq, (size_t)n, (uint32_t)s->dim, s->params, NULL) < 0) {
+		/* Cannot happen for finite models; keep serving full models. */
+		log_error("downlink encoding failed: %s; sending full models",
+		          shoal_strerror(n < 0 ? (shoal_err)n : SHOAL_EINVAL));
+		for (size_t j = 0; j < s->dim; j++)
+			s->params[j] = s->prev[j] + diff[j];
+		s->dq_len = 0;
+	} else {
+		s->dq_len = (size_t)n;
 	}
+	memcpy(s->prev, s->params, s->dim * sizeof *s->prev);
 }
 
 static void
@@ -323,13 +355,18 @@ close_round(srv_core *s, uint64_t now)
 			slot *sl = &s->slots[i];
 			if (!sl->reported)
 				continue;
-			le_floats_fma(s->acc, sl->delta, s->dim, (double)sl->n);
+			if (sl->compressed)
+				cx_accumulate(sl->delta, sl->delta_len, (uint32_t)s->dim, (double)sl->n,
+				              s->acc, s->scratch); /* validated on arrival */
+			else
+				cx_accumulate_dense(sl->delta, s->dim, (double)sl->n, s->acc);
 			total += sl->n;
 			loss += (double)sl->loss * sl->n;
 		}
 		for (size_t j = 0; j < s->dim; j++)
 			s->acc[j] /= total;
 		srv_opt_step(&s->opt, s->params, s->acc);
+		publish(s);
 		st->train_loss = loss / total;
 		evaluate(s);
 		st->abandoned = false;
@@ -425,10 +462,19 @@ try_start_round(srv_core *s, uint64_t now)
 		    .prox_mu = s->cfg.prox_mu,
 		    .deadline_ms = s->cfg.round_timeout_ms,
 		    .seed = rng_u64(&r),
-		    .dim = (uint32_t)s->dim,
-		    .vec = (const uint8_t *)s->params,
+		    .model_ver = s->version,
 		};
 		memcpy(task.model, s->model, sizeof task.model);
+		if (s->up_spec[0] != '\0' && (c->cx_caps & s->up_caps) == s->up_caps)
+			memcpy(task.up, s->up_spec, sizeof task.up);
+		if (s->dq_len > 0 && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver + 1 == s->version) {
+			task.blob = s->dq; /* it holds the previous version: send the change */
+			task.blob_len = s->dq_len;
+			task.base = c->held_ver;
+		} else {
+			task.vec = (const uint8_t *)s->params;
+			task.dim = (uint32_t)s->dim;
+		}
 		unpark(s, c);
 		reply_msg(s, c->park_req, &task, &s->st.bytes_down);
 	}
@@ -475,6 +521,8 @@ on_hello(srv_core *s, uint64_t req, const msg *m)
 		reply_simple(s, s->clients[i].park_req, MSG_WAIT);
 	}
 	s->clients[i].n_examples = m->n_examples;
+	s->clients[i].cx_caps = m->cx_caps;
+	s->clients[i].held_ver = 0;
 	msg w = {.type = MSG_WELCOME, .client_id = (uint32_t)i + 1, .hold_ms = s->cfg.hold_ms};
 	reply_msg(s, req, &w, NULL);
 }
@@ -506,6 +554,7 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, uint64_t now)
 	else
 		s->n_parked++;
 	c->parked = true;
+	c->held_ver = m->model_ver;
 	c->park_req = req;
 	c->park_until = now + s->cfg.hold_ms;
 	try_start_round(s, now);
@@ -539,17 +588,31 @@ on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 		reply_error(s, req, SHOAL_EDUP, false, "update already received for this round");
 		return;
 	}
-	if (m->dim != s->dim) {
+	const uint8_t *payload = m->vec;
+	size_t plen = 4 * (size_t)m->dim;
+	if (m->blob != NULL) {
+		long v = cx_validate(m->blob, m->blob_len, (uint32_t)s->dim, s->scratch);
+		if (v < 0) {
+			snprintf(text, sizeof text, "compressed update refused: %s",
+			         shoal_strerror((shoal_err)v));
+			reply_error(s, req, (shoal_err)v, false, text);
+			return;
+		}
+		payload = m->blob;
+		plen = m->blob_len;
+	} else if (m->dim != s->dim) {
 		snprintf(text, sizeof text, "update has %u parameters, model has %zu", m->dim, s->dim);
 		reply_error(s, req, SHOAL_EDIM, false, text);
 		return;
 	}
-	sl->delta = malloc(4 * s->dim);
+	sl->delta = malloc(plen);
 	if (sl->delta == NULL) {
 		reply_error(s, req, SHOAL_ENOMEM, false, "server out of memory");
 		return;
 	}
-	memcpy(sl->delta, m->vec, 4 * s->dim);
+	memcpy(sl->delta, payload, plen);
+	sl->delta_len = plen;
+	sl->compressed = m->blob != NULL;
 	sl->n = m->n_examples;
 	sl->loss = m->loss;
 	sl->reported = true;
@@ -670,6 +733,13 @@ check_config(const srv_config *c, size_t dim)
 	if (!(c->weight_decay >= 0) || !isfinite(c->weight_decay) || !(c->prox_mu >= 0) ||
 	    !isfinite(c->prox_mu))
 		BAD("weight decay and the proximal term mu must be >= 0");
+	cx_config up;
+	bool none;
+	if (c->compress != NULL && cx_parse_spec(c->compress, &up, &none) != SHOAL_OK)
+		BAD("compress '%s': expected none, topk:RATIO or randk:RATIO with an optional "
+		    ",q8, ,q4 or ,f32 (e.g. topk:0.01,q8)", c->compress);
+	if (c->compress != NULL && strlen(c->compress) > MSG_MODEL_MAX)
+		BAD("compress spec '%s' is too long", c->compress);
 	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
 		BAD("round timeout and hold time must be positive");
 	if (c->max_clients == 0 || c->max_clients > (1u << 24))
@@ -714,6 +784,23 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
 	    (s->slots = malloc((size_t)cfg->clients_per_round * sizeof *s->slots)) == NULL)
 		goto fail;
+	bool none = true;
+	if (cfg->compress != NULL)
+		cx_parse_spec(cfg->compress, &s->up, &none); /* checked above */
+	if (!none) {
+		snprintf(s->up_spec, sizeof s->up_spec, "%s", cfg->compress);
+		s->up_caps = cx_required_caps(&s->up);
+	}
+	s->cfg.compress = s->up_spec[0] ? s->up_spec : "none";
+	s->version = 1;
+	s->dq_cap = cx_encoded_size_max((uint32_t)dim, (uint32_t)dim, &(cx_config){
+	    .select = CX_SELECT_TOPK, .ratio = 1.0, .values = CX_VALUES_Q8,
+	    .block = CX_BLOCK_DEFAULT, .index = CX_INDEX_DENSE});
+	e = SHOAL_ENOMEM;
+	if ((s->scratch = malloc(dim * sizeof *s->scratch)) == NULL ||
+	    (cfg->downlink_q8 && ((s->prev = malloc(dim * sizeof *s->prev)) == NULL ||
+	                          (s->dq = malloc(s->dq_cap)) == NULL)))
+		goto fail;
 	if ((e = srv_opt_init(&s->opt, &cfg->opt, dim)) != SHOAL_OK) {
 		if (e == SHOAL_EINVAL)
 			log_error("server optimizer: lr and tau must be > 0, betas in [0, 1)");
@@ -722,6 +809,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	if ((e = ml_model_new(s->model, 1000, &s->eval)) != SHOAL_OK)
 		goto fail;
 	ml_model_init(s->eval, s->params, cfg->seed);
+	if (s->prev != NULL)
+		memcpy(s->prev, s->params, dim * sizeof *s->prev);
 	evaluate(s);
 	s->phase = PH_IDLE;
 	*out = s;
@@ -749,6 +838,9 @@ srv_core_free(srv_core *s)
 	free(s->clients);
 	free(s->acc);
 	free(s->params);
+	free(s->scratch);
+	free(s->prev);
+	free(s->dq);
 	srv_opt_fini(&s->opt);
 	ml_model_free(s->eval);
 	free(s);
@@ -757,6 +849,7 @@ srv_core_free(srv_core *s)
 bool srv_core_finished(const srv_core *s) { return s->phase == PH_FINISHED; }
 uint32_t srv_core_round(const srv_core *s) { return s->round; }
 uint32_t srv_core_registered(const srv_core *s) { return s->n_clients; }
+uint32_t srv_core_model_version(const srv_core *s) { return s->version; }
 
 const float *
 srv_core_params(const srv_core *s, size_t *dim)

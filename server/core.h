@@ -43,6 +43,12 @@ typedef struct srv_config {
 	float prox_mu;              /* FedProx proximal weight, >= 0 ("mu") */
 	srv_opt_config opt;         /* server optimizer applied to the average */
 	double target_accuracy;     /* finish once a round reaches it; 0: off */
+	const char *compress;       /* update encoding asked of clients that
+	                               support it (common/codec.h spec, e.g.
+	                               "topk:0.01,q8"); "none" or NULL: dense */
+	bool downlink_q8;           /* after a client's first full model, send
+	                               q8 model deltas (TASK "dq") when it holds
+	                               the previous version */
 	uint32_t round_timeout_ms;  /* deadline, from round start */
 	uint32_t hold_ms;           /* longest a CHECKIN is parked */
 	uint32_t max_clients;       /* registry size limit */
@@ -53,8 +59,8 @@ typedef struct srv_config {
 
 /* rounds 10, K 10, M 10, min_reports 1, E 1, B 10, lr 0.05 (no decay, no
  * momentum, weight decay or proximal term), server optimizer FedAvg with
- * eta 1, timeout 60 s, hold 2 s, max_clients 10000, max_message 64 MiB,
- * seed 1, model "2nn". */
+ * eta 1, compress "topk:0.01,q8", q8 downlink, timeout 60 s, hold 2 s,
+ * max_clients 10000, max_message 64 MiB, seed 1, model "2nn". */
 void srv_config_defaults(srv_config *c);
 
 typedef struct srv_round_stats {
@@ -114,6 +120,8 @@ bool srv_core_finished(const srv_core *s);
  * the driver shuts down. */
 void srv_core_release_all(srv_core *s, uint64_t now_ms);
 const float *srv_core_params(const srv_core *s, size_t *dim);
+/* Version of the global model: 1 at start, +1 per completed round. */
+uint32_t srv_core_model_version(const srv_core *s);
 uint32_t srv_core_round(const srv_core *s);
 /* Clients that ever completed HELLO. */
 uint32_t srv_core_registered(const srv_core *s);

@@ -1,6 +1,9 @@
 /* flags.c - algorithm flags shared by shoal-server and shoal-sim (flags.h). */
 #include "server/flags.h"
 
+#include "common/codec.h"
+#include "common/msg.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -8,7 +11,7 @@
 
 enum {
 	F_MOMENTUM, F_WEIGHT_DECAY, F_PROX_MU, F_LR_DECAY, F_SERVER_OPT, F_SERVER_LR,
-	F_BETA1, F_BETA2, F_TAU, F_TARGET,
+	F_BETA1, F_BETA2, F_TAU, F_TARGET, F_COMPRESS, F_DOWNLINK,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -22,6 +25,8 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"server-beta2", required_argument, NULL, SRV_FLAG_BASE + F_BETA2},
 	{"server-tau", required_argument, NULL, SRV_FLAG_BASE + F_TAU},
 	{"target-accuracy", required_argument, NULL, SRV_FLAG_BASE + F_TARGET},
+	{"compress", required_argument, NULL, SRV_FLAG_BASE + F_COMPRESS},
+	{"downlink", required_argument, NULL, SRV_FLAG_BASE + F_DOWNLINK},
 };
 
 /* A finite number in [lo, hi] (hi_open: [lo, hi)). */
@@ -106,6 +111,22 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 		else
 			why = "expected an accuracy in (0, 1], e.g. 0.97";
 		break;
+	case F_COMPRESS: {
+		cx_config c;
+		bool none;
+		if (cx_parse_spec(arg, &c, &none) == SHOAL_OK && strlen(arg) <= MSG_MODEL_MAX)
+			cfg->compress = arg;
+		else
+			why = "expected none, topk:RATIO or randk:RATIO, optionally followed by "
+			      ",q8, ,q4 or ,f32 (e.g. topk:0.01,q8)";
+		break;
+	}
+	case F_DOWNLINK:
+		if (strcmp(arg, "q8") == 0 || strcmp(arg, "full") == 0)
+			cfg->downlink_q8 = strcmp(arg, "q8") == 0;
+		else
+			why = "expected q8 or full";
+		break;
 	default:
 		return 1;
 	}
@@ -138,9 +159,19 @@ srv_flag_help(FILE *f)
 	    "                            [default: %g]\n"
 	    "      --server-tau T        adaptivity of fedadam/fedyogi [default: %g]\n"
 	    "      --target-accuracy A   finish as soon as a round's test accuracy reaches\n"
-	    "                            A (0 < A <= 1) [default: off]\n",
+	    "                            A (0 < A <= 1) [default: off]\n"
+	    "\n"
+	    "Compression (PROTOCOL.md section 12):\n"
+	    "      --compress SPEC       update encoding asked of the clients that support\n"
+	    "                            it: none, topk:RATIO or randk:RATIO, optionally\n"
+	    "                            with ,q8 ,q4 or ,f32 values [default: %s]\n"
+
+	    "      --downlink q8|full    after a client's first full model, send it the\n"
+	    "                            model's change in 8 bits when it holds the\n"
+	    "                            previous version [default: %s]\n",
 	    (double)d.momentum, (double)d.weight_decay, (double)d.prox_mu, (double)d.lr_decay,
-	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau);
+	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau, d.compress,
+	    d.downlink_q8 ? "q8" : "full");
 }
 
 void

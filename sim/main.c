@@ -34,7 +34,7 @@
  * reaches >= 95% test accuracy with margin in about a minute on 2 cores. */
 #define SIM_DEF_CLIENTS 100u
 #define SIM_DEF_PER_ROUND 10u
-#define SIM_DEF_ROUNDS 40u
+#define SIM_DEF_ROUNDS 80u
 #define SIM_DEF_MODEL "2nn"
 #define SIM_DEF_PARTITION "iid"
 #define SIM_DEF_EPOCHS 1u
@@ -53,6 +53,7 @@ typedef struct sim_opts {
 	uint64_t seed;
 	const char *model, *partition, *data_dir, *metrics;
 	bool quiet, verbose;
+	bool error_feedback;  /* --error-feedback on|off */
 	srv_config algo;      /* --momentum, --server-opt, ... (server/flags.h) */
 } sim_opts;
 
@@ -151,6 +152,8 @@ usage(FILE *f, const char *argv0)
 	    "                         shuffling [%u]\n"
 	    "  --quiet                only errors and the final summary\n"
 	    "  --verbose              debug logging\n"
+	    "  --error-feedback on|off  clients keep what compression did not send\n"
+	    "                         and add it to their next update [on]\n"
 	    "  --help                 show this help\n"
 	    "\n"
 	    "Progress lines (one per round, with test accuracy) and a final summary\n"
@@ -204,7 +207,7 @@ parse_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, uint32_t *o
 enum {
 	OPT_CLIENTS = 256, OPT_PER_ROUND, OPT_ROUNDS, OPT_MODEL, OPT_PARTITION, OPT_EPOCHS,
 	OPT_BATCH, OPT_LR, OPT_THREADS, OPT_DATA, OPT_METRICS, OPT_SEED, OPT_QUIET,
-	OPT_VERBOSE, OPT_HELP,
+	OPT_VERBOSE, OPT_HELP, OPT_EF,
 };
 
 /* Returns -1 to continue, else the exit status (0 after --help). */
@@ -227,6 +230,7 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		{"quiet", no_argument, NULL, OPT_QUIET},
 		{"verbose", no_argument, NULL, OPT_VERBOSE},
 		{"help", no_argument, NULL, OPT_HELP},
+		{"error-feedback", required_argument, NULL, OPT_EF},
 		{NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -240,6 +244,7 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		.rounds = SIM_DEF_ROUNDS, .epochs = SIM_DEF_EPOCHS, .batch = SIM_DEF_BATCH,
 		.threads = ncpu > 0 ? (uint32_t)ncpu : 1, .lr = SIM_DEF_LR, .seed = SIM_DEF_SEED,
 		.model = SIM_DEF_MODEL, .partition = SIM_DEF_PARTITION, .data_dir = SIM_DEF_DATA,
+		.error_feedback = true,
 	};
 	srv_config_defaults(&o->algo);
 	opterr = 0;
@@ -306,6 +311,15 @@ parse_flags(int argc, char **argv, sim_opts *o)
 			break;
 		case OPT_QUIET:
 			o->quiet = true;
+			break;
+		case OPT_EF:
+			if (strcmp(optarg, "on") == 0 || strcmp(optarg, "off") == 0) {
+				o->error_feedback = strcmp(optarg, "on") == 0;
+			} else {
+				fprintf(stderr, "shoal-sim: --error-feedback: expected on or off, not '%s'\n",
+				        optarg);
+				ok = false;
+			}
 			break;
 		case OPT_VERBOSE:
 			o->verbose = true;
@@ -469,7 +483,9 @@ client_main(void *arg)
 	o.n_examples = (uint32_t)(sh->part->start[c->index + 1] - sh->part->start[c->index]);
 	o.train = client_train;
 	o.user = c;
-	o.seed = sh->o->seed ^ ((uint64_t)c->index << 32); /* backoff jitter only */
+	o.seed = sh->o->seed ^ ((uint64_t)c->index << 32); /* jitter, rounding noise */
+	o.compress = "any"; /* the server's --compress decides */
+	o.error_feedback = sh->o->error_feedback;
 	o.stop = &g_stop;
 	c->result = shoal_client_run(&o, &c->stats);
 	/* min_clients = N: without this client no round can start again. */

@@ -8,9 +8,21 @@
 #include <string.h>
 
 #include "client/core.h"
+#include "common/codec.h"
 #include "common/msg.h"
 
 #define DIM 6
+
+static cli_core *
+make_client_caps(uint32_t caps)
+{
+	cli_config cfg = {.name = "pi-1", .model = "toy", .dim = DIM, .n_examples = 42,
+	                  .seed = 3, .backoff_min_ms = 100, .backoff_max_ms = 1000,
+	                  .cx_caps = caps, .error_feedback = true};
+	cli_core *c;
+	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_OK);
+	return c;
+}
 
 static cli_core *
 make_client(void)
@@ -363,6 +375,126 @@ test_bad_config_refused(void **state)
 	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_EINVAL);
 }
 
+/* A TASK asking for top-k: the UPDATE carries a codec encoding of the k
+ * largest |delta| (f32 values: exact), and the residual keeps the rest. */
+static void
+test_compressed_update_and_residual(void **state)
+{
+	cli_core *c = make_client_caps(MSG_CX_ALL);
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	assert_int_equal(m.model_ver, 0);
+	free(k);
+	msg t = {.type = MSG_TASK, .round = 1, .epochs = 1, .batch = 1, .lr = 0.1f,
+	         .model_ver = 1, .dim = DIM, .vec = (const uint8_t *)global};
+	strcpy(t.model, "toy");
+	strcpy(t.up, "topk:0.5,f32"); /* k = 3 of 6 */
+	reply(c, &t, 0);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_TRAIN);
+	const float delta[DIM] = {0.5f, -4.0f, 0.25f, 3.0f, -0.125f, 2.0f};
+	for (int j = 0; j < DIM; j++)
+		st.params[j] += delta[j];
+	assert_int_equal(cli_core_submit(c, 10, 0.5f, 0), SHOAL_OK);
+	msg u;
+	expect_send(c, 0, MSG_UPDATE, &u, &k);
+	assert_null(u.vec);
+	assert_non_null(u.blob);
+	float sent[DIM];
+	uint32_t scratch[DIM];
+	assert_int_equal(cx_decode(u.blob, u.blob_len, DIM, sent, scratch), (long)u.blob_len);
+	free(k);
+	const float *r = cli_core_residual(c);
+	assert_non_null(r);
+	for (int j = 0; j < DIM; j++) {
+		float d = (global[j] + delta[j]) - global[j];
+		bool big = j == 1 || j == 3 || j == 5;
+		assert_true(sent[j] == (big ? d : 0.0f));
+		assert_true(r[j] == (big ? 0.0f : d));
+	}
+	cli_core_free(c);
+}
+
+/* The q8 downlink: after a full model (version 1) the client says it holds
+ * version 1, and a delta with base 1 is added to that model. */
+static void
+test_downlink_delta_applied(void **state)
+{
+	cli_core *c = make_client_caps(MSG_CX_ALL);
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	msg t = {.type = MSG_TASK, .round = 1, .epochs = 1, .batch = 1, .lr = 0.1f,
+	         .model_ver = 1, .dim = DIM, .vec = (const uint8_t *)global};
+	strcpy(t.model, "toy");
+	reply(c, &t, 0);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	assert_int_equal(cli_core_submit(c, 1, 0, 0), SHOAL_OK);
+	expect_send(c, 0, MSG_UPDATE, &m, &k);
+	free(k);
+	msg ack = {.type = MSG_ACK, .round = 1};
+	reply(c, &ack, 0);
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	assert_int_equal(m.model_ver, 1);
+	free(k);
+
+	const float change[DIM] = {0.01f, -0.02f, 0.5f, 0, 0.25f, -1.0f};
+	uint8_t dq[256];
+	long n = cx_encode_downlink(change, DIM, 64, dq, sizeof dq);
+	assert_true(n > 0);
+	float want[DIM];
+	memcpy(want, global, sizeof want);
+	assert_int_equal(cx_decode_add(dq, (size_t)n, DIM, want, NULL), n);
+	msg t2 = {.type = MSG_TASK, .round = 2, .epochs = 1, .batch = 1, .lr = 0.1f,
+	          .model_ver = 2, .base = 1, .blob = dq, .blob_len = (size_t)n};
+	strcpy(t2.model, "toy");
+	reply(c, &t2, 0);
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_TRAIN);
+	assert_memory_equal(cli_core_global(c), want, sizeof want);
+	assert_int_equal(cli_core_model_version(c), 2);
+
+	/* A delta for a version the client does not hold: it asks for all. */
+	cli_core_abort_train(c, 0);
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	t2.round = 3;
+	t2.base = 7;
+	t2.model_ver = 8;
+	reply(c, &t2, 0);
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	assert_int_equal(m.model_ver, 0);
+	free(k);
+	cli_core_free(c);
+}
+
+/* A client that does not handle the asked encoding skips the round. */
+static void
+test_unsupported_encoding_skipped(void **state)
+{
+	cli_core *c = make_client_caps(MSG_CX_DOWN_Q8);
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	msg t = {.type = MSG_TASK, .round = 1, .epochs = 1, .batch = 1, .lr = 0.1f,
+	         .model_ver = 1, .dim = DIM, .vec = (const uint8_t *)global};
+	strcpy(t.model, "toy");
+	strcpy(t.up, "randk:0.1,q4");
+	reply(c, &t, 0);
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	assert_int_equal(cli_core_stats(c)->rounds_trained, 0);
+	cli_core_free(c);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -381,6 +513,9 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_nonfinite_local_model_not_sent),
 		cmocka_unit_test(test_abort_train_checks_in_again),
 		cmocka_unit_test(test_bad_config_refused),
+		cmocka_unit_test(test_compressed_update_and_residual),
+		cmocka_unit_test(test_downlink_delta_applied),
+		cmocka_unit_test(test_unsupported_encoding_skipped),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);

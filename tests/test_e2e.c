@@ -443,6 +443,9 @@ server_args(args *a)
 	args_add(a, "2000");
 	args_add(a, "--seed");
 	args_add(a, "7");
+	/* Dense updates unless a test asks otherwise (a later flag wins). */
+	args_add(a, "--compress");
+	args_add(a, "none");
 }
 
 static proc *
@@ -927,8 +930,64 @@ e2e_sigterm_stops_server_cleanly(void **state)
 	e2e_end();
 }
 
+/* The default compressed path over real TCP: top-k q8 uploads with error
+ * feedback and q8 downlink deltas. Every update is still counted once, the
+ * uplink is a small fraction of dense, and from round 2 on (every client
+ * holds the previous version) the downlink is deltas. */
+static void
+e2e_compressed_rounds(void **state)
+{
+	args a;
+	proc *server, *clients[5];
+	round_line r[MAX_ROUNDS];
+	size_t n;
+	/* A dense logreg TASK or UPDATE is 4 * 7850 bytes plus ~100. */
+	const long long dense = 5LL * (4 * 7850);
+
+	(void)state;
+	e2e_begin();
+	server_args(&a);
+	args_add(&a, "--compress");
+	args_add(&a, "topk:0.05,q8");
+	args_add(&a, "--rounds");
+	args_add(&a, "8");
+	args_add(&a, "--clients-per-round");
+	args_add(&a, "5");
+	args_add(&a, "--min-clients");
+	args_add(&a, "5");
+	server = spawn("server", &a);
+	for (int i = 0; i < 5; i++) {
+		char label[16];
+
+		snprintf(label, sizeof label, "client%d", i);
+		clients[i] = start_client(label, i, 5, 0);
+	}
+	expect_exit_code(server, 0);
+	for (int i = 0; i < 5; i++) {
+		client_stats st = client_result(clients[i]);
+
+		CHECK(st.acked == 8 && st.late == 0, "client%d: acked %u late %u, expected 8/0", i,
+		      st.acked, st.late);
+	}
+	n = read_metrics(r, MAX_ROUNDS);
+	CHECK(n == 8, "%zu metrics lines, expected 8", n);
+	for (size_t i = 0; i < n; i++) {
+		check_full_round(&r[i], (long)i + 1, 5);
+		CHECK(r[i].bytes_up * 10 < dense, "round %zu: %lld bytes up, dense is %lld", i + 1,
+		      r[i].bytes_up, dense);
+		if (i > 0)
+			CHECK(r[i].bytes_down * 3 < dense, "round %zu: %lld bytes down, dense is %lld",
+			      i + 1, r[i].bytes_down, dense);
+	}
+	CHECK(r[0].bytes_down > dense, "round 1 sends full models: %lld bytes", r[0].bytes_down);
+	CHECK(r[7].has_accuracy && r[7].accuracy > 0.8, "accuracy %.4f after 8 compressed rounds",
+	      r[7].accuracy);
+	e2e_end();
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(e2e_five_clients_three_rounds),
+	cmocka_unit_test(e2e_compressed_rounds),
 	cmocka_unit_test(e2e_client_killed_mid_round_round_completes),
 	cmocka_unit_test(e2e_client_killed_mid_round_round_abandoned),
 	cmocka_unit_test(e2e_garbage_to_port_server_keeps_serving),

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "client/core.h"
+#include "common/msg.h"
 #include "ml/ml.h"
 #include "server/core.h"
 
@@ -38,11 +39,21 @@ teardown(void **state)
 	return 0;
 }
 
+typedef struct loop_opts {
+	bool reversed;       /* service clients in reverse index order */
+	const char *compress;/* server --compress; NULL: none */
+	bool downlink_q8;
+	uint32_t identical;  /* out: TASKs after which client == server model */
+	uint32_t tasks;      /* out: TASKs received */
+	uint32_t deltas;     /* out: of which carried "dq" (held the previous version) */
+} loop_opts;
+
 /* Run `rounds` rounds; clients are serviced in index order or reversed.
  * Copies the final model into out and returns the last accuracy. */
 static double
-run(bool reversed, uint32_t rounds, float *out, size_t dim)
+run_opts(loop_opts *lo, uint32_t rounds, float *out, size_t dim)
 {
+	bool reversed = lo->reversed;
 	srv_config cfg;
 	srv_config_defaults(&cfg);
 	cfg.model = "logreg";
@@ -53,6 +64,8 @@ run(bool reversed, uint32_t rounds, float *out, size_t dim)
 	cfg.lr = 0.1f;
 	cfg.test = &W.test;
 	cfg.seed = 11;
+	cfg.compress = lo->compress != NULL ? lo->compress : "none";
+	cfg.downlink_q8 = lo->downlink_q8;
 	srv_core *s;
 	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
 
@@ -63,7 +76,8 @@ run(bool reversed, uint32_t rounds, float *out, size_t dim)
 		char name[16];
 		snprintf(name, sizeof name, "c%d", i);
 		cli_config cc = {.name = name, .model = "logreg", .dim = (uint32_t)dim,
-		                 .n_examples = W.part.start[i + 1] - W.part.start[i]};
+		                 .n_examples = W.part.start[i + 1] - W.part.start[i],
+		                 .cx_caps = MSG_CX_ALL, .error_feedback = true, .seed = 5};
 		assert_int_equal(cli_core_new(&cc, &c[i]), SHOAL_OK);
 	}
 	/* Each client has at most one request in flight: pending[i] marks it. */
@@ -83,6 +97,12 @@ run(bool reversed, uint32_t rounds, float *out, size_t dim)
 				assert_int_equal(st.err, SHOAL_OK);
 				done++;
 			} else if (st.action == CLI_TRAIN) {
+				/* Fresh from a TASK: the client's model must be the
+				 * server's, bit for bit (the round has not closed). */
+				lo->tasks++;
+				if (memcmp(cli_core_global(c[i]), srv_core_params(s, NULL),
+				           dim * sizeof(float)) == 0)
+					lo->identical++;
 				const uint32_t *idx = W.part.idx + W.part.start[i];
 				size_t n = W.part.start[i + 1] - W.part.start[i];
 				ml_sgd_config sc = {.epochs = st.epochs, .batch = st.batch, .lr = st.lr,
@@ -99,7 +119,10 @@ run(bool reversed, uint32_t rounds, float *out, size_t dim)
 		srv_core_on_timer(s, now);
 		srv_reply r;
 		while (srv_core_pop_reply(s, &r)) {
+			msg m;
 			assert_true(pending[r.req]);
+			if (msg_decode(r.buf, r.len, &m) > 0 && m.type == MSG_TASK && m.blob != NULL)
+				lo->deltas++;
 			pending[r.req] = false;
 			cli_core_on_reply(c[r.req], r.buf, r.len, now);
 			free(r.buf);
@@ -123,6 +146,13 @@ run(bool reversed, uint32_t rounds, float *out, size_t dim)
 	return acc;
 }
 
+static double
+run(bool reversed, uint32_t rounds, float *out, size_t dim)
+{
+	loop_opts lo = {.reversed = reversed};
+	return run_opts(&lo, rounds, out, dim);
+}
+
 static void
 test_loop_trains_and_is_order_independent(void **state)
 {
@@ -137,11 +167,35 @@ test_loop_trains_and_is_order_independent(void **state)
 	free(b);
 }
 
+/* Compressed uploads and q8 downlink deltas for 10 rounds: every client
+ * that receives a TASK holds exactly the server's model, deltas were used,
+ * and the run is still independent of message order. */
+static void
+test_loop_compressed_downlink_bit_identical(void **state)
+{
+	size_t dim = ml_model_dim_of("logreg");
+	float *a = malloc(dim * sizeof *a), *b = malloc(dim * sizeof *b);
+	loop_opts la = {.compress = "topk:0.05,q8", .downlink_q8 = true};
+	loop_opts lb = la;
+	lb.reversed = true;
+	double acc_a = run_opts(&la, 10, a, dim);
+	double acc_b = run_opts(&lb, 10, b, dim);
+	assert_int_equal(la.tasks, 10 * 4);
+	assert_int_equal(la.identical, la.tasks);
+	assert_true(la.deltas > 0);
+	assert_memory_equal(a, b, dim * sizeof *a);
+	assert_true(acc_a == acc_b);
+	assert_true(acc_a > 0.7);
+	free(a);
+	free(b);
+}
+
 int
 main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_loop_trains_and_is_order_independent),
+		cmocka_unit_test(test_loop_compressed_downlink_bit_identical),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);

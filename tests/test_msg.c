@@ -1013,9 +1013,79 @@ test_task_optional_keys(void **state)
 	free(full);
 }
 
+/* Compression keys: HELLO "cx", CHECKIN "ver", TASK "up"/"ver"/"base"/"dq",
+ * UPDATE "upd"; a TASK or UPDATE carries exactly one payload. */
+static void
+test_compression_keys(void **state)
+{
+	(void)state;
+	static const uint8_t cxb[5] = {1, 2, 3, 4, 5};
+	float p[1] = {1.0f};
+	uint8_t *b;
+	size_t n;
+	msg d;
+
+	msg h = {.type = MSG_HELLO, .dim = 3, .n_examples = 1, .cx_caps = MSG_CX_ALL};
+	strcpy(h.name, "a");
+	strcpy(h.model, "m");
+	assert_int_equal(msg_encode(&h, &b, &n), SHOAL_OK);
+	assert_int_equal(msg_decode(b, n, &d), (long)n);
+	assert_int_equal(d.cx_caps, MSG_CX_ALL);
+	free(b);
+
+	msg c = {.type = MSG_CHECKIN, .client_id = 2, .model_ver = 9};
+	assert_int_equal(msg_encode(&c, &b, &n), SHOAL_OK);
+	assert_int_equal(msg_decode(b, n, &d), (long)n);
+	assert_int_equal(d.model_ver, 9);
+	free(b);
+
+	msg t = {.type = MSG_TASK, .round = 4, .epochs = 1, .batch = 1, .lr = 0.1f,
+	         .model_ver = 7, .base = 6, .blob = cxb, .blob_len = sizeof cxb};
+	strcpy(t.model, "m");
+	strcpy(t.up, "topk:0.01,q8");
+	assert_int_equal(msg_encode(&t, &b, &n), SHOAL_OK);
+	assert_int_equal(msg_encoded_size(&t), n);
+	assert_int_equal(msg_decode(b, n, &d), (long)n);
+	assert_string_equal(d.up, "topk:0.01,q8");
+	assert_int_equal(d.model_ver, 7);
+	assert_int_equal(d.base, 6);
+	assert_null(d.vec);
+	assert_int_equal(d.blob_len, sizeof cxb);
+	assert_memory_equal(d.blob, cxb, sizeof cxb);
+	assert_true(d.blob >= b && d.blob + d.blob_len <= b + n); /* zero copy */
+	free(b);
+	t.vec = (const uint8_t *)p; /* both payloads */
+	t.dim = 1;
+	assert_int_equal(msg_encode(&t, &b, &n), SHOAL_EINVAL);
+	t.vec = NULL;
+	t.blob = NULL; /* neither */
+	assert_int_equal(msg_encode(&t, &b, &n), SHOAL_EINVAL);
+
+	msg u = {.type = MSG_UPDATE, .client_id = 1, .round = 4, .n_examples = 3,
+	         .blob = cxb, .blob_len = sizeof cxb};
+	assert_int_equal(msg_encode(&u, &b, &n), SHOAL_OK);
+	assert_int_equal(msg_decode(b, n, &d), (long)n);
+	assert_int_equal(d.blob_len, sizeof cxb);
+	assert_null(d.vec);
+	free(b);
+
+	/* On the wire: an UPDATE without delta or upd, and one with both. */
+	const uint8_t none[] = {0x86, 0xa1, 'v', 1, 0xa1, 't', 5, 0xa2, 'i', 'd', 1,
+	                        0xa5, 'r', 'o', 'u', 'n', 'd', 1, 0xa1, 'n', 1,
+	                        0xa4, 'l', 'o', 's', 's', 0};
+	assert_int_equal(msg_decode(none, sizeof none, &d), SHOAL_EMALFORMED);
+	const uint8_t both[] = {0x88, 0xa1, 'v', 1, 0xa1, 't', 5, 0xa2, 'i', 'd', 1,
+	                        0xa5, 'r', 'o', 'u', 'n', 'd', 1, 0xa1, 'n', 1,
+	                        0xa4, 'l', 'o', 's', 's', 0,
+	                        0xa5, 'd', 'e', 'l', 't', 'a', 0xc4, 4, 0, 0, 0x80, 0x3f,
+	                        0xa3, 'u', 'p', 'd', 0xc4, 1, 7};
+	assert_int_equal(msg_decode(both, sizeof both, &d), SHOAL_EMALFORMED);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_round_trip_every_type),
 	cmocka_unit_test(test_task_optional_keys),
+	cmocka_unit_test(test_compression_keys),
 	cmocka_unit_test(test_vector_zero_copy),
 	cmocka_unit_test(test_large_vector_round_trip),
 	cmocka_unit_test(test_encoded_size_matches),

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/codec.h"
 #include "common/msg.h"
 #include "server/core.h"
 
@@ -101,6 +102,7 @@ base_config(srv_config *c)
 	c->hold_ms = 1000;
 	c->round_timeout_ms = 5000;
 	c->seed = 7;
+	c->downlink_q8 = false; /* exact FedAvg sums; the downlink has its own tests */
 }
 
 static uint32_t
@@ -660,6 +662,128 @@ test_bad_config_refused(void **state)
 	assert_int_equal(srv_core_new(&c, &s), SHOAL_EINVAL);
 }
 
+static uint32_t
+hello_caps(harness *h, const char *name, uint32_t caps)
+{
+	msg m = {.type = MSG_HELLO, .dim = (uint32_t)h->dim, .n_examples = 10, .cx_caps = caps};
+	snprintf(m.name, sizeof m.name, "%s", name);
+	snprintf(m.model, sizeof m.model, "logreg");
+	msg w;
+	assert_non_null(reply_to(h, send_msg(h, &m, 0), &w));
+	assert_int_equal(w.type, MSG_WELCOME);
+	return w.client_id;
+}
+
+/* Encode a sparse update with f32 values (exact on the server). */
+static size_t
+sparse_update(const harness *h, uint32_t k, const uint32_t *idx, const float *val, uint8_t *out,
+              size_t cap)
+{
+	cx_config c = cx_config_default(1.0);
+	c.values = CX_VALUES_F32;
+	c.block = 0;
+	long n = cx_encode((uint32_t)h->dim, k, idx, val, &c, NULL, NULL, out, cap, NULL);
+	assert_true(n > 0);
+	return (size_t)n;
+}
+
+/* Clients that advertise top-k + q8 are asked for it; a compressed update
+ * is validated on arrival (errors leave the model alone) and summed from
+ * its wire form into the FedAvg average. */
+static void
+test_compressed_updates(void **state)
+{
+	harness h;
+	srv_config c;
+	base_config(&c);
+	c.min_clients = 2;
+	h_init(&h, &c);
+	uint32_t a = hello_caps(&h, "a", MSG_CX_ALL), b = hello_caps(&h, "b", 0);
+	uint64_t ra = checkin(&h, a, 0), rb = checkin(&h, b, 0);
+	msg ta, tb;
+	assert_non_null(reply_to(&h, ra, &ta));
+	assert_non_null(reply_to(&h, rb, &tb));
+	assert_string_equal(ta.up, "topk:0.01,q8");
+	assert_string_equal(tb.up, ""); /* b handles only dense updates */
+	float *before = malloc(h.dim * 4);
+	memcpy(before, srv_core_params(h.s, NULL), h.dim * 4);
+
+	uint8_t buf[512];
+	const uint32_t idx[3] = {0, 100, 7849};
+	const float val[3] = {1.0f, -2.0f, 0.5f};
+	size_t n = sparse_update(&h, 3, idx, val, buf, sizeof buf);
+	msg u = {.type = MSG_UPDATE, .client_id = a, .round = 1, .n_examples = 1,
+	         .blob = buf, .blob_len = n};
+	/* A truncated encoding and one for another dimension are refused. */
+	u.blob_len = n - 1;
+	expect_error(&h, send_msg(&h, &u, 1), SHOAL_ETRUNC);
+	buf[6] ^= 1; /* dim field */
+	u.blob_len = n;
+	expect_error(&h, send_msg(&h, &u, 1), SHOAL_EDIM);
+	buf[6] ^= 1;
+	msg ack;
+	assert_non_null(reply_to(&h, send_msg(&h, &u, 2), &ack));
+	assert_int_equal(ack.type, MSG_ACK);
+	float *d = calloc(h.dim, 4);
+	d[100] = 4.0f;
+	update(&h, b, 1, 3, d, 3); /* dense, weight 3 */
+	const float *p = srv_core_params(h.s, NULL);
+	assert_true(p[0] == before[0] + (float)((1.0 * 1) / 4));
+	assert_true(p[100] == before[100] + (float)((-2.0 + 3 * 4.0) / 4));
+	assert_true(p[7849] == before[7849] + (float)(0.5 / 4));
+	assert_true(p[50] == before[50]);
+	free(before);
+	free(d);
+	h_fini(&h);
+}
+
+/* With the q8 downlink, a client holding the previous version gets the
+ * change ("dq", base), one holding nothing gets the full model. */
+static void
+test_downlink_delta_to_previous_version(void **state)
+{
+	harness h;
+	srv_config c;
+	base_config(&c);
+	c.min_clients = 2;
+	c.downlink_q8 = true;
+	c.compress = "none";
+	h_init(&h, &c);
+	uint32_t a = hello_caps(&h, "a", MSG_CX_ALL), b = hello_caps(&h, "b", MSG_CX_ALL);
+	uint64_t ra = checkin(&h, a, 0), rb = checkin(&h, b, 0);
+	msg t;
+	assert_non_null(reply_to(&h, ra, &t));
+	assert_non_null(t.vec);
+	assert_int_equal(t.model_ver, 1);
+	assert_non_null(reply_to(&h, rb, &t));
+	float *d = calloc(h.dim, 4);
+	for (size_t j = 0; j < h.dim; j++)
+		d[j] = (float)(j % 13) * 0.01f;
+	update(&h, a, 1, 1, d, 1);
+	update(&h, b, 1, 1, d, 1);
+	assert_int_equal(srv_core_model_version(h.s), 2);
+	msg ca = {.type = MSG_CHECKIN, .client_id = a, .model_ver = 1};
+	msg cb = {.type = MSG_CHECKIN, .client_id = b, .model_ver = 0};
+	ra = send_msg(&h, &ca, 10);
+	rb = send_msg(&h, &cb, 10);
+	assert_non_null(reply_to(&h, ra, &t));
+	assert_null(t.vec);
+	assert_non_null(t.blob);
+	assert_int_equal(t.base, 1);
+	assert_int_equal(t.model_ver, 2);
+	assert_true(t.blob_len * 3 < 4 * h.dim);
+	msg tf;
+	assert_non_null(reply_to(&h, rb, &tf));
+	assert_non_null(tf.vec);
+	/* The delta reconstructs the full model the other client got. */
+	float *full = malloc(h.dim * 4);
+	msg_vec_to_host(full, tf.vec, h.dim);
+	assert_memory_equal(full, srv_core_params(h.s, NULL), h.dim * 4);
+	free(full);
+	free(d);
+	h_fini(&h);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -683,6 +807,8 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_registry_full),
 		cmocka_unit_test(test_repeated_checkin_answers_older_request),
 		cmocka_unit_test(test_bad_config_refused),
+		cmocka_unit_test(test_compressed_updates),
+		cmocka_unit_test(test_downlink_delta_to_previous_version),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);

@@ -143,7 +143,7 @@ run_small(const char *dir, const char *metrics, const char *seed, const char *th
           const char *partition, sim_run *r)
 {
 	const char *args[] = {
-		"--model", "logreg", "--clients", "20", "--clients-per-round", "5",
+		"--model", "logreg", "--compress", "none", "--clients", "20", "--clients-per-round", "5",
 		"--rounds", "3", "--partition", partition, "--seed", seed,
 		"--threads", threads, "--data-dir", SHOAL_DATA_DIR, "--metrics", metrics,
 		"--quiet", NULL,
@@ -436,11 +436,11 @@ static void
 run_small_flags(const char *dir, const char *metrics, const char *const *extra, sim_run *r)
 {
 	const char *args[32] = {
-		"--model", "logreg", "--clients", "20", "--clients-per-round", "5",
+		"--model", "logreg", "--compress", "none", "--clients", "20", "--clients-per-round", "5",
 		"--rounds", "3", "--seed", "7", "--threads", "2", "--data-dir", SHOAL_DATA_DIR,
 		"--metrics", metrics, "--quiet",
 	};
-	size_t n = 17;
+	size_t n = 19;
 	for (size_t i = 0; extra[i] != NULL && n < 31; i++)
 		args[n++] = extra[i];
 	args[n] = NULL;

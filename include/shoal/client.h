@@ -63,6 +63,21 @@ typedef struct shoal_client_options {
 	size_t max_message;     /* default 64 MiB */
 	volatile sig_atomic_t *stop; /* optional: set non-zero to stop */
 	float *final_params;    /* optional out: dim floats, last global model */
+	const char *compress;   /* update encodings to offer the server:
+	                           "topk:0.01,q8" (default) offers top-k with
+	                           q8 values; "any" offers every encoding;
+	                           "none" only dense float32 (PROTOCOL.md 12) */
+	int error_feedback;     /* 1 (default): keep what compression did not
+	                           send and add it to the next update */
+	int downlink_q8;        /* 1 (default): accept q8 model deltas */
+	float *residual_io;     /* optional: dim floats; loaded as the starting
+	                           error-feedback residual when residual_load is
+	                           set, and refreshed after every acknowledged
+	                           update so the caller can persist it */
+	int residual_load;
+	/* optional: called after every acknowledged update (e.g. to save
+	   residual_io); return value ignored */
+	void (*on_ack)(void *user, uint32_t round);
 } shoal_client_options;
 
 typedef struct shoal_client_stats {
