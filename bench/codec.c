@@ -131,7 +131,12 @@ struct job {
 	double *acc;
 	float *accf;
 	uint8_t *wire, *copy;
+	const uint8_t *const *wires; /* a round of ROUND_UPDATES dense updates */
+	const double *weights;
 };
+
+/* Dense updates in one server round (K = 10, as in the FedAvg paper). */
+#define ROUND_UPDATES 10
 
 static int
 do_encode_ef(job *j)
@@ -169,6 +174,23 @@ do_dense_f32(job *j)
 }
 
 static void *(*volatile copy_fn)(void *, const void *, size_t) = memcpy;
+
+/* The server's close: all of a round's dense updates into acc at once. */
+static int
+do_dense_round(job *j)
+{
+	cx_accumulate_dense_many(j->wires, j->weights, ROUND_UPDATES, j->dim, j->acc);
+	return 0;
+}
+
+/* memcpy of the same ROUND_UPDATES wire buffers. */
+static int
+do_memcpy_round(job *j)
+{
+	for (int u = 0; u < ROUND_UPDATES; u++)
+		copy_fn(j->copy, j->wires[u], (size_t)j->dim * 4);
+	return 0;
+}
 
 static int
 do_memcpy(job *j)
@@ -396,6 +418,38 @@ bench_codec(int argc, char **argv)
 		emit("codec_dense_accumulate_f32", pd, df, "bytes/s");
 		emit("codec_dense_vs_memcpy", pd, dd / mc, "fraction");
 		emit("codec_dense_f32_vs_memcpy", pd, df / mc, "fraction");
+	}
+
+	/* The server's dense path as it runs: a round of ROUND_UPDATES distinct
+	 * updates accumulated at close, against memcpy of the same buffers. */
+	{
+		uint8_t *w[ROUND_UPDATES] = {NULL};
+		double wt[ROUND_UPDATES], bytes = 4.0 * dim * ROUND_UPDATES, dr, mr;
+		int ok = 1;
+
+		for (int u = 0; u < ROUND_UPDATES && ok; u++) {
+			if ((w[u] = malloc((size_t)dim * 4)) == NULL)
+				ok = 0;
+			else
+				memcpy(w[u], j.wire, (size_t)dim * 4);
+			wt[u] = 600.0;
+		}
+		if (ok) {
+			j.wires = (const uint8_t *const *)w;
+			j.weights = wt;
+			mr = rate(&j, do_memcpy_round, bytes, reps);
+			dr = rate(&j, do_dense_round, bytes, reps);
+			fprintf(stderr,
+			        "codec: dense round of %d updates %.2f GB/s, memcpy %.2f GB/s of wire "
+			        "bytes\n", ROUND_UPDATES, dr / 1e9, mr / 1e9);
+			json_t *pr = json_pack("{s:i, s:i}", "dim", (int)dim, "updates", ROUND_UPDATES);
+			emit("codec_memcpy_round", pr, mr, "bytes/s");
+			emit("codec_dense_round_accumulate", pr, dr, "bytes/s");
+			emit("codec_dense_round_vs_memcpy", pr, dr / mr, "fraction");
+			json_decref(pr);
+		}
+		for (int u = 0; u < ROUND_UPDATES; u++)
+			free(w[u]);
 	}
 	ret = 0;
 done:
