@@ -48,8 +48,8 @@ usage(FILE *f)
 	        ml_model_names());
 }
 
-static double
-now_s(void)
+double
+bench_now_s(void)
 {
 	struct timespec ts;
 
@@ -83,8 +83,8 @@ parse_count(const char *flag, const char *s, long max, long *out)
 	return 0;
 }
 
-static void
-emit(const char *bench, json_t *params, double value, const char *unit)
+void
+bench_emit(const char *bench, json_t *params, double value, const char *unit)
 {
 	json_t *o = json_object();
 	char *s;
@@ -104,8 +104,8 @@ emit(const char *bench, json_t *params, double value, const char *unit)
 
 #define MAX_REPS 101
 
-static double
-median(double *v, long n)
+double
+bench_median(double *v, long n)
 {
 	qsort(v, (size_t)n, sizeof v[0], cmp_double);
 	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
@@ -128,7 +128,7 @@ sgemm_gflops(int ta, int tb, int M, int N, int K, long reps)
 	for (size_t i = 0; i < nb; i++)
 		b[i] = (float)(i % 13) * 0.01f - 0.06f;
 	for (long r = -1; r < reps; r++) { /* r = -1 warms up */
-		double t0 = now_s(), t;
+		double t0 = bench_now_s(), t;
 		long calls = 0;
 
 		do {
@@ -136,12 +136,12 @@ sgemm_gflops(int ta, int tb, int M, int N, int K, long reps)
 			            tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, a, ta ? M : K, b,
 			            tb ? K : N, 0.0f, c, N);
 			calls++;
-			t = now_s() - t0;
+			t = bench_now_s() - t0;
 		} while (t < 0.05);
 		if (r >= 0)
 			rate[r] = 2.0 * M * N * (double)K * (double)calls / t / 1e9;
 	}
-	med = median(rate, reps);
+	med = bench_median(rate, reps);
 done:
 	free(a);
 	free(b);
@@ -168,7 +168,7 @@ sgemm_peak(const int *sizes, size_t n, long reps, int emit_each, long threads)
 			                       (json_int_t)sizes[i], "n", (json_int_t)sizes[i], "k",
 			                       (json_int_t)sizes[i], "threads", (json_int_t)threads);
 
-			emit("gemm", pj, g, "GFLOP/s");
+			bench_emit("gemm", pj, g, "GFLOP/s");
 			json_decref(pj);
 		}
 		peak = g > peak ? g : peak;
@@ -283,11 +283,11 @@ bench_gemm(int argc, char **argv)
 		               (json_int_t)cnn[i].m, "n", (json_int_t)cnn[i].n, "k",
 		               (json_int_t)cnn[i].k, "trans_a", cnn[i].ta, "trans_b", cnn[i].tb,
 		               "threads", (json_int_t)threads);
-		emit("gemm", pj, g, "GFLOP/s");
+		bench_emit("gemm", pj, g, "GFLOP/s");
 		json_decref(pj);
 	}
 	pj = json_pack("{s:i, s:s}", "threads", (json_int_t)threads, "of", "best square size");
-	emit("gemm_peak", pj, peak, "GFLOP/s");
+	bench_emit("gemm_peak", pj, peak, "GFLOP/s");
 	json_decref(pj);
 	return peak > 0.0 ? 0 : 1;
 }
@@ -370,20 +370,20 @@ bench_train(int argc, char **argv)
 		                     .seed = (uint64_t)(r + 2)};
 		double t0, t1, loss;
 
-		t0 = now_s();
+		t0 = bench_now_s();
 		if (ml_train_sgd(m, params, &ds, idx, r < 0 ? (n < 1000 ? n : 1000) : n, &cfg,
 		                 &loss) != SHOAL_OK) {
 			fprintf(stderr, "shoal-bench: training failed\n");
 			goto done;
 		}
-		t1 = now_s();
+		t1 = bench_now_s();
 		if (r >= 0) {
 			rate[r] = (double)n / (t1 - t0);
 			fprintf(stderr, "train %s B=%ld T=%ld rep %ld: %.0f samples/s (loss %.3f)\n",
 			        model, batch, threads, r, rate[r], loss);
 		}
 	}
-	med = median(rate, reps);
+	med = bench_median(rate, reps);
 	gflops = med * train_flops(model) / 1e9;
 	/* The yardstick, in the same run: one-thread sgemm at its best. */
 	openblas_set_num_threads(1);
@@ -392,18 +392,18 @@ bench_train(int argc, char **argv)
 	                        "threads", (json_int_t)threads);
 	if (params_json == NULL)
 		goto done;
-	emit("train", params_json, med, "samples/s");
-	emit("train", params_json, gflops, "GFLOP/s");
+	bench_emit("train", params_json, med, "samples/s");
+	bench_emit("train", params_json, gflops, "GFLOP/s");
 	json_decref(params_json);
 	params_json = json_pack("{s:i, s:s}", "threads", (json_int_t)1, "of", "best square size");
-	emit("gemm_peak", params_json, peak, "GFLOP/s");
+	bench_emit("gemm_peak", params_json, peak, "GFLOP/s");
 	json_decref(params_json);
 	params_json = json_pack("{s:s, s:i, s:i, s:i, s:f, s:f}", "model", model, "batch",
 	                        (json_int_t)batch, "threads", (json_int_t)threads, "peak_threads",
 	                        (json_int_t)1, "train_gflops", gflops, "peak_gflops", peak);
 	if (params_json == NULL)
 		goto done;
-	emit("train_vs_peak", params_json, peak > 0.0 ? gflops / peak : 0.0, "fraction");
+	bench_emit("train_vs_peak", params_json, peak > 0.0 ? gflops / peak : 0.0, "fraction");
 	fprintf(stderr, "train %s B=%ld T=%ld: %.0f samples/s, %.1f GFLOP/s = %.1f%% of the "
 	        "one-thread sgemm peak %.1f GFLOP/s\n",
 	        model, batch, threads, med, gflops, peak > 0.0 ? 100.0 * gflops / peak : 0.0, peak);

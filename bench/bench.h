@@ -4,6 +4,14 @@
 #ifndef SHOAL_BENCH_H
 #define SHOAL_BENCH_H
 
+#include <jansson.h>
+
 int bench_codec(int argc, char **argv); /* bench/codec.c */
+
+/* Shared by the subcommands (bench/bench.c). */
+double bench_now_s(void);                /* monotonic seconds */
+double bench_median(double *v, long n);  /* sorts v */
+/* One result line on stdout: {"bench", "params", "value", "unit"}. */
+void bench_emit(const char *bench, json_t *params, double value, const char *unit);
 
 #endif

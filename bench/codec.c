@@ -45,48 +45,6 @@ usage(FILE *f)
 	        CX_BLOCK_DEFAULT);
 }
 
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int
-cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double
-median(double *v, long n)
-{
-	qsort(v, (size_t)n, sizeof v[0], cmp_double);
-	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static void
-emit(const char *bench, json_t *params, double value, const char *unit)
-{
-	json_t *o = json_object();
-	char *s;
-
-	json_object_set_new(o, "bench", json_string(bench));
-	json_object_set(o, "params", params);
-	json_object_set_new(o, "value", json_real(value));
-	json_object_set_new(o, "unit", json_string(unit));
-	s = json_dumps(o, JSON_REAL_PRECISION(6));
-	if (s != NULL) {
-		printf("%s\n", s);
-		free(s);
-	}
-	fflush(stdout);
-	json_decref(o);
-}
-
 /* The seeded ChaCha20 rng read 512 bytes at a time: rng_u64 costs ~27 ns
  * a call (a wipe per 8 bytes), more than the quantizer itself. */
 typedef struct brng {
@@ -206,19 +164,19 @@ rate(job *j, job_fn fn, double units, long reps)
 	double r[CX_MAX_REPS];
 
 	for (long rep = -1; rep < reps; rep++) { /* rep -1 warms up */
-		double t0 = now_s(), t;
+		double t0 = bench_now_s(), t;
 		long calls = 0;
 
 		do {
 			if (fn(j))
 				return -1.0;
 			calls++;
-			t = now_s() - t0;
+			t = bench_now_s() - t0;
 		} while (t < MIN_SECONDS);
 		if (rep >= 0)
 			r[rep] = units * (double)calls / t;
 	}
-	return median(r, reps);
+	return bench_median(r, reps);
 }
 
 static int
@@ -373,18 +331,18 @@ bench_codec(int argc, char **argv)
 		        "float32), index %s b=%u %u bytes\n",
 		        dim, cfg.ratio, values, cfg.block, select, kept, j.len,
 		        4.0 * dim / (double)j.len, buf[2] < 3 ? imode[buf[2]] : "?", buf[3], ib);
-		emit("codec_bytes_per_param", pj, (double)j.len / dim, "bytes/param");
-		emit("codec_compression", pj, 4.0 * dim / (double)j.len, "x");
-		emit("codec_index_bits", pj, bits, "bits/kept");
-		emit("codec_index_bound", pj, bound, "bits/kept");
-		emit("codec_index_vs_bound", pj, bound > 0 ? bits / bound : 0, "ratio");
+		bench_emit("codec_bytes_per_param", pj, (double)j.len / dim, "bytes/param");
+		bench_emit("codec_compression", pj, 4.0 * dim / (double)j.len, "x");
+		bench_emit("codec_index_bits", pj, bits, "bits/kept");
+		bench_emit("codec_index_bound", pj, bound, "bits/kept");
+		bench_emit("codec_index_vs_bound", pj, bound > 0 ? bits / bound : 0, "ratio");
 	}
 
 	/* Encode: the whole client step (u = x + r, select over d, quantize,
 	 * index coding, residual update); then quantize + index coding alone. */
 	v = rate(&j, do_encode_ef, (double)kept, reps);
 	fprintf(stderr, "codec: encode_ef %.3g entries/s\n", v);
-	emit("codec_encode_ef", pj, v, "entries/s");
+	bench_emit("codec_encode_ef", pj, v, "entries/s");
 	if (cx_topk(x, dim, k, idx0) != SHOAL_OK)
 		goto done;
 	for (uint32_t i = 0; i < k; i++)
@@ -393,14 +351,14 @@ bench_codec(int argc, char **argv)
 	j.val = val0;
 	v = rate(&j, do_encode, (double)k, reps);
 	fprintf(stderr, "codec: encode (quantize + index) %.3g entries/s\n", v);
-	emit("codec_encode", pj, v, "entries/s");
+	bench_emit("codec_encode", pj, v, "entries/s");
 
 	/* Decode + validate + accumulate into the server's double acc[dim]. */
 	if ((j.len = cx_encode(dim, k, idx0, val0, &cfg, rng_fn, &br, buf, cap, NULL)) < 0)
 		goto done;
 	v = rate(&j, do_accumulate, (double)k, reps);
 	fprintf(stderr, "codec: decode+accumulate %.3g entries/s\n", v);
-	emit("codec_decode_accumulate", pj, v, "entries/s");
+	bench_emit("codec_decode_accumulate", pj, v, "entries/s");
 
 	/* Dense float32 accumulate vs memcpy of the same wire bytes. */
 	{
@@ -413,11 +371,11 @@ bench_codec(int argc, char **argv)
 		        "codec: dense accumulate %.2f GB/s (double acc), %.2f GB/s (float acc), "
 		        "memcpy %.2f GB/s of wire bytes\n",
 		        dd / 1e9, df / 1e9, mc / 1e9);
-		emit("codec_memcpy", pd, mc, "bytes/s");
-		emit("codec_dense_accumulate", pd, dd, "bytes/s");
-		emit("codec_dense_accumulate_f32", pd, df, "bytes/s");
-		emit("codec_dense_vs_memcpy", pd, dd / mc, "fraction");
-		emit("codec_dense_f32_vs_memcpy", pd, df / mc, "fraction");
+		bench_emit("codec_memcpy", pd, mc, "bytes/s");
+		bench_emit("codec_dense_accumulate", pd, dd, "bytes/s");
+		bench_emit("codec_dense_accumulate_f32", pd, df, "bytes/s");
+		bench_emit("codec_dense_vs_memcpy", pd, dd / mc, "fraction");
+		bench_emit("codec_dense_f32_vs_memcpy", pd, df / mc, "fraction");
 	}
 
 	/* The server's dense path as it runs: a round of ROUND_UPDATES distinct
@@ -443,9 +401,9 @@ bench_codec(int argc, char **argv)
 			        "codec: dense round of %d updates %.2f GB/s, memcpy %.2f GB/s of wire "
 			        "bytes\n", ROUND_UPDATES, dr / 1e9, mr / 1e9);
 			json_t *pr = json_pack("{s:i, s:i}", "dim", (int)dim, "updates", ROUND_UPDATES);
-			emit("codec_memcpy_round", pr, mr, "bytes/s");
-			emit("codec_dense_round_accumulate", pr, dr, "bytes/s");
-			emit("codec_dense_round_vs_memcpy", pr, dr / mr, "fraction");
+			bench_emit("codec_memcpy_round", pr, mr, "bytes/s");
+			bench_emit("codec_dense_round_accumulate", pr, dr, "bytes/s");
+			bench_emit("codec_dense_round_vs_memcpy", pr, dr / mr, "fraction");
 			json_decref(pr);
 		}
 		for (int u = 0; u < ROUND_UPDATES; u++)

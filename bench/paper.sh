@@ -30,7 +30,7 @@ mkdir -p "$out"
 declare -A CELL=(
 	[2nn-iid]="2nn 1 10 0.1 1 iid 0.97 87 300"
 	[2nn-noniid]="2nn 1 10 0.1 1 shards 0.97 664 1000"
-	[cnn-iid]="cnn 5 10 0.15 0.9 iid 0.99 20 40"
+	[cnn-iid]="cnn 5 10 0.15 0.9 iid 0.99 20 20"
 	[cnn-noniid]="cnn 5 10 0.15 0.99 shards 0.99 229 ${MAX_ROUNDS_CNN_NONIID:-150}"
 )
 cells=("$@")

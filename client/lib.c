@@ -9,6 +9,7 @@
 
 #include "client/core.h"
 #include "common/codec.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "common/transport.h"
@@ -17,14 +18,6 @@ enum {
 	LIB_SLICE_MS = 100, /* longest sleep between checks of *stop */
 	LIB_NAME_MAX = 64,
 };
-
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static bool
 stopped(const shoal_client_options *o)
@@ -38,7 +31,7 @@ sleep_until(const shoal_client_options *o, uint64_t until)
 {
 	uint64_t t;
 
-	while (!stopped(o) && (t = now_ms()) < until) {
+	while (!stopped(o) && (t = clock_now_ms()) < until) {
 		uint64_t d = until - t < LIB_SLICE_MS ? until - t : LIB_SLICE_MS;
 		struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)d * 1000000L};
 		nanosleep(&ts, NULL);
@@ -207,7 +200,7 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 			e = SHOAL_ECLOSED;
 			break;
 		}
-		cli_core_step(core, now_ms(), &st);
+		cli_core_step(core, clock_now_ms(), &st);
 		if (st.action == CLI_DONE) {
 			e = st.err;
 			if (e == SHOAL_OK && o->final_params != NULL && cli_core_global(core) != NULL)
@@ -226,7 +219,7 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 					unreachable = false;
 				}
 				uint32_t acked = cli_core_stats(core)->updates_acked;
-				cli_core_on_reply(core, tp_msg_data(reply), tp_msg_len(reply), now_ms());
+				cli_core_on_reply(core, tp_msg_data(reply), tp_msg_len(reply), clock_now_ms());
 				tp_msg_free(reply);
 				if (cli_core_stats(core)->updates_acked != acked)
 					acknowledged(o, core);
@@ -240,7 +233,7 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 					         o->name, o->url, shoal_strerror(e));
 					unreachable = true;
 				}
-				cli_core_on_transport_error(core, e, now_ms());
+				cli_core_on_transport_error(core, e, clock_now_ms());
 			}
 		} else if (st.action == CLI_SLEEP) {
 			sleep_until(o, st.until_ms);
@@ -262,8 +255,8 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 			if (rc != 0) {
 				log_info("client %s: training callback skipped round %u (returned %d)",
 				         o->name, (unsigned)st.round, rc);
-				cli_core_abort_train(core, now_ms());
-			} else if ((e = cli_core_submit(core, n, loss, now_ms())) != SHOAL_OK) {
+				cli_core_abort_train(core, clock_now_ms());
+			} else if ((e = cli_core_submit(core, n, loss, clock_now_ms())) != SHOAL_OK) {
 				log_warn("client %s: update for round %u not sent: %s", o->name,
 				         (unsigned)st.round, shoal_strerror(e));
 			}

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "client/state.h"
@@ -51,39 +52,6 @@ on_signal(int sig)
 	stop_signal = sig;
 }
 
-static int
-usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int
-usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, PROG ": ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\nTry '" PROG " --help' for more information.\n");
-	return EXIT_USAGE;
-}
-
-/* A whole unsigned decimal in [lo, hi]; no sign, no trailing junk. */
-static bool
-parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	if (s == NULL || *s < '0' || *s > '9')
-		return false;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0 || *end != '\0' || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
-}
-
 /* "I/N" with 0 <= I < N <= MAX_PARTITIONS. */
 static bool
 parse_partition(const char *s, uint32_t *i, uint32_t *n)
@@ -97,8 +65,8 @@ parse_partition(const char *s, uint32_t *i, uint32_t *n)
 		return false;
 	memcpy(buf, s, len);
 	buf[len] = '\0';
-	if (!parse_u64(buf, 0, MAX_PARTITIONS - 1, &a) ||
-	    !parse_u64(slash + 1, 1, MAX_PARTITIONS, &b) || a >= b)
+	if (!cli_parse_u64(buf, 0, MAX_PARTITIONS - 1, &a) ||
+	    !cli_parse_u64(slash + 1, 1, MAX_PARTITIONS, &b) || a >= b)
 		return false;
 	*i = (uint32_t)a;
 	*n = (uint32_t)b;
@@ -282,42 +250,42 @@ parse_args(int argc, char **argv, options *o)
 		switch (c) {
 		case OPT_CONNECT:
 			if (strstr(a, "://") == NULL)
-				return usage_error("--connect '%s' is not a URL; use e.g. "
+				return cli_usage_error(PROG, "--connect '%s' is not a URL; use e.g. "
 				                   "tcp://10.0.0.2:7000", a);
 			o->url = a;
 			break;
 		case OPT_DATA_DIR:
 			if (*a == '\0')
-				return usage_error("--data-dir must not be empty");
+				return cli_usage_error(PROG, "--data-dir must not be empty");
 			o->data_dir = a;
 			break;
 		case OPT_PARTITION:
 			if (!parse_partition(a, &o->part, &o->n_parts))
-				return usage_error("--partition '%s': expected I/N with 0 <= I < N <= %u, "
+				return cli_usage_error(PROG, "--partition '%s': expected I/N with 0 <= I < N <= %u, "
 				                   "e.g. 0/10 for the first of ten clients",
 				                   a, MAX_PARTITIONS);
 			have_partition = true;
 			break;
 		case OPT_SPLIT:
 			if (ml_partition_check_spec(a) != SHOAL_OK)
-				return usage_error("--split '%s': expected iid, shards or "
+				return cli_usage_error(PROG, "--split '%s': expected iid, shards or "
 				                   "dirichlet:ALPHA with ALPHA > 0", a);
 			o->split = a;
 			break;
 		case OPT_SEED:
-			if (!parse_u64(a, 0, UINT64_MAX, &o->seed))
-				return usage_error("--seed '%s': expected a whole number in 0..%" PRIu64,
+			if (!cli_parse_u64(a, 0, UINT64_MAX, &o->seed))
+				return cli_usage_error(PROG, "--seed '%s': expected a whole number in 0..%" PRIu64,
 				                   a, UINT64_MAX);
 			break;
 		case OPT_MODEL:
 			if (ml_model_dim_of(a) == 0)
-				return usage_error("--model '%s': unknown model; choose one of: %s",
+				return cli_usage_error(PROG, "--model '%s': unknown model; choose one of: %s",
 				                   a, ml_model_names());
 			o->model = a;
 			break;
 		case OPT_NAME:
 			if (!valid_name(a))
-				return usage_error("--name '%s': use 1..%u printable characters "
+				return cli_usage_error(PROG, "--name '%s': use 1..%u printable characters "
 				                   "without spaces", a, MSG_NAME_MAX);
 			o->name = a;
 			break;
@@ -325,29 +293,29 @@ parse_args(int argc, char **argv, options *o)
 			cx_config cc;
 			bool none;
 			if (strcmp(a, "any") != 0 && cx_parse_spec(a, &cc, &none) != SHOAL_OK)
-				return usage_error("--compress '%s': expected any, none, topk:RATIO or "
+				return cli_usage_error(PROG, "--compress '%s': expected any, none, topk:RATIO or "
 				                   "randk:RATIO with an optional ,q8 ,q4 or ,f32", a);
 			o->compress = a;
 			break;
 		}
 		case OPT_EF:
 			if (strcmp(a, "on") != 0 && strcmp(a, "off") != 0)
-				return usage_error("--error-feedback '%s': expected on or off", a);
+				return cli_usage_error(PROG, "--error-feedback '%s': expected on or off", a);
 			o->error_feedback = strcmp(a, "on") == 0;
 			break;
 		case OPT_DOWNLINK:
 			if (strcmp(a, "q8") != 0 && strcmp(a, "full") != 0)
-				return usage_error("--downlink '%s': expected q8 or full", a);
+				return cli_usage_error(PROG, "--downlink '%s': expected q8 or full", a);
 			o->downlink_q8 = strcmp(a, "q8") == 0;
 			break;
 		case OPT_STATE_DIR:
 			if (*a == '\0')
-				return usage_error("--state-dir must name a folder");
+				return cli_usage_error(PROG, "--state-dir must name a folder");
 			o->state_dir = a;
 			break;
 		case OPT_TRAIN_DELAY:
-			if (!parse_u64(a, 0, MAX_TRAIN_DELAY_MS, &u64))
-				return usage_error("--train-delay '%s': expected milliseconds in 0..%u",
+			if (!cli_parse_u64(a, 0, MAX_TRAIN_DELAY_MS, &u64))
+				return cli_usage_error(PROG, "--train-delay '%s': expected milliseconds in 0..%u",
 				                   a, MAX_TRAIN_DELAY_MS);
 			o->train_delay_ms = (uint32_t)u64;
 			break;
@@ -364,21 +332,21 @@ parse_args(int argc, char **argv, options *o)
 			printf(PROG " %s (protocol %u)\n", SHOAL_VERSION, MSG_VERSION);
 			return EXIT_DONE;
 		case ':':
-			return usage_error("option '%s' needs a value", argv[optind - 1]);
+			return cli_usage_error(PROG, "option '%s' needs a value", argv[optind - 1]);
 		default:
 			if (optopt != 0)
-				return usage_error("unknown option '-%c'", optopt);
-			return usage_error("unknown option '%s'", argv[optind - 1]);
+				return cli_usage_error(PROG, "unknown option '-%c'", optopt);
+			return cli_usage_error(PROG, "unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)
-		return usage_error("unexpected argument '%s' (all settings are --flags)",
+		return cli_usage_error(PROG, "unexpected argument '%s' (all settings are --flags)",
 		                   argv[optind]);
 	if (!have_partition)
-		return usage_error("--partition I/N is required: which part of the training "
+		return cli_usage_error(PROG, "--partition I/N is required: which part of the training "
 		                   "data this client holds (e.g. --partition 0/5)");
 	if (quiet && verbose)
-		return usage_error("--quiet and --verbose contradict each other; pick one");
+		return cli_usage_error(PROG, "--quiet and --verbose contradict each other; pick one");
 	o->verbosity = quiet ? -1 : verbose ? 1 : 0;
 	if (o->name == NULL)
 		default_name(o);

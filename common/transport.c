@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 enum {
@@ -123,14 +124,6 @@ deadline_in(int timeout_ms)
 		ts.tv_nsec -= 1000000000L;
 	}
 	return ts;
-}
-
-static uint64_t
-mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 static int
@@ -782,7 +775,7 @@ shoal_err
 tp_client_request_stop(tp_client *c, const uint8_t *buf, size_t len, int timeout_ms,
                        volatile sig_atomic_t *stop, tp_msg **reply)
 {
-	uint64_t end = mono_ms() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms);
+	uint64_t end = clock_now_ms() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms);
 	nng_msg *m;
 	int rv;
 
@@ -809,7 +802,7 @@ tp_client_request_stop(tp_client *c, const uint8_t *buf, size_t len, int timeout
 		                                                                      : SHOAL_ETRANSPORT;
 	}
 
-	uint64_t now = mono_ms();
+	uint64_t now = clock_now_ms();
 	pthread_mutex_lock(&c->mu);
 	c->done = false;
 	pthread_mutex_unlock(&c->mu);

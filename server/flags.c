@@ -1,6 +1,7 @@
 /* flags.c - algorithm flags shared by shoal-server and shoal-sim (flags.h). */
 #include "server/flags.h"
 
+#include "common/cli.h"
 #include "common/codec.h"
 #include "common/msg.h"
 
@@ -29,23 +30,6 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"downlink", required_argument, NULL, SRV_FLAG_BASE + F_DOWNLINK},
 };
 
-/* A finite number in [lo, hi] (hi_open: [lo, hi)). */
-static bool
-number(const char *s, double lo, double hi, bool hi_open, double *out)
-{
-	char *end;
-	double v;
-
-	if (s == NULL || *s == '\0')
-		return false;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno != 0 || *end != '\0' || !isfinite(v) || v < lo || v > hi || (hi_open && v == hi))
-		return false;
-	*out = v;
-	return true;
-}
-
 int
 srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 {
@@ -54,25 +38,25 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 
 	switch (id - SRV_FLAG_BASE) {
 	case F_MOMENTUM:
-		if (number(arg, 0, 1, true, &v))
+		if (cli_parse_number(arg, 0, 1, true, &v))
 			cfg->momentum = (float)v;
 		else
 			why = "expected a number in [0, 1), e.g. 0.9";
 		break;
 	case F_WEIGHT_DECAY:
-		if (number(arg, 0, 1e3, false, &v))
+		if (cli_parse_number(arg, 0, 1e3, false, &v))
 			cfg->weight_decay = (float)v;
 		else
 			why = "expected a number >= 0, e.g. 1e-4";
 		break;
 	case F_PROX_MU:
-		if (number(arg, 0, 1e6, false, &v))
+		if (cli_parse_number(arg, 0, 1e6, false, &v))
 			cfg->prox_mu = (float)v;
 		else
 			why = "expected a number >= 0, e.g. 0.01";
 		break;
 	case F_LR_DECAY:
-		if (number(arg, 0, 1, false, &v) && v > 0)
+		if (cli_parse_number(arg, 0, 1, false, &v) && v > 0)
 			cfg->lr_decay = (float)v;
 		else
 			why = "expected a factor in (0, 1], e.g. 0.99";
@@ -82,31 +66,31 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 			why = "expected fedavg, fedavgm, fedadam or fedyogi";
 		break;
 	case F_SERVER_LR:
-		if (number(arg, 0, 1e6, false, &v) && v > 0)
+		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
 			cfg->opt.lr = v;
 		else
 			why = "expected a number > 0, e.g. 1 (fedavg) or 0.01 (fedadam)";
 		break;
 	case F_BETA1:
-		if (number(arg, 0, 1, true, &v))
+		if (cli_parse_number(arg, 0, 1, true, &v))
 			cfg->opt.beta1 = v;
 		else
 			why = "expected a number in [0, 1)";
 		break;
 	case F_BETA2:
-		if (number(arg, 0, 1, true, &v))
+		if (cli_parse_number(arg, 0, 1, true, &v))
 			cfg->opt.beta2 = v;
 		else
 			why = "expected a number in [0, 1)";
 		break;
 	case F_TAU:
-		if (number(arg, 0, 1e3, false, &v) && v > 0)
+		if (cli_parse_number(arg, 0, 1e3, false, &v) && v > 0)
 			cfg->opt.tau = v;
 		else
 			why = "expected a number > 0, e.g. 1e-3";
 		break;
 	case F_TARGET:
-		if (number(arg, 0, 1, false, &v) && v > 0)
+		if (cli_parse_number(arg, 0, 1, false, &v) && v > 0)
 			cfg->target_accuracy = v;
 		else
 			why = "expected an accuracy in (0, 1], e.g. 0.97";

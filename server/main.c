@@ -17,6 +17,7 @@
 #include <sys/types.h>
 
 
+#include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "ml/ml.h"
@@ -53,65 +54,11 @@ on_signal(int sig)
 
 /* ---- flag parsing ---------------------------------------------------- */
 
-static int
-usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int
-usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, PROG ": ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\nTry '" PROG " --help' for more information.\n");
-	return EXIT_USAGE;
-}
-
-/* A whole unsigned decimal in [lo, hi]; no sign, no trailing junk. */
-static bool
-parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	if (s == NULL || *s < '0' || *s > '9')
-		return false;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0 || *end != '\0' || v < lo || v > hi)
-		return false;
-	*out = v;
-	return true;
-}
-
-static bool
-parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-	uint64_t v;
-
-	if (!parse_u64(s, lo, hi, &v))
-		return false;
-	*out = (uint32_t)v;
-	return true;
-}
-
 /* A finite decimal number in (0, hi]. */
 static bool
 parse_pos_double(const char *s, double hi, double *out)
 {
-	char *end;
-	double v;
-
-	if (s == NULL || *s == '\0')
-		return false;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno != 0 || *end != '\0' || !isfinite(v) || !(v > 0.0) || v > hi)
-		return false;
-	*out = v;
-	return true;
+	return cli_parse_number(s, 0, hi, false, out) && *out > 0.0;
 }
 
 /* Bytes with an optional binary suffix: 4096, 512K, 64M, 1G. */
@@ -133,7 +80,7 @@ parse_bytes(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 	}
 	if (mul != 1)
 		buf[n - 1] = '\0';
-	if (!parse_u64(buf, 0, UINT64_MAX / mul, &v))
+	if (!cli_parse_u64(buf, 0, UINT64_MAX / mul, &v))
 		return false;
 	v *= mul;
 	if (v < lo || v > hi)
@@ -292,88 +239,88 @@ parse_args(int argc, char **argv, options *o)
 		switch (c) {
 		case OPT_LISTEN:
 			if (o->n_listen == MAX_LISTEN)
-				return usage_error("at most %d --listen URLs", MAX_LISTEN);
+				return cli_usage_error(PROG, "at most %d --listen URLs", MAX_LISTEN);
 			if (strstr(a, "://") == NULL)
-				return usage_error("--listen '%s' is not a URL; use e.g. "
+				return cli_usage_error(PROG, "--listen '%s' is not a URL; use e.g. "
 				                   "tcp://0.0.0.0:7000 or ipc:///tmp/shoal.sock", a);
 			o->listen[o->n_listen++] = a;
 			break;
 		case OPT_ROUNDS:
-			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.rounds))
-				return usage_error("--rounds '%s': expected a whole number >= 1", a);
+			if (!cli_parse_u32(a, 1, UINT32_MAX, &o->cfg.rounds))
+				return cli_usage_error(PROG, "--rounds '%s': expected a whole number >= 1", a);
 			break;
 		case OPT_K:
-			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.clients_per_round))
-				return usage_error("--clients-per-round '%s': expected a whole number >= 1", a);
+			if (!cli_parse_u32(a, 1, UINT32_MAX, &o->cfg.clients_per_round))
+				return cli_usage_error(PROG, "--clients-per-round '%s': expected a whole number >= 1", a);
 			break;
 		case OPT_M:
-			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.min_clients))
-				return usage_error("--min-clients '%s': expected a whole number >= 1", a);
+			if (!cli_parse_u32(a, 1, UINT32_MAX, &o->cfg.min_clients))
+				return cli_usage_error(PROG, "--min-clients '%s': expected a whole number >= 1", a);
 			break;
 		case OPT_MIN_REPORTS:
-			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.min_reports))
-				return usage_error("--min-reports '%s': expected a whole number >= 1", a);
+			if (!cli_parse_u32(a, 1, UINT32_MAX, &o->cfg.min_reports))
+				return cli_usage_error(PROG, "--min-reports '%s': expected a whole number >= 1", a);
 			break;
 		case OPT_MODEL:
 			if (ml_model_dim_of(a) == 0)
-				return usage_error("--model '%s': unknown model; choose one of: %s",
+				return cli_usage_error(PROG, "--model '%s': unknown model; choose one of: %s",
 				                   a, ml_model_names());
 			o->cfg.model = a;
 			break;
 		case OPT_EPOCHS:
-			if (!parse_u32(a, 1, MSG_EPOCHS_MAX, &o->cfg.epochs))
-				return usage_error("--epochs '%s': expected a whole number in 1..%u",
+			if (!cli_parse_u32(a, 1, MSG_EPOCHS_MAX, &o->cfg.epochs))
+				return cli_usage_error(PROG, "--epochs '%s': expected a whole number in 1..%u",
 				                   a, MSG_EPOCHS_MAX);
 			break;
 		case OPT_BATCH:
-			if (!parse_u32(a, 1, MSG_BATCH_MAX, &o->cfg.batch))
-				return usage_error("--batch '%s': expected a whole number in 1..%u",
+			if (!cli_parse_u32(a, 1, MSG_BATCH_MAX, &o->cfg.batch))
+				return cli_usage_error(PROG, "--batch '%s': expected a whole number in 1..%u",
 				                   a, MSG_BATCH_MAX);
 			break;
 		case OPT_LR:
 			if (!parse_pos_double(a, 1e6, &d) || !isfinite((float)d) || (float)d <= 0.0f)
-				return usage_error("--lr '%s': expected a number > 0, e.g. 0.05", a);
+				return cli_usage_error(PROG, "--lr '%s': expected a number > 0, e.g. 0.05", a);
 			o->cfg.lr = (float)d;
 			break;
 		case OPT_TIMEOUT:
 			if (!parse_pos_double(a, MAX_TIMEOUT_S, &d) || d * 1000.0 < 1.0)
-				return usage_error("--round-timeout '%s': expected seconds in "
+				return cli_usage_error(PROG, "--round-timeout '%s': expected seconds in "
 				                   "0.001..%.0f, e.g. 60 or 2.5", a, MAX_TIMEOUT_S);
 			o->cfg.round_timeout_ms = (uint32_t)llround(d * 1000.0);
 			break;
 		case OPT_HOLD:
-			if (!parse_u32(a, 0, MAX_HOLD_MS, &o->cfg.hold_ms))
-				return usage_error("--hold '%s': expected milliseconds in 0..%u",
+			if (!cli_parse_u32(a, 0, MAX_HOLD_MS, &o->cfg.hold_ms))
+				return cli_usage_error(PROG, "--hold '%s': expected milliseconds in 0..%u",
 				                   a, MAX_HOLD_MS);
 			break;
 		case OPT_MAX_CLIENTS:
-			if (!parse_u32(a, 1, UINT32_MAX, &o->cfg.max_clients))
-				return usage_error("--max-clients '%s': expected a whole number >= 1", a);
+			if (!cli_parse_u32(a, 1, UINT32_MAX, &o->cfg.max_clients))
+				return cli_usage_error(PROG, "--max-clients '%s': expected a whole number >= 1", a);
 			break;
 		case OPT_MAX_MESSAGE:
 			if (!parse_bytes(a, 1, SIZE_MAX < UINT64_MAX ? SIZE_MAX : UINT64_MAX, &u64))
-				return usage_error("--max-message '%s': expected bytes, e.g. 67108864 "
+				return cli_usage_error(PROG, "--max-message '%s': expected bytes, e.g. 67108864 "
 				                   "or 64M", a);
 			o->cfg.max_message = (size_t)u64;
 			break;
 		case OPT_DATA_DIR:
 			if (*a == '\0')
-				return usage_error("--data-dir must not be empty");
+				return cli_usage_error(PROG, "--data-dir must not be empty");
 			o->data_dir = a;
 			break;
 		case OPT_METRICS:
 			if (*a == '\0')
-				return usage_error("--metrics must name a file, or '-' for stdout");
+				return cli_usage_error(PROG, "--metrics must name a file, or '-' for stdout");
 			o->metrics = a;
 			break;
 		case OPT_SEED:
-			if (!parse_u64(a, 0, UINT64_MAX, &o->cfg.seed))
-				return usage_error("--seed '%s': expected a whole number in 0..%" PRIu64,
+			if (!cli_parse_u64(a, 0, UINT64_MAX, &o->cfg.seed))
+				return cli_usage_error(PROG, "--seed '%s': expected a whole number in 0..%" PRIu64,
 				                   a, UINT64_MAX);
 			break;
 		case OPT_LINGER:
-			if (!parse_u32(a, 0, MAX_LINGER_MS, &o->linger_ms))
-				return usage_error("--linger '%s': expected milliseconds in 0..%u",
+			if (!cli_parse_u32(a, 0, MAX_LINGER_MS, &o->linger_ms))
+				return cli_usage_error(PROG, "--linger '%s': expected milliseconds in 0..%u",
 				                   a, MAX_LINGER_MS);
 			break;
 		case 'q':
@@ -389,7 +336,7 @@ parse_args(int argc, char **argv, options *o)
 			printf(PROG " %s (protocol %u)\n", SHOAL_VERSION, MSG_VERSION);
 			return EXIT_DONE;
 		case ':':
-			return usage_error("option '%s' needs a value", argv[optind - 1]);
+			return cli_usage_error(PROG, "option '%s' needs a value", argv[optind - 1]);
 		default: {
 			int r = c >= SRV_FLAG_BASE ? srv_flag_apply(PROG, c, a, &o->cfg) : 1;
 			if (r == 0)
@@ -397,40 +344,40 @@ parse_args(int argc, char **argv, options *o)
 			if (r < 0)
 				return EXIT_USAGE; /* srv_flag_apply said why */
 			if (optopt != 0)
-				return usage_error("unknown option '-%c'", optopt);
-			return usage_error("unknown option '%s'", argv[optind - 1]);
+				return cli_usage_error(PROG, "unknown option '-%c'", optopt);
+			return cli_usage_error(PROG, "unknown option '%s'", argv[optind - 1]);
 		}
 		}
 	}
 	if (optind < argc)
-		return usage_error("unexpected argument '%s' (all settings are --flags)",
+		return cli_usage_error(PROG, "unexpected argument '%s' (all settings are --flags)",
 		                   argv[optind]);
 	if (quiet && verbose)
-		return usage_error("--quiet and --verbose contradict each other; pick one");
+		return cli_usage_error(PROG, "--quiet and --verbose contradict each other; pick one");
 	o->verbosity = quiet ? -1 : verbose ? 1 : 0;
 	if (o->n_listen == 0)
 		o->listen[o->n_listen++] = DEFAULT_LISTEN;
 
 	/* Cross-flag checks. */
 	if (o->cfg.min_reports > o->cfg.clients_per_round)
-		return usage_error("--min-reports %" PRIu32 " exceeds --clients-per-round %" PRIu32
+		return cli_usage_error(PROG, "--min-reports %" PRIu32 " exceeds --clients-per-round %" PRIu32
 		                   ": a round can never collect more updates than it selects",
 		                   o->cfg.min_reports, o->cfg.clients_per_round);
 	if (o->cfg.min_clients > o->cfg.max_clients)
-		return usage_error("--min-clients %" PRIu32 " exceeds --max-clients %" PRIu32
+		return cli_usage_error(PROG, "--min-clients %" PRIu32 " exceeds --max-clients %" PRIu32
 		                   ": no round could ever start; raise --max-clients",
 		                   o->cfg.min_clients, o->cfg.max_clients);
 	if (o->cfg.clients_per_round > o->cfg.max_clients)
-		return usage_error("--clients-per-round %" PRIu32 " exceeds --max-clients %" PRIu32
+		return cli_usage_error(PROG, "--clients-per-round %" PRIu32 " exceeds --max-clients %" PRIu32
 		                   "; raise --max-clients or lower --clients-per-round",
 		                   o->cfg.clients_per_round, o->cfg.max_clients);
 	dim = ml_model_dim_of(o->cfg.model);
 	if (dim == 0)
-		return usage_error("model '%s' is not built in; choose one of: %s",
+		return cli_usage_error(PROG, "model '%s' is not built in; choose one of: %s",
 		                   o->cfg.model, ml_model_names());
 	/* A TASK and an UPDATE carry the whole model plus a few header bytes. */
 	if (o->cfg.max_message / 4 < dim + 256)
-		return usage_error("--max-message %zu is too small for model '%s' "
+		return cli_usage_error(PROG, "--max-message %zu is too small for model '%s' "
 		                   "(%zu parameters): use at least %zu",
 		                   o->cfg.max_message, o->cfg.model, dim, (dim + 256) * 4);
 	return -1;

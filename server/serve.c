@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/transport.h"
 
@@ -15,14 +16,6 @@ enum {
 	SERVE_TICK_MS = 100,  /* longest wait, so *stop is noticed promptly */
 	SERVE_FLUSH_MS = 100, /* answer stragglers before the socket closes */
 };
-
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* "812 kB" / "8.0 MB" */
 static void
@@ -96,15 +89,15 @@ drain(srv_core *core, tp_server *tp, const srv_serve_opts *o)
 static void
 shut_down(srv_core *core, tp_server *tp, const srv_serve_opts *o)
 {
-	uint64_t t = now_ms(), end = t + SERVE_FLUSH_MS;
+	uint64_t t = clock_now_ms(), end = t + SERVE_FLUSH_MS;
 
 	srv_core_release_all(core, t);
 	drain(core, tp, o);
-	while ((t = now_ms()) < end) {
+	while ((t = clock_now_ms()) < end) {
 		uint64_t req;
 		tp_msg *m;
 		if (tp_server_recv(tp, (int)(end - t), &req, &m) == SHOAL_OK) {
-			t = now_ms();
+			t = clock_now_ms();
 			srv_core_on_request(core, req, tp_msg_data(m), tp_msg_len(m), t);
 			tp_msg_free(m);
 			srv_core_release_all(core, t);
@@ -138,7 +131,7 @@ srv_serve(srv_core *core, const srv_serve_opts *o)
 		o->on_listening(o->user);
 
 	for (;;) {
-		uint64_t t = now_ms(), dl, req;
+		uint64_t t = clock_now_ms(), dl, req;
 		int timeout = SERVE_TICK_MS;
 		tp_msg *m;
 
@@ -164,7 +157,7 @@ srv_serve(srv_core *core, const srv_serve_opts *o)
 			timeout = dl <= t ? 0 : dl - t < (uint64_t)timeout ? (int)(dl - t) : timeout;
 
 		e = tp_server_recv(tp, timeout, &req, &m);
-		t = now_ms();
+		t = clock_now_ms();
 		if (e == SHOAL_OK) {
 			srv_core_on_request(core, req, tp_msg_data(m), tp_msg_len(m), t);
 			tp_msg_free(m);
