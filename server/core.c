@@ -65,7 +65,9 @@ struct srv_core {
 	uint32_t up_caps;   /* ... of clients with these capabilities */
 	char up_spec[MSG_MODEL_MAX + 1]; /* "" when dense */
 	uint32_t version;   /* of params */
-	float *prev;        /* downlink: the previous version, dim */
+	float *shadow;      /* q8 downlink: the model the optimizer moves; params
+	                       (canonical, what clients hold) trails it by the
+	                       quantization error still to be sent */
 	uint8_t *dq;        /* downlink: encoding of version-1 -> version */
 	size_t dq_len, dq_cap;
 	double accuracy, loss;
@@ -314,32 +316,35 @@ evaluate(srv_core *s)
 		s->accuracy = s->loss = NAN;
 }
 
-/* A new global model is ready in params: make it version+1. With the q8
- * downlink, the canonical model is what clients reconstruct, prev + the
- * dequantized change, so server and clients hold bit-identical
- * parameters. */
+/* Apply the round's averaged update d to the global model and make the
+ * result version+1. With the q8 downlink the optimizer moves the shadow
+ * model, and the canonical model (params: what clients hold and what is
+ * evaluated) moves by the 8-bit encoding of shadow - params, which clients
+ * apply the same way, so both sides hold bit-identical parameters. What
+ * the encoding missed stays in shadow - params and goes out with the next
+ * round's change (error feedback on the downlink), instead of being lost. */
 static void
-publish(srv_core *s)
+publish(srv_core *s, const double *d)
 {
 	s->version++;
-	if (!s->cfg.downlink_q8)
+	if (!s->cfg.downlink_q8) {
+		srv_opt_step(&s->opt, s->params, d);
 		return;
-	float *diff = (float *)s->acc; /* acc is free again: reuse its memory */
+	}
+	srv_opt_step(&s->opt, s->shadow, d);
+	float *diff = (float *)s->acc; /* d is used up: reuse acc's memory */
 	for (size_t j = 0; j < s->dim; j++)
-		diff[j] = s->params[j] - s->prev[j];
+		diff[j] = s->shadow[j] - s->params[j];
 	long n = cx_encode_downlink(diff, (uint32_t)s->dim, CX_BLOCK_DEFAULT, s->dq, s->dq_cap);
-	memcpy(s->params, s->prev, s->dim * sizeof *s->params);
 	if (n < 0 || cx_decode_add(s->dq, (size_t)n, (uint32_t)s->dim, s->params, NULL) < 0) {
 		/* Cannot happen for finite models; keep serving full models. */
 		log_error("downlink encoding failed: %s; sending full models",
 		          shoal_strerror(n < 0 ? (shoal_err)n : SHOAL_EINVAL));
-		for (size_t j = 0; j < s->dim; j++)
-			s->params[j] = s->prev[j] + diff[j];
+		memcpy(s->params, s->shadow, s->dim * sizeof *s->params);
 		s->dq_len = 0;
 	} else {
 		s->dq_len = (size_t)n;
 	}
-	memcpy(s->prev, s->params, s->dim * sizeof *s->prev);
 }
 
 static void
@@ -377,8 +382,7 @@ close_round(srv_core *s, uint64_t now)
 		}
 		for (size_t j = 0; j < s->dim; j++)
 			s->acc[j] /= total;
-		srv_opt_step(&s->opt, s->params, s->acc);
-		publish(s);
+		publish(s, s->acc);
 		st->train_loss = loss / total;
 		evaluate(s);
 		st->abandoned = false;
@@ -812,7 +816,7 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	if ((s->scratch = malloc(dim * sizeof *s->scratch)) == NULL ||
 	    (s->dense_ptr = malloc(cfg->clients_per_round * sizeof *s->dense_ptr)) == NULL ||
 	    (s->dense_w = malloc(cfg->clients_per_round * sizeof *s->dense_w)) == NULL ||
-	    (cfg->downlink_q8 && ((s->prev = malloc(dim * sizeof *s->prev)) == NULL ||
+	    (cfg->downlink_q8 && ((s->shadow = malloc(dim * sizeof *s->shadow)) == NULL ||
 	                          (s->dq = malloc(s->dq_cap)) == NULL)))
 		goto fail;
 	if ((e = srv_opt_init(&s->opt, &cfg->opt, dim)) != SHOAL_OK) {
@@ -823,8 +827,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	if ((e = ml_model_new(s->model, 1000, &s->eval)) != SHOAL_OK)
 		goto fail;
 	ml_model_init(s->eval, s->params, cfg->seed);
-	if (s->prev != NULL)
-		memcpy(s->prev, s->params, dim * sizeof *s->prev);
+	if (s->shadow != NULL)
+		memcpy(s->shadow, s->params, dim * sizeof *s->shadow);
 	evaluate(s);
 	s->phase = PH_IDLE;
 	*out = s;
@@ -855,7 +859,7 @@ srv_core_free(srv_core *s)
 	free(s->scratch);
 	free(s->dense_ptr);
 	free(s->dense_w);
-	free(s->prev);
+	free(s->shadow);
 	free(s->dq);
 	srv_opt_fini(&s->opt);
 	ml_model_free(s->eval);
