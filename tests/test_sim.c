@@ -482,10 +482,39 @@ sim_prox_mu_zero_is_fedavg(void **state)
 	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
 }
 
+/* With compression (stochastic rounding from each client's seeded stream)
+ * and the q8 downlink, 1 and 2 training threads give the same model. */
+static void
+sim_compressed_deterministic_across_threads(void **state)
+{
+	char dir[256], m[300];
+	sim_run one, two;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m, sizeof(m), "%s/m.jsonl", dir);
+	run_small_flags(dir, m, (const char *const[]){"--compress", "topk:0.05,q8", "--threads",
+	                                              "1", NULL}, &one);
+	char *m1 = read_file(m);
+	run_small_flags(dir, m, (const char *const[]){"--compress", "topk:0.05,q8", "--threads",
+	                                              "2", NULL}, &two);
+	char *m2 = read_file(m);
+	assert_string_equal(one.hash, two.hash);
+	assert_non_null(m1);
+	assert_non_null(m2);
+	assert_string_equal(m1, m2);
+	free(m1);
+	free(m2);
+	sim_run_fini(&one);
+	sim_run_fini(&two);
+	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(sim_deterministic_across_threads),
 	cmocka_unit_test(sim_seed_changes_result),
 		cmocka_unit_test(sim_prox_mu_zero_is_fedavg),
+		cmocka_unit_test(sim_compressed_deterministic_across_threads),
 	cmocka_unit_test(sim_reaches_accuracy_logreg),
 	cmocka_unit_test(sim_partition_shards_and_dirichlet_run),
 	cmocka_unit_test(sim_rejects_bad_flags),
