@@ -30,6 +30,7 @@ typedef struct client {
 typedef struct slot {
 	uint32_t client;   /* index into clients */
 	bool reported;
+	bool declined;     /* checked in again without an update: dropped */
 	uint32_t n;        /* FedAvg weight of the update */
 	float loss;
 	uint8_t *delta;    /* the update's wire bytes: 4*dim little-endian
@@ -82,7 +83,7 @@ struct srv_core {
 	uint32_t round;
 	uint64_t deadline;
 	slot *slots;
-	uint32_t n_slots, n_reported;
+	uint32_t n_slots, n_reported, n_declined;
 	srv_round_stats st;
 
 	reply_queue replies;
@@ -416,7 +417,7 @@ free_slots(srv_core *s)
 {
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		free(s->slots[i].delta);
-	s->n_slots = s->n_reported = 0;
+	s->n_slots = s->n_reported = s->n_declined = 0;
 }
 
 /* The client learning rate of the round being opened (s->round). */
@@ -454,7 +455,7 @@ try_start_round(srv_core *s, uint64_t now)
 	memset(&s->st, 0, sizeof s->st);
 	s->st.round = s->round;
 	s->st.start_ms = now;
-	s->n_slots = s->n_reported = 0;
+	s->n_slots = s->n_reported = s->n_declined = 0;
 
 	for (uint32_t i = 0; i < k; i++) {
 		/* Partial Fisher-Yates: the i-th pick is uniform over the rest. */
@@ -554,6 +555,28 @@ lookup_id(srv_core *s, uint64_t req, uint32_t id)
 	return &s->clients[id - 1];
 }
 
+/* A selected client checked in again without sending its update (it
+ * skipped the task): count it as dropped now rather than at the deadline,
+ * and close the round once every selected client reported or declined.
+ * Returns true if the round closed. */
+static bool
+decline(srv_core *s, const client *c, uint64_t now)
+{
+	for (uint32_t i = 0; i < s->n_slots; i++) {
+		slot *sl = &s->slots[i];
+		if (&s->clients[sl->client] != c || sl->reported || sl->declined)
+			continue;
+		sl->declined = true;
+		s->n_declined++;
+		log_info("round %u: client %s declined its task", s->round, c->name);
+		if (s->n_reported + s->n_declined == s->n_slots) {
+			close_round(s, now);
+			return true;
+		}
+	}
+	return false;
+}
+
 static void
 on_checkin(srv_core *s, uint64_t req, const msg *m, uint64_t now)
 {
@@ -573,6 +596,8 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, uint64_t now)
 	c->held_ver = m->model_ver;
 	c->park_req = req;
 	c->park_until = now + s->cfg.hold_ms;
+	if (s->phase == PH_RUNNING && c->selected_round == s->round && decline(s, c, now))
+		return; /* the round closed (and maybe the next one started) */
 	try_start_round(s, now);
 }
 
@@ -635,7 +660,7 @@ on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 	s->n_reported++;
 	msg ack = {.type = MSG_ACK, .round = s->round};
 	reply_msg(s, req, &ack, NULL);
-	if (s->n_reported == s->n_slots)
+	if (s->n_reported + s->n_declined == s->n_slots)
 		close_round(s, now);
 }
 

@@ -784,6 +784,43 @@ test_downlink_delta_to_previous_version(void **state)
 	h_fini(&h);
 }
 
+/* A selected client that checks in again without an update (it skipped
+ * the task) is counted as dropped at once: the round does not wait for the
+ * deadline. */
+static void
+test_declined_task_closes_round(void **state)
+{
+	harness h;
+	srv_config c;
+	base_config(&c);
+	c.min_clients = 2;
+	h_init(&h, &c);
+	float *d = calloc(h.dim, 4);
+	uint32_t id[2];
+	uint64_t rq[2];
+	start_round(&h, id, rq);
+	msg ack;
+	assert_non_null(reply_to(&h, update(&h, id[0], 1, 5, d, 10), &ack));
+	assert_int_equal(ack.type, MSG_ACK);
+	assert_int_equal(srv_core_round(h.s), 1);
+	checkin(&h, id[1], 11); /* b declines round 1 */
+	srv_event ev;
+	bool ended = false;
+	while (srv_core_pop_event(h.s, &ev))
+		if (ev.kind == SRV_EV_ROUND_END) {
+			ended = true;
+			assert_int_equal(ev.stats.reported, 1);
+			assert_int_equal(ev.stats.dropped, 1);
+			assert_false(ev.stats.abandoned);
+			assert_int_equal(ev.stats.end_ms, 11);
+		}
+	assert_true(ended);
+	/* A late update for the closed round is stale. */
+	expect_error(&h, update(&h, id[1], 1, 5, d, 12), SHOAL_ESTALE);
+	free(d);
+	h_fini(&h);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -809,6 +846,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_bad_config_refused),
 		cmocka_unit_test(test_compressed_updates),
 		cmocka_unit_test(test_downlink_delta_to_previous_version),
+		cmocka_unit_test(test_declined_task_closes_round),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
