@@ -137,7 +137,8 @@ static void *(*volatile copy_fn)(void *, const void *, size_t) = memcpy;
 static int
 do_dense_round(job *j)
 {
-	cx_accumulate_dense_many(j->wires, j->weights, ROUND_UPDATES, j->dim, j->acc);
+	for (int u = 0; u < ROUND_UPDATES; u++)
+		cx_accumulate_dense(j->wires[u], j->dim, j->weights[u], j->acc);
 	return 0;
 }
 

@@ -1238,18 +1238,3 @@ cx_accumulate_dense_f32(const uint8_t *restrict le_floats, size_t dim, float wei
 	for (; i < dim; i++)
 		acc[i] += weight * getf(le_floats + 4 * i);
 }
-
-/* 8192 doubles (64 KiB) of acc per block: stays in L2 while each update
- * streams 32 KiB through it, long enough runs for the prefetcher. */
-#define DENSE_BLOCK 8192
-
-void
-cx_accumulate_dense_many(const uint8_t *const *le_floats, const double *weight, size_t n,
-                         size_t dim, double *acc)
-{
-	for (size_t b = 0; b < dim; b += DENSE_BLOCK) {
-		size_t len = dim - b < DENSE_BLOCK ? dim - b : DENSE_BLOCK;
-		for (size_t u = 0; u < n; u++)
-			cx_accumulate_dense(le_floats[u] + 4 * b, len, weight[u], acc + b);
-	}
-}

@@ -236,13 +236,5 @@ long cx_decode_add(const uint8_t *buf, size_t len, uint32_t expected_dim, float 
 void cx_accumulate_dense(const uint8_t *le_floats, size_t dim, double weight, double *acc);
 void cx_accumulate_dense_f32(const uint8_t *le_floats, size_t dim, float weight, float *acc);
 
-/* A round's worth at once: acc[i] += sum over u of weight[u] * f_u,i for n
- * dense updates, in cache-sized column blocks so each block of acc stays in
- * L1 while every update streams through it (one read per wire byte, instead
- * of a read-modify-write of acc per update). Per coordinate the updates are
- * added in order u = 0..n-1, so the result equals n calls of
- * cx_accumulate_dense bit for bit. */
-void cx_accumulate_dense_many(const uint8_t *const *le_floats, const double *weight, size_t n,
-                              size_t dim, double *acc);
 
 #endif

@@ -60,8 +60,6 @@ struct srv_core {
 	double *acc;        /* dim, FedAvg accumulator */
 	srv_opt opt;
 	uint32_t *scratch;  /* dim indices for the codec */
-	const uint8_t **dense_ptr; /* clients_per_round: a round's dense updates */
-	double *dense_w;
 	cx_config up;       /* update encoding asked for ... */
 	uint32_t up_caps;   /* ... of clients with these capabilities */
 	char up_spec[MSG_MODEL_MAX + 1]; /* "" when dense */
@@ -358,28 +356,19 @@ close_round(srv_core *s, uint64_t now)
 	st->end_ms = now;
 	if (s->n_reported >= s->cfg.min_reports && s->n_reported > 0) {
 		double total = 0, loss = 0;
-		uint32_t nd = 0;
 		memset(s->acc, 0, s->dim * sizeof *s->acc);
-		/* Dense updates all at once, in cache-sized column blocks; then
-		 * the compressed ones. Both in selection order, so the sum does not
-		 * depend on arrival order. */
+		/* In selection order, so the sum does not depend on arrival order. */
 		for (uint32_t i = 0; i < s->n_slots; i++) {
 			slot *sl = &s->slots[i];
 			if (!sl->reported)
 				continue;
-			if (!sl->compressed) {
-				s->dense_ptr[nd] = sl->delta;
-				s->dense_w[nd++] = (double)sl->n;
-			}
-			total += sl->n;
-			loss += (double)sl->loss * sl->n;
-		}
-		cx_accumulate_dense_many(s->dense_ptr, s->dense_w, nd, s->dim, s->acc);
-		for (uint32_t i = 0; i < s->n_slots; i++) {
-			slot *sl = &s->slots[i];
-			if (sl->reported && sl->compressed)
+			if (sl->compressed)
 				cx_accumulate(sl->delta, sl->delta_len, (uint32_t)s->dim, (double)sl->n,
 				              s->acc, s->scratch); /* validated on arrival */
+			else
+				cx_accumulate_dense(sl->delta, s->dim, (double)sl->n, s->acc);
+			total += sl->n;
+			loss += (double)sl->loss * sl->n;
 		}
 		for (size_t j = 0; j < s->dim; j++)
 			s->acc[j] /= total;
@@ -839,8 +828,6 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    .block = CX_BLOCK_DEFAULT, .index = CX_INDEX_DENSE});
 	e = SHOAL_ENOMEM;
 	if ((s->scratch = malloc(dim * sizeof *s->scratch)) == NULL ||
-	    (s->dense_ptr = malloc(cfg->clients_per_round * sizeof *s->dense_ptr)) == NULL ||
-	    (s->dense_w = malloc(cfg->clients_per_round * sizeof *s->dense_w)) == NULL ||
 	    (cfg->downlink_q8 && ((s->shadow = malloc(dim * sizeof *s->shadow)) == NULL ||
 	                          (s->dq = malloc(s->dq_cap)) == NULL)))
 		goto fail;
@@ -882,8 +869,6 @@ srv_core_free(srv_core *s)
 	free(s->acc);
 	free(s->params);
 	free(s->scratch);
-	free(s->dense_ptr);
-	free(s->dense_w);
 	free(s->shadow);
 	free(s->dq);
 	srv_opt_fini(&s->opt);

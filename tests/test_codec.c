@@ -1127,38 +1127,6 @@ test_api_errors(void **state)
 	}
 }
 
-/* The blocked round accumulate equals one cx_accumulate_dense call per
- * update, bit for bit (dim not a multiple of the block). */
-static void
-test_dense_many_matches_sequential(void **state)
-{
-	(void)state;
-	enum { N = 3, D = 2500 };
-	uint8_t *w[N];
-	double wt[N] = {600, 1, 37.5};
-	double *a = calloc(D, sizeof *a), *b = calloc(D, sizeof *b);
-	uint64_t x = 0x9e3779b97f4a7c15ull;
-	for (int u = 0; u < N; u++) {
-		w[u] = malloc(4 * D);
-		for (int i = 0; i < D; i++) {
-			x = x * 6364136223846793005ull + 1442695040888963407ull;
-			float f = (float)((int32_t)(x >> 32)) * 1e-9f;
-			uint32_t bits;
-			memcpy(&bits, &f, 4);
-			for (int t = 0; t < 4; t++)
-				w[u][4 * i + t] = (uint8_t)(bits >> (8 * t));
-		}
-		cx_accumulate_dense(w[u], D, wt[u], a);
-	}
-	cx_accumulate_dense_many((const uint8_t *const *)w, wt, N, D, b);
-	assert_memory_equal(a, b, D * sizeof *a);
-	assert_true(a[D - 1] != 0.0);
-	for (int u = 0; u < N; u++)
-		free(w[u]);
-	free(a);
-	free(b);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -1186,7 +1154,6 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_reject_garbage),
 		cmocka_unit_test(test_downlink_deterministic),
 		cmocka_unit_test(test_dense_accumulate),
-		cmocka_unit_test(test_dense_many_matches_sequential),
 		cmocka_unit_test(test_api_errors),
 	};
 
