@@ -400,7 +400,13 @@ encode_update(cli_core *c, uint8_t **out, size_t *len)
 
 	if (cap == 0)
 		return SHOAL_EINVAL;
-	if (residual == NULL && c->cfg.error_feedback) {
+	/* Rand-k is unbiased (kept values are rescaled by 1/p): its "residual"
+	 * is not a contraction and feeding it back diverges, so error feedback
+	 * applies to the biased encodings (top-k) only. */
+	bool ef = c->cfg.error_feedback && c->up.select != CX_SELECT_RANDK;
+	if (!ef)
+		residual = NULL;
+	if (residual == NULL && ef) {
 		if ((c->residual = calloc(dim, sizeof *c->residual)) == NULL)
 			return SHOAL_ENOMEM;
 		residual = c->residual;

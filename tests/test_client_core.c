@@ -495,6 +495,34 @@ test_unsupported_encoding_skipped(void **state)
 	cli_core_free(c);
 }
 
+/* Rand-k is unbiased: even with error feedback on, nothing is kept back. */
+static void
+test_randk_skips_error_feedback(void **state)
+{
+	cli_core *c = make_client_caps(MSG_CX_ALL);
+	register_client(c);
+	msg m;
+	uint8_t *k;
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	msg t = {.type = MSG_TASK, .round = 1, .epochs = 1, .batch = 1, .lr = 0.1f,
+	         .model_ver = 1, .dim = DIM, .vec = (const uint8_t *)global};
+	strcpy(t.model, "toy");
+	strcpy(t.up, "randk:0.5,f32");
+	reply(c, &t, 0);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_TRAIN);
+	for (int j = 0; j < DIM; j++)
+		st.params[j] += 0.25f * (float)(j + 1);
+	assert_int_equal(cli_core_submit(c, 1, 0, 0), SHOAL_OK);
+	expect_send(c, 0, MSG_UPDATE, &m, &k);
+	assert_non_null(m.blob);
+	free(k);
+	assert_null(cli_core_residual(c));
+	cli_core_free(c);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -516,6 +544,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_compressed_update_and_residual),
 		cmocka_unit_test(test_downlink_delta_applied),
 		cmocka_unit_test(test_unsupported_encoding_skipped),
+		cmocka_unit_test(test_randk_skips_error_feedback),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);

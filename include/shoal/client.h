@@ -68,7 +68,8 @@ typedef struct shoal_client_options {
 	                           q8 values; "any" offers every encoding;
 	                           "none" only dense float32 (PROTOCOL.md 12) */
 	int error_feedback;     /* 1 (default): keep what compression did not
-	                           send and add it to the next update */
+	                           send and add it to the next update (top-k;
+	                           rand-k is unbiased and never uses it) */
 	int downlink_q8;        /* 1 (default): accept q8 model deltas */
 	float *residual_io;     /* optional: dim floats; loaded as the starting
 	                           error-feedback residual when residual_load is
