@@ -454,22 +454,6 @@ train(void *user, float *params, size_t dim, const shoal_train_info *info,
 
 /* ---- main ------------------------------------------------------------ */
 
-static void
-install_signals(void)
-{
-	struct sigaction sa;
-
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_RESETHAND;
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sa.sa_handler = SIG_IGN;
-	sa.sa_flags = 0;
-	sigaction(SIGPIPE, &sa, NULL);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -489,7 +473,7 @@ main(int argc, char **argv)
 	if (rc >= 0)
 		return rc;
 	log_set_level(o.verbosity < 0 ? LOG_ERROR : o.verbosity > 0 ? LOG_DEBUG : LOG_INFO);
-	install_signals();
+	cli_stop_on_signals(on_signal);
 	memset(&ds, 0, sizeof ds);
 	memset(&t, 0, sizeof t);
 	memset(&st, 0, sizeof st);

@@ -11,6 +11,10 @@
 int cli_usage_error(const char *prog, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* SIGINT and SIGTERM call handler once (a second one kills the process the
+ * default way); SIGPIPE is ignored so a dead peer is an error, not a kill. */
+void cli_stop_on_signals(void (*handler)(int));
+
 /* A whole unsigned decimal in [lo, hi]: digits only, no sign, no junk. */
 bool cli_parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out);
 bool cli_parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out);

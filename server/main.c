@@ -423,22 +423,6 @@ on_listening(void *user)
 	         o->cfg.min_reports);
 }
 
-static void
-install_signals(void)
-{
-	struct sigaction sa;
-
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_RESETHAND;
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sa.sa_handler = SIG_IGN;
-	sa.sa_flags = 0;
-	sigaction(SIGPIPE, &sa, NULL);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -455,7 +439,7 @@ main(int argc, char **argv)
 	if (rc >= 0)
 		return rc;
 	log_set_level(o.verbosity < 0 ? LOG_ERROR : o.verbosity > 0 ? LOG_DEBUG : LOG_INFO);
-	install_signals();
+	cli_stop_on_signals(on_signal);
 	memset(&sum, 0, sizeof sum);
 	memset(&test, 0, sizeof test);
 	rc = EXIT_RUNTIME;

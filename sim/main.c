@@ -21,6 +21,7 @@
 
 #include <sodium.h>
 
+#include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
 #include "ml/ml.h"
@@ -623,13 +624,7 @@ main(int argc, char **argv)
 	/* Parallelism is across clients; a threaded BLAS would oversubscribe. */
 	openblas_set_num_threads(1);
 
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once */
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	cli_stop_on_signals(on_signal); /* a second Ctrl-C kills at once */
 
 	if (load_data(&o, &train, &test) != SHOAL_OK)
 		goto out;
