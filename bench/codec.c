@@ -87,7 +87,6 @@ struct job {
 	const float *val;
 	uint32_t *scratch;
 	double *acc;
-	float *accf;
 	uint8_t *wire, *copy;
 	const uint8_t *const *wires; /* a round of ROUND_UPDATES dense updates */
 	const double *weights;
@@ -124,12 +123,6 @@ do_dense(job *j)
 	return 0;
 }
 
-static int
-do_dense_f32(job *j)
-{
-	cx_accumulate_dense_f32(j->wire, j->dim, 1.0f, j->accf);
-	return 0;
-}
 
 static void *(*volatile copy_fn)(void *, const void *, size_t) = memcpy;
 
@@ -207,7 +200,7 @@ bench_codec(int argc, char **argv)
 	long reps;
 	size_t cap;
 	int ret = 1;
-	float *x = NULL, *residual = NULL, *accf = NULL;
+	float *x = NULL, *residual = NULL;
 	double *acc = NULL;
 	uint8_t *buf = NULL, *wire = NULL, *copy = NULL;
 	uint32_t *scratch = NULL, *idx0 = NULL;
@@ -283,7 +276,6 @@ bench_codec(int argc, char **argv)
 	x = malloc((size_t)dim * sizeof *x);
 	residual = calloc(dim, sizeof *residual);
 	acc = calloc(dim, sizeof *acc);
-	accf = calloc(dim, sizeof *accf);
 	scratch = malloc((size_t)dim * sizeof *scratch);
 	idx0 = malloc((size_t)dim * sizeof *idx0);
 	val0 = malloc((size_t)dim * sizeof *val0);
@@ -291,7 +283,7 @@ bench_codec(int argc, char **argv)
 	copy = malloc((size_t)dim * 4);
 	cap = cx_encoded_size_max(dim, cfg.select == CX_SELECT_RANDK ? dim : k, &cfg);
 	buf = malloc(cap);
-	if (x == NULL || residual == NULL || acc == NULL || accf == NULL || scratch == NULL ||
+	if (x == NULL || residual == NULL || acc == NULL || scratch == NULL ||
 	    idx0 == NULL || val0 == NULL || wire == NULL || copy == NULL || buf == NULL ||
 	    cx_work_init(&work, dim) != SHOAL_OK) {
 		fprintf(stderr, "shoal-bench codec: out of memory\n");
@@ -308,7 +300,7 @@ bench_codec(int argc, char **argv)
 
 	j = (job){ .cfg = &cfg, .dim = dim, .k = k, .x = x, .residual = residual, .work = &work,
 	           .r = &br, .buf = buf, .cap = cap, .scratch = scratch, .acc = acc,
-	           .accf = accf, .wire = wire, .copy = copy };
+	           .wire = wire, .copy = copy };
 	pj = json_pack("{s:i, s:f, s:s, s:i, s:s}", "dim", (json_int_t)dim, "ratio", cfg.ratio,
 	               "values", values, "block",
 	               (json_int_t)(cfg.values == CX_VALUES_F32 ? 0 : cfg.block), "select", select);
@@ -363,20 +355,16 @@ bench_codec(int argc, char **argv)
 
 	/* Dense float32 accumulate vs memcpy of the same wire bytes. */
 	{
-		double bytes = 4.0 * dim, dd, df, mc;
+		double bytes = 4.0 * dim, dd, mc;
 
 		mc = rate(&j, do_memcpy, bytes, reps);
 		dd = rate(&j, do_dense, bytes, reps);
-		df = rate(&j, do_dense_f32, bytes, reps);
 		fprintf(stderr,
-		        "codec: dense accumulate %.2f GB/s (double acc), %.2f GB/s (float acc), "
-		        "memcpy %.2f GB/s of wire bytes\n",
-		        dd / 1e9, df / 1e9, mc / 1e9);
+		        "codec: dense accumulate %.2f GB/s, memcpy %.2f GB/s of wire bytes\n",
+		        dd / 1e9, mc / 1e9);
 		bench_emit("codec_memcpy", pd, mc, "bytes/s");
 		bench_emit("codec_dense_accumulate", pd, dd, "bytes/s");
-		bench_emit("codec_dense_accumulate_f32", pd, df, "bytes/s");
 		bench_emit("codec_dense_vs_memcpy", pd, dd / mc, "fraction");
-		bench_emit("codec_dense_f32_vs_memcpy", pd, df / mc, "fraction");
 	}
 
 	/* The server's dense path as it runs: a round of ROUND_UPDATES distinct
@@ -419,7 +407,6 @@ done:
 	free(x);
 	free(residual);
 	free(acc);
-	free(accf);
 	free(scratch);
 	free(idx0);
 	free(val0);

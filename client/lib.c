@@ -73,7 +73,7 @@ offer(const shoal_client_options *o, uint32_t *caps)
 
 	*caps = o->downlink_q8 ? MSG_CX_DOWN_Q8 : 0;
 	if (o->compress == NULL || strcmp(o->compress, "any") == 0) {
-		*caps = MSG_CX_ALL & (o->downlink_q8 ? MSG_CX_ALL : ~MSG_CX_DOWN_Q8);
+		*caps = o->downlink_q8 ? MSG_CX_ALL : MSG_CX_ALL & ~MSG_CX_DOWN_Q8;
 		return SHOAL_OK;
 	}
 	if (cx_parse_spec(o->compress, &c, &none) != SHOAL_OK) {

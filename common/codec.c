@@ -1222,19 +1222,3 @@ cx_accumulate_dense(const uint8_t *restrict le_floats, size_t dim, double weight
 	for (; i < dim; i++)
 		acc[i] += weight * (double)getf(le_floats + 4 * i);
 }
-
-void
-cx_accumulate_dense_f32(const uint8_t *restrict le_floats, size_t dim, float weight,
-                        float *restrict acc)
-{
-	size_t i = 0;
-
-	for (; i + DENSE_STEP <= dim; i += DENSE_STEP) {
-		const uint8_t *p = le_floats + 4 * i;
-		float *a = acc + i;
-		for (size_t j = 0; j < DENSE_STEP; j++)
-			a[j] += weight * getf(p + 4 * j);
-	}
-	for (; i < dim; i++)
-		acc[i] += weight * getf(le_floats + 4 * i);
-}

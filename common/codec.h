@@ -231,10 +231,7 @@ long cx_decode_add(const uint8_t *buf, size_t len, uint32_t expected_dim, float 
 
 /* ---- the uncompressed path -------------------------------------------------
  * acc[i] += weight * f_i for dim little-endian float32 values (an UPDATE's
- * "delta" bin, already checked finite by msg_decode: no validation here).
- * The _f32 variant keeps a float accumulator (half the memory traffic). */
+ * "delta" bin, already checked finite by msg_decode: no validation here). */
 void cx_accumulate_dense(const uint8_t *le_floats, size_t dim, double weight, double *acc);
-void cx_accumulate_dense_f32(const uint8_t *le_floats, size_t dim, float weight, float *acc);
-
 
 #endif

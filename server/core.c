@@ -60,9 +60,8 @@ struct srv_core {
 	double *acc;        /* dim, FedAvg accumulator */
 	srv_opt opt;
 	uint32_t *scratch;  /* dim indices for the codec */
-	cx_config up;       /* update encoding asked for ... */
-	uint32_t up_caps;   /* ... of clients with these capabilities */
-	char up_spec[MSG_MODEL_MAX + 1]; /* "" when dense */
+	uint32_t up_caps;   /* capabilities the update encoding needs */
+	char up_spec[MSG_MODEL_MAX + 1]; /* the encoding asked, "" when dense */
 	uint32_t version;   /* of params */
 	float *shadow;      /* q8 downlink: the model the optimizer moves; params
 	                       (canonical, what clients hold) trails it by the
@@ -259,15 +258,8 @@ unpark(srv_core *s, client *c)
 
 /* ---- rounds -------------------------------------------------------------- */
 
-static int
-cmp_by_name(const void *a, const void *b, void *ctx)
-{
-	const client *cl = ctx;
-	return strcmp(cl[*(const uint32_t *)a].name, cl[*(const uint32_t *)b].name);
-}
-
-/* qsort with a context, via a file-local pointer-free merge sort so the
- * order is the same on every libc. */
+/* Merge sort of client indices by name; C11's qsort has no context
+ * argument to reach the client table. */
 static void
 sort_indices(uint32_t *v, uint32_t *tmp, size_t n, const client *cl)
 {
@@ -278,7 +270,7 @@ sort_indices(uint32_t *v, uint32_t *tmp, size_t n, const client *cl)
 	sort_indices(v + h, tmp, n - h, cl);
 	size_t i = 0, j = h, k = 0;
 	while (i < h && j < n)
-		tmp[k++] = cmp_by_name(&v[j], &v[i], (void *)cl) < 0 ? v[j++] : v[i++];
+		tmp[k++] = strcmp(cl[v[j]].name, cl[v[i]].name) < 0 ? v[j++] : v[i++];
 	while (i < h)
 		tmp[k++] = v[i++];
 	while (j < n)
@@ -735,7 +727,7 @@ srv_core_release_all(srv_core *s, uint64_t now)
 /* ---- construction -------------------------------------------------------- */
 
 static shoal_err
-check_config(const srv_config *c, size_t dim)
+check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 {
 #define BAD(...)                                                                           \
 	do {                                                                                   \
@@ -764,12 +756,13 @@ check_config(const srv_config *c, size_t dim)
 	    !isfinite(c->prox_mu))
 		BAD("weight decay and the proximal term mu must be >= 0");
 	cx_config up;
-	bool none;
+	bool none = true;
 	if (c->compress != NULL && cx_parse_spec(c->compress, &up, &none) != SHOAL_OK)
 		BAD("compress '%s': expected none, topk:RATIO or randk:RATIO with an optional "
 		    ",q8, ,q4 or ,f32 (e.g. topk:0.01,q8)", c->compress);
 	if (c->compress != NULL && strlen(c->compress) > MSG_MODEL_MAX)
 		BAD("compress spec '%s' is too long", c->compress);
+	*up_caps = none ? 0 : cx_required_caps(&up);
 	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
 		BAD("round timeout and hold time must be positive");
 	if (c->max_clients == 0 || c->max_clients > (1u << 24))
@@ -795,7 +788,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 		          ml_model_names());
 		return SHOAL_EMODEL;
 	}
-	if ((e = check_config(cfg, dim)) != SHOAL_OK)
+	uint32_t up_caps;
+	if ((e = check_config(cfg, dim, &up_caps)) != SHOAL_OK)
 		return e;
 	if ((s = calloc(1, sizeof *s)) == NULL)
 		return SHOAL_ENOMEM;
@@ -814,12 +808,9 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
 	    (s->slots = malloc((size_t)cfg->clients_per_round * sizeof *s->slots)) == NULL)
 		goto fail;
-	bool none = true;
-	if (cfg->compress != NULL)
-		cx_parse_spec(cfg->compress, &s->up, &none); /* checked above */
-	if (!none) {
+	if (up_caps != 0) {
 		snprintf(s->up_spec, sizeof s->up_spec, "%s", cfg->compress);
-		s->up_caps = cx_required_caps(&s->up);
+		s->up_caps = up_caps;
 	}
 	s->cfg.compress = s->up_spec[0] ? s->up_spec : "none";
 	s->version = 1;

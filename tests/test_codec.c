@@ -1055,7 +1055,7 @@ static void
 test_dense_accumulate(void **state)
 {
 	enum { D = 103 };
-	float x[D], accf[D], reff[D];
+	float x[D];
 	uint8_t wire[4 * D];
 	double acc[D], ref[D];
 
@@ -1066,16 +1066,12 @@ test_dense_accumulate(void **state)
 	for (size_t dim = 0; dim <= D; dim += (dim < 40 ? 1 : 21)) {
 		for (size_t i = 0; i < D; i++) {
 			acc[i] = ref[i] = (double)i;
-			accf[i] = reff[i] = (float)i;
 		}
 		cx_accumulate_dense(wire, dim, 7.0, acc);
-		cx_accumulate_dense_f32(wire, dim, 7.0f, accf);
 		for (size_t i = 0; i < dim; i++) {
 			ref[i] += 7.0 * (double)x[i];
-			reff[i] += 7.0f * x[i];
 		}
 		assert_memory_equal(acc, ref, sizeof acc);
-		assert_memory_equal(accf, reff, sizeof accf);
 	}
 }
 
