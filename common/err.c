@@ -27,6 +27,8 @@ shoal_strerror(shoal_err err)
 	case SHOAL_ECLOSED: return "closed";
 	case SHOAL_EMODEL: return "unsupported model";
 	case SHOAL_EFULL: return "server full";
+	case SHOAL_EABORTED: return "secure aggregation round aborted";
+	case SHOAL_ECRYPTO: return "decryption or signature check failed";
 	}
 	return "unknown error";
 }

@@ -36,6 +36,10 @@ enum {
 	SHOAL_ECLOSED = -19,    /* peer or object closed */
 	SHOAL_EMODEL = -20,     /* model name not supported */
 	SHOAL_EFULL = -21,      /* server at its client limit */
+	SHOAL_EABORTED = -22,   /* secure aggregation round aborted: fewer than
+	                           t clients left, or a secret could not be
+	                           reconstructed */
+	SHOAL_ECRYPTO = -23,    /* decryption or signature check failed */
 };
 
 /* A short, static, human-readable name for err; never NULL. */
