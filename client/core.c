@@ -1,7 +1,9 @@
 /* core.c - the client protocol core (see core.h): register, check in, train
  * when selected, upload the delta, back off on failures.
  *
- * States: HELLO -> CHECKIN <-> (TRAIN -> UPLOAD) ... -> DONE. The request of
+ * States: HELLO -> CHECKIN <-> (TRAIN -> UPLOAD | SECAGG) ... -> DONE. In a
+ * secure round (TASK "sa") SECAGG runs the five phases of privacy/secagg.h,
+ * one SA request per phase, each answered when the phase closes. The request of
  * the current state is encoded once and re-sent unchanged after a transport
  * failure, so a retried UPDATE is byte-identical to the first attempt. */
 #include "core.h"
@@ -15,8 +17,9 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "privacy/rng.h"
+#include "privacy/secagg.h"
 
-enum state { ST_HELLO, ST_CHECKIN, ST_TRAIN, ST_UPLOAD, ST_DONE };
+enum state { ST_HELLO, ST_CHECKIN, ST_TRAIN, ST_UPLOAD, ST_SECAGG, ST_DONE };
 
 struct cli_core {
 	cli_config cfg;
@@ -39,6 +42,15 @@ struct cli_core {
 	uint32_t round, epochs, batch, deadline;
 	float lr, momentum, weight_decay, prox_mu;
 	uint64_t seed;
+	/* secure aggregation: the round's parameters, the session, the
+	 * encoded input, and what was sent of the shared coordinates (added
+	 * back to the residual if the round aborts) */
+	bool secure;
+	sa_task sat;
+	sa_client *sac;
+	uint32_t *sa_x;
+	float *sa_sent;
+	uint32_t sa_phase;  /* phase of the SA request in flight */
 	uint8_t *req;       /* encoded request of the current state */
 	size_t req_len;
 	shoal_err done_err;
@@ -54,11 +66,32 @@ drop_request(cli_core *c)
 	c->req_len = 0;
 }
 
+/* Ends a secure round on this side: forget the session and its input. */
+static void
+sa_end(cli_core *c, bool restore)
+{
+	if (restore && c->residual != NULL && c->sa_sent != NULL)
+		for (uint32_t q = 0; q < c->sat.n_idx; q++) /* the sum never used it */
+			c->residual[c->sat.idx[q]] += c->sa_sent[q];
+	sa_client_free(c->sac);
+	c->sac = NULL;
+	if (c->sa_x != NULL)
+		memset(c->sa_x, 0, (size_t)c->sat.c.d * sizeof *c->sa_x);
+	free(c->sa_x);
+	c->sa_x = NULL;
+	free(c->sa_sent);
+	c->sa_sent = NULL;
+	sa_task_fini(&c->sat);
+	c->secure = false;
+}
+
 static void
 set_state(cli_core *c, enum state s)
 {
 	if (c->state != s)
 		drop_request(c);
+	if (c->state == ST_SECAGG && s != ST_SECAGG)
+		sa_end(c, s != ST_CHECKIN || c->sa_phase <= SA_PH_MASKED);
 	c->state = s;
 }
 
@@ -143,6 +176,7 @@ cli_core_free(cli_core *c)
 	if (c == NULL)
 		return;
 	drop_request(c);
+	sa_end(c, false);
 	rng_fini(&c->jitter);
 	rng_fini(&c->noise);
 	free(c->residual);
@@ -242,7 +276,19 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 		return;
 	}
 	c->compress = false;
-	if (m->up[0] != '\0') {
+	sa_end(c, false);
+	if (m->has_sa) {
+		shoal_err e = SHOAL_ESTATE;
+		if (!(c->cfg.cx_caps & MSG_CX_SECAGG) ||
+		    (e = sa_task_read(&c->sat, m->sa, m->sa_len, c->cfg.dim)) != SHOAL_OK) {
+			log_warn("client %s: cannot take part in secure round %u (%s); skipping it",
+			         c->name, m->round, shoal_strerror(e));
+			sa_task_fini(&c->sat);
+			drop_request(c);
+			return;
+		}
+		c->secure = true;
+	} else if (m->up[0] != '\0') {
 		bool none;
 		if (cx_parse_spec(m->up, &c->up, &none) != SHOAL_OK ||
 		    (cx_required_caps(&c->up) & ~c->cfg.cx_caps) != 0) {
@@ -286,6 +332,18 @@ on_error(cli_core *c, const msg *m, uint64_t now)
 {
 	shoal_err code = m->code;
 
+	if (c->state == ST_SECAGG && code != SHOAL_EUNKNOWN && code != SHOAL_EMODEL) {
+		if (code == SHOAL_EABORTED)
+			log_info("client %s: secure round %u aborted by the server: %s", c->name, c->round,
+			         m->text);
+		else
+			log_warn("client %s: secure round %u refused this client in phase %u: %s", c->name,
+			         c->round, c->sa_phase, m->text);
+		if (c->sa_phase <= SA_PH_MASKED)
+			c->stats.updates_late++;
+		set_state(c, ST_CHECKIN);
+		return;
+	}
 	switch (code) {
 	case SHOAL_EUNKNOWN:
 		/* The server does not know us (it restarted): register again. An
@@ -327,6 +385,8 @@ on_error(cli_core *c, const msg *m, uint64_t now)
 	back_off(c, now);
 }
 
+static void on_sa_reply(cli_core *c, const msg *m, uint64_t now);
+
 void
 cli_core_on_reply(cli_core *c, const uint8_t *buf, size_t len, uint64_t now)
 {
@@ -358,7 +418,18 @@ cli_core_on_reply(cli_core *c, const uint8_t *buf, size_t len, uint64_t now)
 			break;
 		on_task(c, &m, now);
 		return;
+	case MSG_SA_REPLY:
+		if (c->state != ST_SECAGG || m.round != c->round || m.phase != c->sa_phase)
+			break;
+		on_sa_reply(c, &m, now);
+		return;
 	case MSG_ACK:
+		if (c->state == ST_SECAGG && m.round == c->round && c->sa_phase == SA_PH_UNMASK) {
+			c->stats.updates_acked++;
+			c->stats.last_round = c->round;
+			set_state(c, ST_CHECKIN);
+			return;
+		}
 		if (c->state != ST_UPLOAD || m.round != c->round)
 			break;
 		c->stats.updates_acked++;
@@ -432,6 +503,97 @@ done:
 	return e;
 }
 
+/* Encodes and queues the SA request of phase ph with payload p. */
+static shoal_err
+sa_send(cli_core *c, uint32_t ph, uint8_t *p, size_t len, uint64_t now)
+{
+	msg m = {.type = MSG_SA, .client_id = c->id, .round = c->round, .phase = ph, .sa = p,
+	         .sa_len = len, .has_sa = true};
+	drop_request(c);
+	shoal_err e = msg_encode(&m, &c->req, &c->req_len);
+	free(p);
+	if (e != SHOAL_OK)
+		return e;
+	c->sa_phase = ph;
+	c->wake = now;
+	return SHOAL_OK;
+}
+
+/* The secure path of cli_core_submit: x = delta + residual; each shared
+ * coordinate is clipped to [-scale, scale] and stochastically rounded to
+ * levels steps; the rest stays in the residual. The ring input is
+ * w * q per coordinate, and w, with w = min(n_examples, wmax). */
+static shoal_err
+sa_submit(cli_core *c, uint32_t n_examples, uint64_t now)
+{
+	const sa_task *t = &c->sat;
+	uint32_t dim = c->cfg.dim;
+	float *x = c->work;
+	shoal_err e;
+
+	c->sa_phase = 0;
+	if (c->cfg.error_feedback) {
+		if (c->residual == NULL && (c->residual = calloc(dim, sizeof *c->residual)) == NULL)
+			return SHOAL_ENOMEM;
+		for (uint32_t j = 0; j < dim; j++)
+			x[j] += c->residual[j];
+	}
+	if ((c->sa_x = malloc((size_t)t->c.d * sizeof *c->sa_x)) == NULL ||
+	    (c->sa_sent = malloc(((size_t)t->n_idx + 1) * sizeof *c->sa_sent)) == NULL)
+		return SHOAL_ENOMEM;
+	uint32_t mask = t->c.m == 32 ? 0xffffffffu : (1u << t->c.m) - 1;
+	int64_t w = n_examples < t->wmax ? n_examples : t->wmax;
+	double to_q = t->levels / (double)t->scale, from_q = (double)t->scale / t->levels;
+	for (uint32_t q = 0; q < t->n_idx; q++) {
+		double v = (double)x[t->idx[q]] * to_q;
+		v = v > t->levels ? t->levels : v < -(double)t->levels ? -(double)t->levels : v;
+		double u = (double)(rng_u64(&c->noise) >> 11) * 0x1p-53;
+		int64_t qv = (int64_t)floor(v + u);
+		if (qv > (int64_t)t->levels)
+			qv = t->levels;
+		c->sa_sent[q] = (float)(qv * from_q);
+		c->sa_x[q] = (uint32_t)(uint64_t)(w * qv) & mask; /* two's complement mod 2^m */
+	}
+	c->sa_x[t->n_idx] = (uint32_t)w & mask;
+	if (c->cfg.error_feedback) {
+		memcpy(c->residual, x, (size_t)dim * sizeof *x);
+		for (uint32_t q = 0; q < t->n_idx; q++)
+			c->residual[t->idx[q]] -= c->sa_sent[q];
+	}
+	uint8_t *p;
+	size_t len;
+	if ((e = sa_client_new(&t->c, t->me, NULL, NULL, &c->sac)) != SHOAL_OK ||
+	    (e = sa_client_advertise(c->sac, &p, &len)) != SHOAL_OK)
+		return e;
+	c->state = ST_SECAGG; /* keep sa state: not set_state */
+	return sa_send(c, SA_PH_ADVERTISE, p, len, now);
+}
+
+/* The server closed phase m->phase: feed its output to the session and
+ * send the next phase's message. */
+static void
+on_sa_reply(cli_core *c, const msg *m, uint64_t now)
+{
+	uint8_t *p = NULL;
+	size_t len = 0;
+	shoal_err e;
+
+	switch (m->phase) {
+	case SA_PH_ADVERTISE: e = sa_client_share(c->sac, m->sa, m->sa_len, &p, &len); break;
+	case SA_PH_SHARE: e = sa_client_mask(c->sac, m->sa, m->sa_len, c->sa_x, &p, &len); break;
+	case SA_PH_MASKED: e = sa_client_consistency(c->sac, m->sa, m->sa_len, &p, &len); break;
+	case SA_PH_CONSISTENCY: e = sa_client_unmask(c->sac, m->sa, m->sa_len, &p, &len); break;
+	default: e = SHOAL_EMALFORMED; break;
+	}
+	if (e == SHOAL_OK)
+		e = sa_send(c, m->phase + 1, p, len, now);
+	if (e != SHOAL_OK) {
+		log_warn("client %s: leaving secure round %u in phase %u: %s", c->name, c->round,
+		         m->phase + 1, shoal_strerror(e));
+		set_state(c, ST_CHECKIN);
+	}
+}
+
 shoal_err
 cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 {
@@ -451,6 +613,17 @@ cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 			set_state(c, ST_CHECKIN);
 			return SHOAL_ENONFINITE;
 		}
+	}
+	if (c->secure) {
+		if ((e = sa_submit(c, n_examples, now)) != SHOAL_OK) {
+			log_error("client %s: cannot start secure round %u: %s", c->name, c->round,
+			          shoal_strerror(e));
+			c->state = ST_SECAGG;
+			set_state(c, ST_CHECKIN);
+			return e;
+		}
+		c->stats.rounds_trained++;
+		return SHOAL_OK;
 	}
 	msg m = {
 	    .type = MSG_UPDATE,
@@ -512,5 +685,7 @@ cli_core_set_residual(cli_core *c, const float *residual)
 uint32_t
 cli_core_request_timeout_ms(const cli_core *c)
 {
+	if (c->state == ST_SECAGG) /* parked until the phase closes */
+		return (c->sa_phase == SA_PH_ADVERTISE ? c->deadline : c->sat.phase_ms) + 10000;
 	return (c->state == ST_HELLO ? 0 : c->hold_ms) + 10000;
 }

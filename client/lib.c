@@ -71,7 +71,8 @@ offer(const shoal_client_options *o, uint32_t *caps)
 	cx_config c;
 	bool none;
 
-	*caps = o->downlink_q8 ? MSG_CX_DOWN_Q8 : 0;
+	/* Secure aggregation is always built in. */
+	*caps = (o->downlink_q8 ? MSG_CX_DOWN_Q8 : 0) | MSG_CX_SECAGG;
 	if (o->compress == NULL || strcmp(o->compress, "any") == 0) {
 		*caps = o->downlink_q8 ? MSG_CX_ALL : MSG_CX_ALL & ~MSG_CX_DOWN_Q8;
 		return SHOAL_OK;

@@ -27,17 +27,18 @@
 #include <string.h>
 
 /* Structure limits of the decoder (also in PROTOCOL.md). A valid message
- * has at most 21 objects and depth 1; the slack is for future keys. */
+ * has at most 35 objects and depth 1; the slack is for future keys. */
 #define MSG_DEPTH_MAX 16
 #define MSG_OBJECTS_MAX 1024
 
-typedef enum { F_U32, F_U64, F_I32, F_F32, F_STR, F_VEC, F_BIN } fkind;
+typedef enum { F_U32, F_U64, F_I32, F_F32, F_STR, F_VEC, F_BIN, F_SA } fkind;
 
 /* One key of a message type. For F_U32/F_U64 lo..hi bound the value
  * (below lo: malformed, above hi: too big); for F_STR they bound the
  * length; for F_I32 the value must be negative; for F_F32 lo == 1 means
  * "must be > 0" and lo == 2 "must be >= 0"; F_BIN is opaque bytes
- * (msg.blob), 1..hi long. An optional key (opt) decodes to 0 / "" / NULL
+ * (msg.blob), 1..hi long; F_SA is opaque secure-aggregation bytes (msg.sa),
+ * lo..hi long (lo may be 0). An optional key (opt) decodes to 0 / "" / NULL
  * when absent and is not written when it holds that value. */
 typedef struct field {
 	const char *key;
@@ -83,6 +84,7 @@ static const field f_task[] = {
 	OPT_U32("base", base),
 	{ "params", F_VEC, 0, 0, 0, true },
 	{ "dq", F_BIN, 0, 1, MSG_BIN_MAX, true },
+	{ "sa", F_SA, 0, 1, MSG_BIN_MAX, true },
 };
 static const field f_update[] = {
 	U32("id", client_id, 1, UINT32_MAX),
@@ -99,6 +101,17 @@ static const field f_error[] = {
 	{ "msg", F_STR, offsetof(msg, text), 0, MSG_TEXT_MAX, false },
 };
 static const field f_done[] = { U32ANY("round", round) };
+static const field f_sa[] = {
+	U32("id", client_id, 1, UINT32_MAX),
+	U32ANY("round", round),
+	U32("ph", phase, 1, 5),
+	{ "sa", F_SA, 0, 0, MSG_BIN_MAX, false },
+};
+static const field f_sa_reply[] = {
+	U32ANY("round", round),
+	U32("ph", phase, 1, 5),
+	{ "sa", F_SA, 0, 0, MSG_BIN_MAX, false },
+};
 
 typedef struct layout {
 	const char *name;
@@ -117,12 +130,14 @@ static const layout layouts[] = {
 	[MSG_WAIT] = L("WAIT", f_wait),
 	[MSG_ERROR] = L("ERROR", f_error),
 	[MSG_DONE] = L("DONE", f_done),
+	[MSG_SA] = L("SA", f_sa),
+	[MSG_SA_REPLY] = L("SA_REPLY", f_sa_reply),
 };
 
 static const layout *
 layout_of(int64_t t)
 {
-	if (t < MSG_HELLO || t > MSG_DONE)
+	if (t < MSG_HELLO || t > MSG_SA_REPLY)
 		return NULL;
 	return &layouts[t];
 }
@@ -441,6 +456,19 @@ decode_field(const field *f, const msgpack_object *o, msg *out)
 		out->blob_len = n;
 		return SHOAL_OK;
 	}
+	case F_SA: {
+		if (o->type != MSGPACK_OBJECT_BIN)
+			return SHOAL_EMALFORMED;
+		size_t n = o->via.bin.size;
+		if (n < f->lo)
+			return SHOAL_EMALFORMED;
+		if (n > f->hi)
+			return SHOAL_ETOOBIG;
+		out->sa = (const uint8_t *)o->via.bin.ptr;
+		out->sa_len = n;
+		out->has_sa = true;
+		return SHOAL_OK;
+	}
 	}
 	return SHOAL_EMALFORMED;
 }
@@ -489,7 +517,7 @@ decode_map(const msgpack_object *root, msg *out)
 		return SHOAL_EMALFORMED;
 	const layout *l;
 	if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-		l = v->via.u64 <= MSG_DONE ? layout_of((int64_t)v->via.u64) : NULL;
+		l = v->via.u64 <= MSG_SA_REPLY ? layout_of((int64_t)v->via.u64) : NULL;
 	else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
 		l = NULL;
 	else
@@ -598,6 +626,8 @@ omitted(const msg *m, const field *f)
 		return m->vec == NULL;
 	case F_BIN:
 		return m->blob == NULL;
+	case F_SA:
+		return !m->has_sa;
 	default:
 		return false;
 	}
@@ -651,6 +681,11 @@ validate(const msg *m, const layout **lp)
 			if (m->blob == NULL || m->blob_len < f->lo || m->blob_len > f->hi)
 				return SHOAL_EINVAL;
 			break;
+		case F_SA:
+			if (!m->has_sa || m->sa_len < f->lo || m->sa_len > f->hi ||
+			    (m->sa == NULL && m->sa_len > 0))
+				return SHOAL_EINVAL;
+			break;
 		}
 	}
 	*lp = l;
@@ -676,6 +711,7 @@ layout_size(const msg *m, const layout *l)
 		case F_STR: sz += str_size(strlen(base + f->off)); break;
 		case F_VEC: sz += bin_size((size_t)m->dim * 4); break;
 		case F_BIN: sz += bin_size(m->blob_len); break;
+		case F_SA: sz += bin_size(m->sa_len); break;
 		}
 	}
 	return sz;
@@ -772,6 +808,10 @@ msg_encode(const msg *m, uint8_t **out, size_t *out_len)
 		case F_BIN:
 			bad = msgpack_pack_bin(&pk, m->blob_len) ||
 			      msgpack_pack_bin_body(&pk, m->blob, m->blob_len);
+			break;
+		case F_SA:
+			bad = msgpack_pack_bin(&pk, m->sa_len) ||
+			      (m->sa_len > 0 && msgpack_pack_bin_body(&pk, m->sa, m->sa_len));
 			break;
 		}
 	}

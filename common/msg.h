@@ -13,7 +13,7 @@
  *   3 CHECKIN   c->s id:uint, [ver:uint]
  *   4 TASK      s->c round:uint, model:str, E:uint, B:uint, lr:float,
  *                    deadline:uint, seed:uint, [mom:float, wd:float,
- *                    mu:float, up:str, ver:uint, base:uint],
+ *                    mu:float, up:str, ver:uint, base:uint, sa:bin],
  *                    params:bin | dq:bin
  *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float,
  *                    delta:bin | upd:bin
@@ -21,6 +21,9 @@
  *   7 WAIT      s->c retry:uint
  *   8 ERROR     s->c code:int, msg:str
  *   9 DONE      s->c round:uint
+ *  10 SA        c->s id:uint, round:uint, ph:uint, sa:bin   (secure
+ *                    aggregation phase message, PROTOCOL.md section 13)
+ *  11 SA_REPLY  s->c round:uint, ph:uint, sa:bin
  *
  * [keys] are optional: absent means 0 / "" and writers omit them then.
  * "a | b": exactly one of the two keys (else SHOAL_EMALFORMED). "dq" and
@@ -41,10 +44,11 @@
  * 1..MSG_DIM_MAX. ERROR code is a negative int32. A float64 beyond the
  * float32 range is SHOAL_ENONFINITE. Map keys must be msgpack str. To bound
  * decoding work, a message may nest at most 16 deep and hold at most 1024
- * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 21. */
+ * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 35 (TASK: 17 keys, 17 values, the map). */
 #ifndef SHOAL_MSG_H
 #define SHOAL_MSG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,7 +71,8 @@
 #define MSG_CX_Q4 (1u << 3)      /* 4-bit quantized update values */
 #define MSG_CX_F32 (1u << 4)     /* float32 values in a sparse update */
 #define MSG_CX_DOWN_Q8 (1u << 5) /* q8 model deltas in TASK "dq" */
-#define MSG_CX_ALL 0x3fu
+#define MSG_CX_SECAGG (1u << 6)  /* secure aggregation (TASK "sa", SA messages) */
+#define MSG_CX_ALL 0x7fu
 
 typedef enum {
 	MSG_HELLO = 1,
@@ -79,6 +84,8 @@ typedef enum {
 	MSG_WAIT = 7,
 	MSG_ERROR = 8,
 	MSG_DONE = 9,
+	MSG_SA = 10,
+	MSG_SA_REPLY = 11,
 } msg_type;
 
 /* One decoded (or to-be-encoded) message. Only the fields of its type are
@@ -116,6 +123,12 @@ typedef struct msg {
 	char model[MSG_MODEL_MAX + 1]; /* "model": HELLO, TASK */
 	char text[MSG_TEXT_MAX + 1];   /* "msg": ERROR */
 	const uint8_t *vec; /* "params" (TASK) / "delta" (UPDATE) */
+	uint32_t phase;     /* "ph": SA, SA_REPLY: secure-aggregation phase 1..5 */
+	const uint8_t *sa;  /* "sa": TASK (optional: the round is secure; its
+	                       parameters), SA / SA_REPLY (the phase payload,
+	                       may be 0 bytes); opaque here, privacy/ parses it */
+	size_t sa_len;
+	bool has_sa;        /* "sa" present (a 0-byte payload is still present) */
 } msg;
 
 /* Decode one message from buf[0..len). Returns the bytes consumed (the whole

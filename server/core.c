@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "privacy/rng.h"
+#include "privacy/secagg.h"
 
 typedef struct client {
 	char name[MSG_NAME_MAX + 1];
@@ -37,6 +38,8 @@ typedef struct slot {
 	                      float32, or a codec encoding when compressed */
 	size_t delta_len;
 	bool compressed;
+	bool sa_parked;    /* secure mode: its phase message awaits the close */
+	uint64_t sa_req;
 } slot;
 
 typedef struct reply_queue {
@@ -69,6 +72,16 @@ struct srv_core {
 	uint8_t *dq;        /* downlink: encoding of version-1 -> version */
 	size_t dq_len, dq_cap;
 	double accuracy, loss;
+
+	/* secure aggregation */
+	sa_server *sa;      /* the open session, NULL between rounds */
+	sa_task sat;        /* its parameters (sat.idx: the shared index set) */
+	uint64_t sa_deadline; /* of the open phase */
+	float sa_scale;     /* shared quantization range of the next round */
+	uint32_t sa_levels; /* 127 (q8) or 7 (q4) */
+	uint32_t sa_n_idx;  /* shared index set size */
+	float *change;      /* last published change of the model (public) */
+	bool have_change;
 
 	client *clients;
 	uint32_t n_clients;
@@ -103,6 +116,11 @@ srv_config_defaults(srv_config *c)
 	srv_opt_config_defaults(&c->opt);
 	c->compress = "topk:0.01,q8";
 	c->downlink_q8 = true;
+	c->secagg = SRV_SECAGG_OFF;
+	c->secagg_dropout = 0.2;
+	c->secagg_collusion = 0.5;
+	c->secagg_phase_ms = 30000;
+	c->secagg_threads = 2;
 	c->round_timeout_ms = 60000;
 	c->hold_ms = 2000;
 	c->max_clients = 10000;
@@ -280,6 +298,7 @@ sort_indices(uint32_t *v, uint32_t *tmp, size_t n, const client *cl)
 
 static void free_slots(srv_core *s);
 static void try_start_round(srv_core *s, uint64_t now);
+static bool sa_finish(srv_core *s);
 
 static void
 finish(srv_core *s)
@@ -314,8 +333,26 @@ evaluate(srv_core *s)
  * apply the same way, so both sides hold bit-identical parameters. What
  * the encoding missed stays in shadow - params and goes out with the next
  * round's change (error feedback on the downlink), instead of being lost. */
+static void publish_inner(srv_core *s, const double *d);
+
 static void
 publish(srv_core *s, const double *d)
+{
+	if (s->change == NULL) {
+		publish_inner(s, d);
+		return;
+	}
+	/* Secure mode picks half of the next shared index set from the
+	 * largest coordinates of this public change. */
+	memcpy(s->change, s->params, s->dim * sizeof *s->change);
+	publish_inner(s, d);
+	for (size_t j = 0; j < s->dim; j++)
+		s->change[j] = s->params[j] - s->change[j];
+	s->have_change = true;
+}
+
+static void
+publish_inner(srv_core *s, const double *d)
 {
 	s->version++;
 	if (!s->cfg.downlink_q8) {
@@ -346,7 +383,14 @@ close_round(srv_core *s, uint64_t now)
 	st->reported = s->n_reported;
 	st->dropped = s->n_slots - s->n_reported;
 	st->end_ms = now;
-	if (s->n_reported >= s->cfg.min_reports && s->n_reported > 0) {
+	if (s->sa != NULL) {
+		st->abandoned = !sa_finish(s);
+		st->reported = s->n_reported;
+		st->dropped = s->n_slots - s->n_reported;
+		st->train_loss = NAN; /* clients send no loss in secure mode */
+		if (!st->abandoned)
+			evaluate(s);
+	} else if (s->n_reported >= s->cfg.min_reports && s->n_reported > 0) {
 		double total = 0, loss = 0;
 		memset(s->acc, 0, s->dim * sizeof *s->acc);
 		/* In selection order, so the sum does not depend on arrival order. */
@@ -396,6 +440,9 @@ close_round(srv_core *s, uint64_t now)
 static void
 free_slots(srv_core *s)
 {
+	sa_server_free(s->sa);
+	s->sa = NULL;
+	sa_task_fini(&s->sat);
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		free(s->slots[i].delta);
 	s->n_slots = s->n_reported = s->n_declined = 0;
@@ -406,6 +453,229 @@ static float
 round_lr(const srv_core *s)
 {
 	return (float)(s->cfg.lr * pow(s->cfg.lr_decay, (double)s->round - 1));
+}
+
+/* ---- secure aggregation ------------------------------------------------- */
+
+/* Shared quantization range of the first secure round when --secagg-scale
+ * is adaptive; later rounds use twice the largest coordinate of the
+ * previous average. Clients clip to it and keep the excess in their
+ * error-feedback residual, so a small range delays mass, never drops it. */
+#define SRV_SA_SCALE0 0.1f
+
+/* Neighbours per client for n selected clients. */
+static uint32_t
+sa_degree(const srv_config *c, uint32_t n)
+{
+	uint32_t k = c->secagg_k;
+	if (c->secagg == SRV_SECAGG_FULL || n < 4)
+		return n - 1;
+	if (k == 0) {
+		uint32_t lg = 0;
+		while ((1u << lg) < n)
+			lg++;
+		k = 2 * lg;
+	}
+	return k >= n - 1 ? n - 1 : k & ~1u;
+}
+
+/* Threshold for k neighbours: from the stated dropout and collusion bounds;
+ * when so few clients cannot meet the dropout bound, the collusion bound
+ * alone (fewer dropouts are then survivable; logged). */
+static uint32_t
+sa_thresh(const srv_config *c, uint32_t k, uint32_t round)
+{
+	uint32_t t;
+	if (sa_threshold(k, c->secagg_dropout, c->secagg_collusion, &t) == SHOAL_OK)
+		return t;
+	t = (uint32_t)(c->secagg_collusion * k) + 1;
+	if (t > k + 1)
+		t = k + 1;
+	log_warn("round %u: with %u neighbours the threshold %u cannot also tolerate a dropout "
+	         "rate of %.2f; fewer dropouts are survivable this round",
+	         round, k, t, c->secagg_dropout);
+	return t;
+}
+
+/* The shared index set: the largest coordinates of the last public change
+ * (half of the set, from the second round on) and a uniformly random rest
+ * drawn from the round's stream. Sorted into s->sat.idx. */
+static void
+sa_index_set(srv_core *s, rng *r)
+{
+	uint32_t n = s->sa_n_idx, dim = (uint32_t)s->dim, o = 0;
+	uint32_t *mark = s->scratch;
+
+	if (n == dim) {
+		for (uint32_t j = 0; j < dim; j++)
+			s->sat.idx[j] = j;
+		return;
+	}
+	memset(mark, 0, dim * sizeof *mark);
+	uint32_t top = s->have_change ? n / 2 : 0, have = 0;
+	if (top > 0 && cx_topk(s->change, dim, top, s->sat.idx) == SHOAL_OK) {
+		for (uint32_t q = 0; q < top; q++)
+			mark[s->sat.idx[q]] = 1;
+		have = top;
+	}
+	while (have < n) {
+		uint32_t j = rng_below(r, dim);
+		if (!mark[j]) {
+			mark[j] = 1;
+			have++;
+		}
+	}
+	for (uint32_t j = 0; j < dim; j++)
+		if (mark[j])
+			s->sat.idx[o++] = j;
+}
+
+/* Opens the session of a round with n selected clients (slots filled).
+ * Returns the TASK "sa" template (malloc'd, "me" patched per client). */
+static uint8_t *
+sa_open(srv_core *s, rng *r, uint32_t n, size_t *len)
+{
+	sa_task *t = &s->sat;
+	uint32_t wmax = 1;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t w = s->clients[s->slots[i].client].n_examples;
+		wmax = w > wmax ? w : wmax;
+	}
+	memset(t, 0, sizeof *t);
+	t->c.n = n;
+	t->c.k = sa_degree(&s->cfg, n);
+	t->c.t = sa_thresh(&s->cfg, t->c.k, s->round);
+	t->c.round = s->round;
+	t->c.d = s->sa_n_idx + 1;
+	rng_bytes(r, t->c.session, sizeof t->c.session);
+	t->levels = s->sa_levels;
+	/* Weights saturate at wmax; lower it until the sum cannot wrap. */
+	while (sa_ring_bits(n, wmax, t->levels, &t->c.m) != SHOAL_OK && wmax > 1)
+		wmax /= 2;
+	t->wmax = wmax;
+	t->me = 1;
+	t->phase_ms = s->cfg.secagg_phase_ms;
+	t->scale = s->sa_scale;
+	t->n_idx = s->sa_n_idx;
+	uint8_t *blob = NULL;
+	if ((t->idx = malloc((size_t)t->n_idx * sizeof *t->idx)) == NULL ||
+	    (blob = malloc(sa_task_size_max(t->n_idx))) == NULL)
+		goto fail;
+	sa_index_set(s, r);
+	long w = sa_task_write(t, blob, sa_task_size_max(t->n_idx));
+	if (w < 0 || sa_server_new(&t->c, NULL, s->cfg.secagg_threads, &s->sa) != SHOAL_OK)
+		goto fail;
+	s->st.sa_threshold = t->c.t;
+	s->sa_deadline = s->deadline; /* advertising waits for training */
+	*len = (size_t)w;
+	return blob;
+fail:
+	log_error("round %u: cannot open the secure aggregation session (out of memory)",
+	          s->round);
+	free(blob);
+	sa_task_fini(t);
+	return NULL;
+}
+
+/* Reply to every parked phase message: the phase's output, or (aborted)
+ * an ERROR. */
+static void
+sa_release(srv_core *s, sa_phase closed, shoal_err status)
+{
+	for (uint32_t i = 0; i < s->n_slots; i++) {
+		slot *sl = &s->slots[i];
+		if (!sl->sa_parked)
+			continue;
+		sl->sa_parked = false;
+		if (status != SHOAL_OK) {
+			reply_error(s, sl->sa_req, status, false,
+			            status == SHOAL_EABORTED
+			                ? "secure aggregation round aborted: too few clients left"
+			                : "secure aggregation failed on the server");
+			continue;
+		}
+		if (closed == SA_PH_UNMASK) {
+			msg ack = {.type = MSG_ACK, .round = s->round};
+			reply_msg(s, sl->sa_req, &ack, NULL);
+			continue;
+		}
+		uint8_t *p;
+		size_t n;
+		if (sa_server_reply(s->sa, i + 1, &p, &n) != SHOAL_OK) {
+			reply_error(s, sl->sa_req, SHOAL_ENOMEM, false, "server out of memory");
+			continue;
+		}
+		msg m = {.type = MSG_SA_REPLY, .round = s->round, .phase = closed, .sa = p,
+		         .sa_len = n, .has_sa = true};
+		reply_msg(s, sl->sa_req, &m, &s->st.bytes_down);
+		free(p);
+	}
+}
+
+/* Ends the open phase (deadline, or everyone expected answered). */
+static void
+sa_close_phase(srv_core *s, uint64_t now)
+{
+	sa_phase ph = sa_server_phase(s->sa);
+	uint32_t got = sa_server_received(s->sa), want = sa_server_expected(s->sa);
+	shoal_err e = sa_server_close(s->sa);
+
+	if (got < want)
+		log_info("round %u: secure phase %d closed with %u of %u clients", s->round, (int)ph,
+		         got, want);
+	if (e == SHOAL_OK && ph == SA_PH_MASKED) {
+		s->n_reported = 0;
+		for (uint32_t i = 0; i < s->n_slots; i++)
+			s->n_reported += sa_server_in_u3(s->sa, i + 1);
+	}
+	sa_release(s, ph, e);
+	if (e != SHOAL_OK || ph == SA_PH_UNMASK) {
+		if (e != SHOAL_OK)
+			log_warn("round %u abandoned: secure aggregation aborted in phase %d (%s); "
+			         "the global model is unchanged",
+			         s->round, (int)ph, shoal_strerror(e));
+		close_round(s, now);
+		return;
+	}
+	s->sa_deadline = now + s->cfg.secagg_phase_ms;
+}
+
+/* Is every client the open phase still waits for known to be gone? */
+static bool
+sa_phase_complete(const srv_core *s)
+{
+	for (uint32_t i = 0; i < s->n_slots; i++)
+		if (!s->slots[i].declined && sa_server_waiting_for(s->sa, i + 1))
+			return false;
+	return true;
+}
+
+/* After UNMASK: average the unmasked sum into the model. */
+static bool
+sa_finish(srv_core *s)
+{
+	const uint32_t *sum = s->sa != NULL ? sa_server_sum(s->sa) : NULL;
+	if (sum == NULL)
+		return false;
+	const sa_task *t = &s->sat;
+	uint32_t m = t->c.m;
+	uint64_t mod = (uint64_t)1 << m;
+	uint64_t half = mod >> 1;
+	double w = (double)sum[t->n_idx];
+	if (!(w > 0))
+		return false;
+	double unit = (double)t->scale / t->levels / w, amax = 0;
+	memset(s->acc, 0, s->dim * sizeof *s->acc);
+	for (uint32_t q = 0; q < t->n_idx; q++) {
+		int64_t v = sum[q] >= half ? (int64_t)sum[q] - (int64_t)mod : (int64_t)sum[q];
+		double a = (double)v * unit;
+		s->acc[t->idx[q]] = a;
+		amax = fabs(a) > amax ? fabs(a) : amax;
+	}
+	if (s->cfg.secagg_scale <= 0 && amax > 0)
+		s->sa_scale = (float)(2 * amax); /* adaptive: twice the largest mean */
+	publish(s, s->acc);
+	return true;
 }
 
 static void
@@ -444,10 +714,26 @@ try_start_round(srv_core *s, uint64_t now)
 		uint32_t t = cand[i];
 		cand[i] = cand[j];
 		cand[j] = t;
-
+		s->slots[i] = (slot){.client = cand[i]};
+	}
+	s->n_slots = k;
+	uint8_t *sa_blob = NULL;
+	size_t sa_len = 0;
+	if (s->cfg.secagg != SRV_SECAGG_OFF) {
+		if (k < 2 || (sa_blob = sa_open(s, &r, k, &sa_len)) == NULL) {
+			/* too few for secure aggregation: leave them parked */
+			if (k < 2)
+				log_warn("round %u: secure aggregation needs at least 2 clients", s->round);
+			s->round--;
+			s->phase = PH_IDLE;
+			s->n_slots = 0;
+			rng_fini(&r);
+			free(cand);
+			return;
+		}
+	}
+	for (uint32_t i = 0; i < k; i++) {
 		client *c = &s->clients[cand[i]];
-		slot *sl = &s->slots[s->n_slots++];
-		*sl = (slot){.client = cand[i]};
 		c->selected_round = s->round;
 		msg task = {
 		    .type = MSG_TASK,
@@ -463,8 +749,16 @@ try_start_round(srv_core *s, uint64_t now)
 		    .model_ver = s->version,
 		};
 		memcpy(task.model, s->model, sizeof task.model);
-		if (s->up_spec[0] != '\0' && (c->cx_caps & s->up_caps) == s->up_caps)
+		if (sa_blob != NULL) {
+			uint8_t me[4] = {(uint8_t)(i + 1), (uint8_t)((i + 1) >> 8), (uint8_t)((i + 1) >> 16),
+			                 (uint8_t)((i + 1) >> 24)};
+			memcpy(sa_blob + SA_CONFIG_BYTES, me, 4);
+			task.sa = sa_blob;
+			task.sa_len = sa_len;
+			task.has_sa = true;
+		} else if (s->up_spec[0] != '\0' && (c->cx_caps & s->up_caps) == s->up_caps) {
 			memcpy(task.up, s->up_spec, sizeof task.up);
+		}
 		if (s->dq_len > 0 && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver + 1 == s->version) {
 			task.blob = s->dq; /* it holds the previous version: send the change */
 			task.blob_len = s->dq_len;
@@ -478,6 +772,7 @@ try_start_round(srv_core *s, uint64_t now)
 	}
 	rng_fini(&r);
 	free(cand);
+	free(sa_blob);
 	s->st.selected = k;
 	log_info("round %u: selected %u of %u waiting clients", s->round, k, n);
 	push_event(s, SRV_EV_ROUND_START);
@@ -497,6 +792,13 @@ on_hello(srv_core *s, uint64_t req, const msg *m)
 		         s->model, s->dim, m->model, m->dim, s->model);
 		log_warn("refused HELLO from %s: %s", m->name, text);
 		reply_error(s, req, SHOAL_EMODEL, false, text);
+		return;
+	}
+	if (s->cfg.secagg != SRV_SECAGG_OFF && !(m->cx_caps & MSG_CX_SECAGG)) {
+		log_warn("refused HELLO from %s: it does not support secure aggregation", m->name);
+		reply_error(s, req, SHOAL_EMODEL, false,
+		            "this server trains with secure aggregation, which this client does not "
+		            "support: upgrade the client");
 		return;
 	}
 	long i = find_client(s, m->name);
@@ -550,6 +852,12 @@ decline(srv_core *s, const client *c, uint64_t now)
 		sl->declined = true;
 		s->n_declined++;
 		log_info("round %u: client %s declined its task", s->round, c->name);
+		if (s->sa != NULL) {
+			uint32_t r0 = s->round;
+			if (sa_phase_complete(s))
+				sa_close_phase(s, now);
+			return s->round != r0 || s->phase != PH_RUNNING;
+		}
 		if (s->n_reported + s->n_declined == s->n_slots) {
 			close_round(s, now);
 			return true;
@@ -602,6 +910,11 @@ on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 		reply_error(s, req, SHOAL_ENOTSELECTED, false, "client was not selected this round");
 		return;
 	}
+	if (s->sa != NULL) {
+		reply_error(s, req, SHOAL_ESTATE, false,
+		            "this round uses secure aggregation: send SA phase messages, not UPDATE");
+		return;
+	}
 	slot *sl = NULL;
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		if (&s->clients[s->slots[i].client] == c)
@@ -645,6 +958,49 @@ on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 		close_round(s, now);
 }
 
+static void
+on_sa(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
+{
+	char text[MSG_TEXT_MAX + 1];
+	client *c = lookup_id(s, req, m->client_id);
+
+	if (c == NULL)
+		return;
+	if (s->phase != PH_RUNNING || m->round != s->round || s->sa == NULL) {
+		snprintf(text, sizeof text, "no secure round %u is open (current round %u)", m->round,
+		         s->round);
+		reply_error(s, req, SHOAL_ESTALE, false, text);
+		return;
+	}
+	uint32_t i = 0;
+	while (i < s->n_slots && &s->clients[s->slots[i].client] != c)
+		i++;
+	if (i == s->n_slots) {
+		reply_error(s, req, SHOAL_ENOTSELECTED, false, "client was not selected this round");
+		return;
+	}
+	slot *sl = &s->slots[i];
+	s->st.bytes_up += len;
+	shoal_err e = sa_server_recv(s->sa, i + 1, (sa_phase)m->phase, m->sa, m->sa_len);
+	if (e == SHOAL_EDUP && sl->sa_parked) {
+		/* The transport re-sent it: the newer request gets the reply. */
+		reply_error(s, sl->sa_req, SHOAL_EDUP, false, "superseded by a resent request");
+		sl->sa_req = req;
+		return;
+	}
+	if (e != SHOAL_OK) {
+		snprintf(text, sizeof text, "secure aggregation message for phase %u refused: %s",
+		         m->phase, shoal_strerror(e));
+		log_warn("round %u: client %s: %s", s->round, c->name, text);
+		reply_error(s, req, e, false, text);
+		return;
+	}
+	sl->sa_parked = true;
+	sl->sa_req = req;
+	if (sa_phase_complete(s))
+		sa_close_phase(s, now);
+}
+
 void
 srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, uint64_t now)
 {
@@ -678,6 +1034,9 @@ srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, u
 	case MSG_UPDATE:
 		on_update(s, req, &m, len, now);
 		break;
+	case MSG_SA:
+		on_sa(s, req, &m, len, now);
+		break;
 	default:
 		reply_error(s, req, SHOAL_ETYPE, true, "message type is sent by servers, not clients");
 		break;
@@ -687,7 +1046,9 @@ srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, u
 void
 srv_core_on_timer(srv_core *s, uint64_t now)
 {
-	if (s->phase == PH_RUNNING && now >= s->deadline) {
+	if (s->phase == PH_RUNNING && s->sa != NULL && now >= s->sa_deadline) {
+		sa_close_phase(s, now);
+	} else if (s->phase == PH_RUNNING && s->sa == NULL && now >= s->deadline) {
 		log_info("round %u deadline: %u of %u reported", s->round, s->n_reported, s->n_slots);
 		close_round(s, now);
 	}
@@ -704,7 +1065,7 @@ srv_core_on_timer(srv_core *s, uint64_t now)
 uint64_t
 srv_core_next_deadline(const srv_core *s)
 {
-	uint64_t t = s->phase == PH_RUNNING ? s->deadline : UINT64_MAX;
+	uint64_t t = s->phase != PH_RUNNING ? UINT64_MAX : s->sa != NULL ? s->sa_deadline : s->deadline;
 	for (uint32_t i = 0; i < s->n_clients; i++)
 		if (s->clients[i].parked && s->clients[i].park_until < t)
 			t = s->clients[i].park_until;
@@ -763,6 +1124,28 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 	if (c->compress != NULL && strlen(c->compress) > MSG_MODEL_MAX)
 		BAD("compress spec '%s' is too long", c->compress);
 	*up_caps = none ? 0 : cx_required_caps(&up);
+	if (c->secagg != SRV_SECAGG_OFF) {
+		if (!none && up.values == CX_VALUES_F32)
+			BAD("secure aggregation quantizes values into a ring: use --compress with ,q8 "
+			    "or ,q4 (or none for every coordinate at 8 bits)");
+		if (c->clients_per_round < 2)
+			BAD("secure aggregation needs at least 2 clients per round");
+		if (c->secagg == SRV_SECAGG_PLUS && c->secagg_k % 2 != 0)
+			BAD("--secagg plus:K needs an even K (each client joins K/2 neighbours on "
+			    "each side of a ring)");
+		if (!(c->secagg_dropout >= 0 && c->secagg_dropout < 1) ||
+		    !(c->secagg_collusion >= 0 && c->secagg_collusion < 1))
+			BAD("--secagg-dropout and --secagg-collusion must be in [0, 1)");
+		if (c->secagg_phase_ms == 0 || c->secagg_threads == 0)
+			BAD("secure aggregation phase deadline and threads must be positive");
+		uint32_t k = sa_degree(c, c->clients_per_round), t;
+		if (sa_threshold(k, c->secagg_dropout, c->secagg_collusion, &t) != SHOAL_OK)
+			BAD("secure aggregation with %u clients per round and %u neighbours each: no "
+			    "threshold keeps a %.2f colluding fraction out and survives a %.2f dropout "
+			    "rate; lower --secagg-collusion or --secagg-dropout, or raise --secagg K or "
+			    "the clients per round",
+			    c->clients_per_round, k, c->secagg_collusion, c->secagg_dropout);
+	}
 	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
 		BAD("round timeout and hold time must be positive");
 	if (c->max_clients == 0 || c->max_clients > (1u << 24))
@@ -813,6 +1196,19 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 		s->up_caps = up_caps;
 	}
 	s->cfg.compress = s->up_spec[0] ? s->up_spec : "none";
+	if (cfg->secagg != SRV_SECAGG_OFF) {
+		cx_config up;
+		bool none = true;
+		if (cfg->compress != NULL)
+			(void)cx_parse_spec(cfg->compress, &up, &none); /* checked above */
+		s->sa_n_idx = none ? (uint32_t)dim : cx_k_for_ratio((uint32_t)dim, up.ratio);
+		s->sa_levels = !none && up.values == CX_VALUES_Q4 ? CX_Q4_MAX : CX_Q8_MAX;
+		s->sa_scale = cfg->secagg_scale > 0 ? cfg->secagg_scale : SRV_SA_SCALE0;
+		if ((s->change = calloc(dim, sizeof *s->change)) == NULL) {
+			e = SHOAL_ENOMEM;
+			goto fail;
+		}
+	}
 	s->version = 1;
 	s->dq_cap = cx_encoded_size_max((uint32_t)dim, (uint32_t)dim, &(cx_config){
 	    .select = CX_SELECT_TOPK, .ratio = 1.0, .values = CX_VALUES_Q8,
@@ -862,6 +1258,7 @@ srv_core_free(srv_core *s)
 	free(s->scratch);
 	free(s->shadow);
 	free(s->dq);
+	free(s->change);
 	srv_opt_fini(&s->opt);
 	ml_model_free(s->eval);
 	free(s);

@@ -28,6 +28,8 @@
 #include "server/opt.h"
 #include "shoal/err.h"
 
+enum { SRV_SECAGG_OFF = 0, SRV_SECAGG_FULL = 1, SRV_SECAGG_PLUS = 2 };
+
 typedef struct srv_config {
 	const char *model;          /* built-in model name ("logreg", "2nn") */
 	uint32_t rounds;            /* round attempts before finishing */
@@ -49,6 +51,20 @@ typedef struct srv_config {
 	bool downlink_q8;           /* after a client's first full model, send
 	                               q8 model deltas (TASK "dq") when it holds
 	                               the previous version */
+	/* Secure aggregation (PROTOCOL.md section 13): the server learns only
+	 * the sum of the selected clients' updates. The update encoding's
+	 * ratio sets the size of the shared index set ("none": every
+	 * coordinate) and its value bits the levels (q8: 127, q4: 7). */
+	uint32_t secagg;            /* SRV_SECAGG_OFF / _FULL / _PLUS */
+	uint32_t secagg_k;          /* PLUS: neighbours per client, even; 0:
+	                               2*ceil(log2 n) for n selected clients */
+	double secagg_dropout;      /* fraction of a neighbourhood that may drop
+	                               and still be unmasked, [0, 1) */
+	double secagg_collusion;    /* fraction of a neighbourhood that may
+	                               collude with the server, [0, 1) */
+	uint32_t secagg_phase_ms;   /* deadline of each phase after training */
+	float secagg_scale;         /* shared quantization range; 0: adaptive */
+	unsigned secagg_threads;    /* workers for unmasking */
 	uint32_t round_timeout_ms;  /* deadline, from round start */
 	uint32_t hold_ms;           /* longest a CHECKIN is parked */
 	uint32_t max_clients;       /* registry size limit */
@@ -60,7 +76,9 @@ typedef struct srv_config {
 /* rounds 10, K 10, M 10, min_reports 1, E 1, B 10, lr 0.05 (no decay, no
  * momentum, weight decay or proximal term), server optimizer FedAvg with
  * eta 1, compress "topk:0.01,q8", q8 downlink, timeout 60 s, hold 2 s,
- * max_clients 10000, max_message 64 MiB, seed 1, model "2nn". */
+ * max_clients 10000, max_message 64 MiB, seed 1, model "2nn"; secure
+ * aggregation off (when on: dropout 0.2, collusion 0.5, phase deadline
+ * 30 s, adaptive scale, 2 unmasking threads). */
 void srv_config_defaults(srv_config *c);
 
 typedef struct srv_round_stats {
@@ -74,7 +92,9 @@ typedef struct srv_round_stats {
 	double loss;          /* test loss */
 	double train_loss;    /* mean of the reported clients' training loss */
 	uint64_t bytes_up;    /* payload bytes of the round's UPDATEs received */
-	uint64_t bytes_down;  /* payload bytes of the round's TASKs sent */
+	uint64_t bytes_down;  /* payload bytes of the round's TASKs sent (and
+	                         SA_REPLYs in secure mode) */
+	uint32_t sa_threshold; /* secure mode: Shamir threshold t, else 0 */
 	uint64_t start_ms, end_ms;
 } srv_round_stats;
 

@@ -13,6 +13,7 @@
 enum {
 	F_MOMENTUM, F_WEIGHT_DECAY, F_PROX_MU, F_LR_DECAY, F_SERVER_OPT, F_SERVER_LR,
 	F_BETA1, F_BETA2, F_TAU, F_TARGET, F_COMPRESS, F_DOWNLINK,
+	F_SECAGG, F_SA_DROPOUT, F_SA_COLLUSION, F_SA_PHASE, F_SA_SCALE,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -28,6 +29,11 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"target-accuracy", required_argument, NULL, SRV_FLAG_BASE + F_TARGET},
 	{"compress", required_argument, NULL, SRV_FLAG_BASE + F_COMPRESS},
 	{"downlink", required_argument, NULL, SRV_FLAG_BASE + F_DOWNLINK},
+	{"secagg", required_argument, NULL, SRV_FLAG_BASE + F_SECAGG},
+	{"secagg-dropout", required_argument, NULL, SRV_FLAG_BASE + F_SA_DROPOUT},
+	{"secagg-collusion", required_argument, NULL, SRV_FLAG_BASE + F_SA_COLLUSION},
+	{"secagg-phase-timeout", required_argument, NULL, SRV_FLAG_BASE + F_SA_PHASE},
+	{"secagg-scale", required_argument, NULL, SRV_FLAG_BASE + F_SA_SCALE},
 };
 
 int
@@ -111,6 +117,46 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 		else
 			why = "expected q8 or full";
 		break;
+	case F_SECAGG: {
+		uint64_t k = 0;
+		if (strcmp(arg, "off") == 0) {
+			cfg->secagg = SRV_SECAGG_OFF;
+		} else if (strcmp(arg, "full") == 0) {
+			cfg->secagg = SRV_SECAGG_FULL;
+		} else if (strcmp(arg, "plus") == 0) {
+			cfg->secagg = SRV_SECAGG_PLUS;
+			cfg->secagg_k = 0;
+		} else if (strncmp(arg, "plus:", 5) == 0 && cli_parse_u64(arg + 5, 2, 65534, &k) &&
+		           k % 2 == 0) {
+			cfg->secagg = SRV_SECAGG_PLUS;
+			cfg->secagg_k = (uint32_t)k;
+		} else {
+			why = "expected off, full (every pair of clients), plus (SecAgg+ with "
+			      "2*ceil(log2 n) neighbours) or plus:K (K even, e.g. plus:8)";
+		}
+		break;
+	}
+	case F_SA_DROPOUT:
+	case F_SA_COLLUSION:
+		if (cli_parse_number(arg, 0, 1, true, &v))
+			*(id - SRV_FLAG_BASE == F_SA_DROPOUT ? &cfg->secagg_dropout : &cfg->secagg_collusion) = v;
+		else
+			why = "expected a fraction in [0, 1), e.g. 0.2";
+		break;
+	case F_SA_PHASE: {
+		uint64_t ms;
+		if (cli_parse_u64(arg, 1, UINT32_MAX, &ms))
+			cfg->secagg_phase_ms = (uint32_t)ms;
+		else
+			why = "expected milliseconds >= 1, e.g. 30000";
+		break;
+	}
+	case F_SA_SCALE:
+		if (cli_parse_number(arg, 0, 1e6, false, &v))
+			cfg->secagg_scale = (float)v;
+		else
+			why = "expected a number >= 0 (0: adaptive), e.g. 0.05";
+		break;
 	default:
 		return 1;
 	}
@@ -152,10 +198,27 @@ srv_flag_help(FILE *f)
 
 	    "      --downlink q8|full    after a client's first full model, send it the\n"
 	    "                            model's change in 8 bits when it holds the\n"
-	    "                            previous version [default: %s]\n",
+	    "                            previous version [default: %s]\n"
+	    "\n"
+	    "Secure aggregation (PROTOCOL.md section 13; the server sees only the sum):\n"
+	    "      --secagg MODE         off, full (SecAgg: every pair of clients), plus\n"
+	    "                            (SecAgg+: 2*ceil(log2 n) neighbours) or plus:K\n"
+	    "                            [default: %s]. Updates travel on a shared index\n"
+	    "                            set of --compress's ratio (none: every\n"
+	    "                            coordinate), quantized to its q8/q4 levels\n"
+	    "      --secagg-dropout F    fraction of a neighbourhood that may drop out and\n"
+	    "                            still be unmasked [default: %g]\n"
+	    "      --secagg-collusion G  fraction of a neighbourhood that may collude with\n"
+	    "                            the server and learn nothing: threshold\n"
+	    "                            t = floor(G*k)+1 [default: %g]\n"
+	    "      --secagg-phase-timeout MS  deadline of each phase after training\n"
+	    "                            [default: %u]\n"
+	    "      --secagg-scale S      shared quantization range; 0 adapts it to twice\n"
+	    "                            the largest averaged coordinate [default: %g]\n",
 	    (double)d.momentum, (double)d.weight_decay, (double)d.prox_mu, (double)d.lr_decay,
 	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau, d.compress,
-	    d.downlink_q8 ? "q8" : "full");
+	    d.downlink_q8 ? "q8" : "full", d.secagg == SRV_SECAGG_OFF ? "off" : "on",
+	    d.secagg_dropout, d.secagg_collusion, d.secagg_phase_ms, (double)d.secagg_scale);
 }
 
 void

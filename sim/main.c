@@ -658,6 +658,7 @@ main(int argc, char **argv)
 	cfg.batch = o.batch;
 	cfg.lr = o.lr;
 	cfg.round_timeout_ms = SIM_ROUND_TIMEOUT_MS;
+	cfg.secagg_phase_ms = SIM_ROUND_TIMEOUT_MS; /* no simulated dropouts */
 	if (cfg.max_clients < o.clients)
 		cfg.max_clients = o.clients;
 	cfg.seed = o.seed;

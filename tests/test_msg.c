@@ -70,11 +70,26 @@ sample(msg_type t)
 	case MSG_DONE:
 		m.round = 10;
 		break;
+	case MSG_SA:
+		m.client_id = 5;
+		m.round = 3;
+		m.phase = 2;
+		m.sa = (const uint8_t *)"\x01\x02\x03";
+		m.sa_len = 3;
+		m.has_sa = true;
+		break;
+	case MSG_SA_REPLY:
+		m.round = 3;
+		m.phase = 4;
+		m.sa = NULL; /* a 0-byte payload (no signatures) is valid */
+		m.sa_len = 0;
+		m.has_sa = true;
+		break;
 	}
 	return m;
 }
 
-#define N_TYPES 9
+#define N_TYPES 11
 
 static void
 encode_ok(const msg *m, uint8_t **buf, size_t *len)
@@ -523,6 +538,8 @@ static const char *const keys_of[N_TYPES + 1][10] = {
 	[MSG_WAIT] = { "v", "t", "retry" },
 	[MSG_ERROR] = { "v", "t", "code", "msg" },
 	[MSG_DONE] = { "v", "t", "round" },
+	[MSG_SA] = { "v", "t", "id", "round", "ph", "sa" },
+	[MSG_SA_REPLY] = { "v", "t", "round", "ph", "sa" },
 };
 
 static void
@@ -662,7 +679,7 @@ test_unknown_type(void **state)
 {
 	static const vcase c[] = {
 		{ MSG_ACK, "t", OBJ(POS(0)), .want = SHOAL_ETYPE },
-		{ MSG_ACK, "t", OBJ(POS(10)), .want = SHOAL_ETYPE },
+		{ MSG_ACK, "t", OBJ(POS(12)), .want = SHOAL_ETYPE },
 		{ MSG_ACK, "t", OBJ(POS(255)), .want = SHOAL_ETYPE },
 		{ MSG_ACK, "t", OBJ(POS((1ull << 32) + 6)), .want = SHOAL_ETYPE },
 		{ MSG_ACK, "t", OBJ(NEG(-6)), .want = SHOAL_ETYPE },
@@ -674,7 +691,8 @@ test_unknown_type(void **state)
 	assert_string_equal(msg_type_name(MSG_HELLO), "HELLO");
 	assert_string_equal(msg_type_name(MSG_DONE), "DONE");
 	assert_string_equal(msg_type_name((msg_type)0), "?");
-	assert_string_equal(msg_type_name((msg_type)10), "?");
+	assert_string_equal(msg_type_name(MSG_SA_REPLY), "SA_REPLY");
+	assert_string_equal(msg_type_name((msg_type)12), "?");
 }
 
 static void
@@ -845,7 +863,7 @@ static void
 test_encode_rejects_invalid(void **state)
 {
 	static const float nanv[2] = { 1.0f, NAN };
-	msg ms[24];
+	msg ms[32];
 	size_t n = 0;
 #define BAD(t, stmt)                  \
 	do {                              \
@@ -874,7 +892,11 @@ test_encode_rejects_invalid(void **state)
 	BAD(MSG_ERROR, m->code = 0);
 	BAD(MSG_ERROR, m->text[0] = '\x01');
 	BAD((msg_type)0, (void)m);
-	BAD((msg_type)10, (void)m);
+	BAD((msg_type)12, (void)m);
+	BAD(MSG_SA, m->phase = 0);
+	BAD(MSG_SA, m->phase = 6);
+	BAD(MSG_SA, m->has_sa = false);
+	BAD(MSG_SA_REPLY, m->sa_len = 5); /* 5 bytes at NULL */
 #undef BAD
 	for (size_t i = 0; i < n; i++) {
 		uint8_t *buf = (uint8_t *)1;
