@@ -44,7 +44,9 @@ usage(FILE *f)
 	        "    --reps R         repetitions, median reported (default 5)\n"
 	        "  codec   update codec: bytes per parameter, index bits against the\n"
 	        "          information bound, encode and decode+accumulate throughput,\n"
-	        "          dense accumulate against memcpy (shoal-bench codec --help)\n",
+	        "          dense accumulate against memcpy (shoal-bench codec --help)\n"
+	        "  accountant  Renyi-DP accountant: epsilon after N rounds, one per-step RDP\n"
+	        "          vector, sigma calibration (shoal-bench accountant --help)\n",
 	        ml_model_names());
 }
 
@@ -435,6 +437,8 @@ main(int argc, char **argv)
 		return bench_gemm(argc - 2, argv + 2);
 	if (strcmp(argv[1], "codec") == 0)
 		return bench_codec(argc - 1, argv + 1);
+	if (strcmp(argv[1], "accountant") == 0)
+		return bench_accountant(argc - 1, argv + 1);
 	fprintf(stderr, "shoal-bench: unknown subcommand '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;

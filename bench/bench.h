@@ -7,6 +7,7 @@
 #include <jansson.h>
 
 int bench_codec(int argc, char **argv); /* bench/codec.c */
+int bench_accountant(int argc, char **argv); /* bench/dp.c */
 
 /* Shared by the subcommands (bench/bench.c). */
 double bench_now_s(void);                /* monotonic seconds */
