@@ -16,6 +16,7 @@
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "privacy/noise.h"
 #include "privacy/rng.h"
 #include "privacy/secagg.h"
 
@@ -41,6 +42,7 @@ struct cli_core {
 	rng noise;          /* stochastic rounding and rand-k */
 	uint32_t round, epochs, batch, deadline;
 	float lr, momentum, weight_decay, prox_mu;
+	float clip;         /* DP: L2 bound of what is sent (TASK "clip"), 0: none */
 	uint64_t seed;
 	/* secure aggregation: the round's parameters, the session, the
 	 * encoded input, and what was sent of the shared coordinates (added
@@ -322,6 +324,7 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 	c->momentum = m->momentum;
 	c->weight_decay = m->weight_decay;
 	c->prox_mu = m->prox_mu;
+	c->clip = m->clip;
 	c->seed = m->seed;
 	c->deadline = m->deadline_ms;
 	set_state(c, ST_TRAIN);
@@ -503,6 +506,27 @@ done:
 	return e;
 }
 
+/* DP (TASK "clip", PROTOCOL.md section 14): clip the delta to L2 <= clip
+ * (DESIGN.md section 3). When top-k error feedback will add the residual,
+ * fold it in first and clip the sum, so that what is sent stays within the
+ * bound (up to stochastic rounding, which the server trims); the part of
+ * the residual beyond the bound is dropped, never sent later. */
+static void
+clip_update(cli_core *c)
+{
+	uint32_t dim = c->cfg.dim;
+
+	(void)dp_clip_l2(c->work, dim, c->clip); /* finite: checked by the caller */
+	if (c->secure || !c->compress || !c->cfg.error_feedback || c->residual == NULL ||
+	    c->up.select == CX_SELECT_RANDK)
+		return;
+	for (uint32_t j = 0; j < dim; j++) {
+		c->work[j] += c->residual[j];
+		c->residual[j] = 0;
+	}
+	(void)dp_clip_l2(c->work, dim, c->clip);
+}
+
 /* Encodes and queues the SA request of phase ph with payload p. */
 static shoal_err
 sa_send(cli_core *c, uint32_t ph, uint8_t *p, size_t len, uint64_t now)
@@ -614,6 +638,8 @@ cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 			return SHOAL_ENONFINITE;
 		}
 	}
+	if (c->clip > 0)
+		clip_update(c);
 	if (c->secure) {
 		if ((e = sa_submit(c, n_examples, now)) != SHOAL_OK) {
 			log_error("client %s: cannot start secure round %u: %s", c->name, c->round,

@@ -27,7 +27,7 @@
 #include <string.h>
 
 /* Structure limits of the decoder (also in PROTOCOL.md). A valid message
- * has at most 35 objects and depth 1; the slack is for future keys. */
+ * has at most 37 objects and depth 1; the slack is for future keys. */
 #define MSG_DEPTH_MAX 16
 #define MSG_OBJECTS_MAX 1024
 
@@ -85,6 +85,7 @@ static const field f_task[] = {
 	{ "params", F_VEC, 0, 0, 0, true },
 	{ "dq", F_BIN, 0, 1, MSG_BIN_MAX, true },
 	{ "sa", F_SA, 0, 1, MSG_BIN_MAX, true },
+	{ "clip", F_F32, offsetof(msg, clip), 2, 0, true },
 };
 static const field f_update[] = {
 	U32("id", client_id, 1, UINT32_MAX),

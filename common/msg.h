@@ -13,7 +13,8 @@
  *   3 CHECKIN   c->s id:uint, [ver:uint]
  *   4 TASK      s->c round:uint, model:str, E:uint, B:uint, lr:float,
  *                    deadline:uint, seed:uint, [mom:float, wd:float,
- *                    mu:float, up:str, ver:uint, base:uint, sa:bin],
+ *                    mu:float, up:str, ver:uint, base:uint, sa:bin,
+ *                    clip:float],
  *                    params:bin | dq:bin
  *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float,
  *                    delta:bin | upd:bin
@@ -44,7 +45,7 @@
  * 1..MSG_DIM_MAX. ERROR code is a negative int32. A float64 beyond the
  * float32 range is SHOAL_ENONFINITE. Map keys must be msgpack str. To bound
  * decoding work, a message may nest at most 16 deep and hold at most 1024
- * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 35 (TASK: 17 keys, 17 values, the map). */
+ * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 37 (TASK: 18 keys, 18 values, the map). */
 #ifndef SHOAL_MSG_H
 #define SHOAL_MSG_H
 
@@ -109,6 +110,8 @@ typedef struct msg {
 	float momentum;     /* "mom": TASK, optional (0 = absent), SGD momentum >= 0 */
 	float weight_decay; /* "wd": TASK, optional, L2 weight decay >= 0 */
 	float prox_mu;      /* "mu": TASK, optional, FedProx proximal weight >= 0 */
+	float clip;         /* "clip": TASK, optional, DP: clip the update to this
+	                       L2 norm before encoding it (0: no clipping) */
 	uint32_t cx_caps;   /* "cx": HELLO, optional, MSG_CX_* bits */
 	uint32_t model_ver; /* "ver": CHECKIN (model version the client holds, 0:
 	                       none), TASK (version of the model in the task) */

@@ -16,6 +16,7 @@
 #include "common/msg.h"
 #include "privacy/rng.h"
 #include "privacy/secagg.h"
+#include "server/dp.h"
 
 typedef struct client {
 	char name[MSG_NAME_MAX + 1];
@@ -95,6 +96,7 @@ struct srv_core {
 	slot *slots;
 	uint32_t n_slots, n_reported, n_declined;
 	srv_round_stats st;
+	srv_dp *dp;         /* central DP (server/dp.h), NULL when off */
 
 	reply_queue replies;
 	event_queue events;
@@ -121,6 +123,9 @@ srv_config_defaults(srv_config *c)
 	c->secagg_collusion = 0.5;
 	c->secagg_phase_ms = 30000;
 	c->secagg_threads = 2;
+	c->sampling = SRV_SAMPLING_FIXED;
+	c->dp = SRV_DP_OFF;
+	c->delta = 1e-5;
 	c->round_timeout_ms = 60000;
 	c->hold_ms = 2000;
 	c->max_clients = 10000;
@@ -375,6 +380,40 @@ publish_inner(srv_core *s, const double *d)
 	}
 }
 
+/* Central DP (server/dp.h): every reported update clipped and summed with
+ * weight 1 in selection order, the noised sum over the fixed denominator
+ * published, whoever reported (even nobody). False if the release failed. */
+static bool
+dp_aggregate(srv_core *s)
+{
+	double loss = 0, total = 0;
+
+	memset(s->acc, 0, s->dim * sizeof *s->acc);
+	for (uint32_t i = 0; i < s->n_slots; i++) {
+		slot *sl = &s->slots[i];
+		if (!sl->reported)
+			continue;
+		if (isnan(srv_dp_add_update(s->dp, s->acc, sl->delta, sl->delta_len, sl->compressed,
+		                            s->scratch))) {
+			log_warn("round %u: an update from %s decodes to non-finite values; left out",
+			         s->round, s->clients[sl->client].name);
+			continue;
+		}
+		total += sl->n;
+		loss += (double)sl->loss * sl->n;
+	}
+	s->st.train_loss = total > 0 ? loss / total : NAN;
+	shoal_err e = srv_dp_release(s->dp, s->acc, s->round);
+	if (e != SHOAL_OK) {
+		log_error("round %u abandoned: adding the DP noise failed (%s); the global model is "
+		          "unchanged", s->round, shoal_strerror(e));
+		return false;
+	}
+	publish(s, s->acc);
+	evaluate(s);
+	return true;
+}
+
 static void
 close_round(srv_core *s, uint64_t now)
 {
@@ -390,6 +429,8 @@ close_round(srv_core *s, uint64_t now)
 		st->train_loss = NAN; /* clients send no loss in secure mode */
 		if (!st->abandoned)
 			evaluate(s);
+	} else if (s->dp != NULL) {
+		st->abandoned = !dp_aggregate(s);
 	} else if (s->n_reported >= s->cfg.min_reports && s->n_reported > 0) {
 		double total = 0, loss = 0;
 		memset(s->acc, 0, s->dim * sizeof *s->acc);
@@ -421,6 +462,7 @@ close_round(srv_core *s, uint64_t now)
 	}
 	st->accuracy = s->accuracy;
 	st->loss = s->loss;
+	st->epsilon = srv_core_epsilon(s);
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		s->clients[s->slots[i].client].selected_round = 0;
 	free_slots(s);
@@ -681,6 +723,10 @@ sa_finish(srv_core *s)
 static void
 try_start_round(srv_core *s, uint64_t now)
 {
+	if (s->phase == PH_IDLE && s->dp != NULL && !srv_dp_round_allowed(s->dp, s->round + 1)) {
+		finish(s); /* the privacy budget is spent */
+		return;
+	}
 	if (s->phase != PH_IDLE || s->n_parked < s->cfg.min_clients || s->n_parked == 0)
 		return;
 
@@ -706,16 +752,23 @@ try_start_round(srv_core *s, uint64_t now)
 	memset(&s->st, 0, sizeof s->st);
 	s->st.round = s->round;
 	s->st.start_ms = now;
+	s->st.epsilon = NAN;
 	s->n_slots = s->n_reported = s->n_declined = 0;
 
+	if (s->cfg.sampling == SRV_SAMPLING_POISSON)
+		k = srv_poisson_select(&r, s->cfg.sample_rate, cand, n);
 	for (uint32_t i = 0; i < k; i++) {
-		/* Partial Fisher-Yates: the i-th pick is uniform over the rest. */
-		uint32_t j = i + rng_below(&r, n - i);
-		uint32_t t = cand[i];
-		cand[i] = cand[j];
-		cand[j] = t;
+		if (s->cfg.sampling != SRV_SAMPLING_POISSON) {
+			/* Partial Fisher-Yates: the i-th pick is uniform over the rest. */
+			uint32_t j = i + rng_below(&r, n - i);
+			uint32_t t = cand[i];
+			cand[i] = cand[j];
+			cand[j] = t;
+		}
 		s->slots[i] = (slot){.client = cand[i]};
 	}
+	if (s->dp != NULL)
+		srv_dp_round_open(s->dp, s->round, n, s->n_clients);
 	s->n_slots = k;
 	uint8_t *sa_blob = NULL;
 	size_t sa_len = 0;
@@ -747,6 +800,7 @@ try_start_round(srv_core *s, uint64_t now)
 		    .deadline_ms = s->cfg.round_timeout_ms,
 		    .seed = rng_u64(&r),
 		    .model_ver = s->version,
+		    .clip = s->dp != NULL ? (float)s->cfg.clip : 0.0f,
 		};
 		memcpy(task.model, s->model, sizeof task.model);
 		if (sa_blob != NULL) {
@@ -775,6 +829,8 @@ try_start_round(srv_core *s, uint64_t now)
 	free(sa_blob);
 	s->st.selected = k;
 	log_info("round %u: selected %u of %u waiting clients", s->round, k, n);
+	if (k == 0)
+		s->deadline = now; /* Poisson picked nobody: the timer closes it */
 	push_event(s, SRV_EV_ROUND_START);
 }
 
@@ -1146,6 +1202,8 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 			    "the clients per round",
 			    c->clients_per_round, k, c->secagg_collusion, c->secagg_dropout);
 	}
+	if (srv_dp_check(c, dim) != SHOAL_OK)
+		return SHOAL_EINVAL; /* it said why */
 	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
 		BAD("round timeout and hold time must be positive");
 	if (c->max_clients == 0 || c->max_clients > (1u << 24))
@@ -1189,7 +1247,9 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (s->acc = malloc(dim * sizeof *s->acc)) == NULL ||
 	    (s->clients = malloc((size_t)cfg->max_clients * sizeof *s->clients)) == NULL ||
 	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
-	    (s->slots = malloc((size_t)cfg->clients_per_round * sizeof *s->slots)) == NULL)
+	    (s->slots = malloc((size_t)(cfg->sampling == SRV_SAMPLING_POISSON
+	                                    ? cfg->max_clients : cfg->clients_per_round) *
+	                       sizeof *s->slots)) == NULL)
 		goto fail;
 	if (up_caps != 0) {
 		snprintf(s->up_spec, sizeof s->up_spec, "%s", cfg->compress);
@@ -1224,6 +1284,9 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 		goto fail;
 	}
 	if ((e = ml_model_new(s->model, 1000, &s->eval)) != SHOAL_OK)
+		goto fail;
+	s->cfg.dp_noise_key = NULL; /* the caller's memory; srv_dp keeps a copy */
+	if ((e = srv_dp_new(cfg, dim, &s->dp)) != SHOAL_OK)
 		goto fail;
 	ml_model_init(s->eval, s->params, cfg->seed);
 	if (s->shadow != NULL)
@@ -1261,6 +1324,7 @@ srv_core_free(srv_core *s)
 	free(s->change);
 	srv_opt_fini(&s->opt);
 	ml_model_free(s->eval);
+	srv_dp_free(s->dp);
 	free(s);
 }
 
@@ -1268,6 +1332,8 @@ bool srv_core_finished(const srv_core *s) { return s->phase == PH_FINISHED; }
 uint32_t srv_core_round(const srv_core *s) { return s->round; }
 uint32_t srv_core_registered(const srv_core *s) { return s->n_clients; }
 uint32_t srv_core_model_version(const srv_core *s) { return s->version; }
+double srv_core_epsilon(const srv_core *s) { return s->dp != NULL ? srv_dp_epsilon(s->dp) : NAN; }
+const srv_dp *srv_core_dp(const srv_core *s) { return s->dp; }
 
 const float *
 srv_core_params(const srv_core *s, size_t *dim)

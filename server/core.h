@@ -29,6 +29,10 @@
 #include "shoal/err.h"
 
 enum { SRV_SECAGG_OFF = 0, SRV_SECAGG_FULL = 1, SRV_SECAGG_PLUS = 2 };
+/* Client sampling and differential privacy (server/dp.h). */
+enum { SRV_SAMPLING_FIXED = 0, SRV_SAMPLING_POISSON = 1 };
+enum { SRV_DP_OFF = 0, SRV_DP_CENTRAL = 1 };
+#define SRV_DP_KEY_BYTES 32
 
 typedef struct srv_config {
 	const char *model;          /* built-in model name ("logreg", "2nn") */
@@ -65,6 +69,25 @@ typedef struct srv_config {
 	uint32_t secagg_phase_ms;   /* deadline of each phase after training */
 	float secagg_scale;         /* shared quantization range; 0: adaptive */
 	unsigned secagg_threads;    /* workers for unmasking */
+	/* Sampling and central differential privacy (server/dp.h, PROTOCOL.md
+	 * section 14). Fixed sampling selects min(K, parked) uniformly without
+	 * replacement; Poisson sampling selects each parked client
+	 * independently with probability sample_rate (K is then not used). */
+	uint32_t sampling;          /* SRV_SAMPLING_FIXED / _POISSON */
+	double sample_rate;         /* q in (0, 1] (Poisson) */
+	uint32_t dp;                /* SRV_DP_OFF / SRV_DP_CENTRAL (needs Poisson) */
+	double clip;                /* C: L2 bound of each client's update (DP) */
+	double noise_multiplier;    /* z: noise stddev z*C on the sum; 0: calibrate
+	                               it from target_epsilon */
+	double target_epsilon;      /* calibrate z so that `rounds` rounds spend
+	                               this epsilon; also the budget. 0: off */
+	double epsilon_budget;      /* with z given: no round may take epsilon
+	                               past this; 0: no budget */
+	double delta;               /* delta of (epsilon, delta) */
+	const uint8_t *dp_noise_key; /* SRV_DP_KEY_BYTES secret bytes that key
+	                               the noise; NULL derives it from seed
+	                               (reproducible: simulations and tests).
+	                               Read by srv_core_new only. */
 	uint32_t round_timeout_ms;  /* deadline, from round start */
 	uint32_t hold_ms;           /* longest a CHECKIN is parked */
 	uint32_t max_clients;       /* registry size limit */
@@ -78,7 +101,8 @@ typedef struct srv_config {
  * eta 1, compress "topk:0.01,q8", q8 downlink, timeout 60 s, hold 2 s,
  * max_clients 10000, max_message 64 MiB, seed 1, model "2nn"; secure
  * aggregation off (when on: dropout 0.2, collusion 0.5, phase deadline
- * 30 s, adaptive scale, 2 unmasking threads). */
+ * 30 s, adaptive scale, 2 unmasking threads); fixed sampling; DP off
+ * (delta 1e-5 when on). */
 void srv_config_defaults(srv_config *c);
 
 typedef struct srv_round_stats {
@@ -95,6 +119,7 @@ typedef struct srv_round_stats {
 	uint64_t bytes_down;  /* payload bytes of the round's TASKs sent (and
 	                         SA_REPLYs in secure mode) */
 	uint32_t sa_threshold; /* secure mode: Shamir threshold t, else 0 */
+	double epsilon;       /* DP: epsilon spent after this round; NaN if off */
 	uint64_t start_ms, end_ms;
 } srv_round_stats;
 
@@ -145,10 +170,14 @@ uint32_t srv_core_model_version(const srv_core *s);
 uint32_t srv_core_round(const srv_core *s);
 /* Clients that ever completed HELLO. */
 uint32_t srv_core_registered(const srv_core *s);
+/* DP: epsilon spent so far (0 before round 1) at the configured delta;
+ * NaN when DP is off. */
+double srv_core_epsilon(const srv_core *s);
 
 /* One JSON object per line with the shared metrics keys (round, accuracy,
  * loss, clients, dropped, bytes_up, bytes_down), plus abandoned, rejected,
- * train_loss, and virtual_s when virtual_s >= 0. Flushes f. */
+ * train_loss, epsilon when DP is on (st->epsilon not NaN), and virtual_s
+ * when virtual_s >= 0. Flushes f. */
 void srv_metrics_write(FILE *f, const srv_round_stats *st, double virtual_s);
 
 #endif

@@ -14,6 +14,7 @@ enum {
 	F_MOMENTUM, F_WEIGHT_DECAY, F_PROX_MU, F_LR_DECAY, F_SERVER_OPT, F_SERVER_LR,
 	F_BETA1, F_BETA2, F_TAU, F_TARGET, F_COMPRESS, F_DOWNLINK,
 	F_SECAGG, F_SA_DROPOUT, F_SA_COLLUSION, F_SA_PHASE, F_SA_SCALE,
+	F_SAMPLING, F_SAMPLE_RATE, F_DP, F_CLIP, F_NOISE, F_TARGET_EPS, F_EPS_BUDGET, F_DELTA,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -34,6 +35,14 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"secagg-collusion", required_argument, NULL, SRV_FLAG_BASE + F_SA_COLLUSION},
 	{"secagg-phase-timeout", required_argument, NULL, SRV_FLAG_BASE + F_SA_PHASE},
 	{"secagg-scale", required_argument, NULL, SRV_FLAG_BASE + F_SA_SCALE},
+	{"sampling", required_argument, NULL, SRV_FLAG_BASE + F_SAMPLING},
+	{"sample-rate", required_argument, NULL, SRV_FLAG_BASE + F_SAMPLE_RATE},
+	{"dp", required_argument, NULL, SRV_FLAG_BASE + F_DP},
+	{"clip", required_argument, NULL, SRV_FLAG_BASE + F_CLIP},
+	{"noise-multiplier", required_argument, NULL, SRV_FLAG_BASE + F_NOISE},
+	{"target-epsilon", required_argument, NULL, SRV_FLAG_BASE + F_TARGET_EPS},
+	{"epsilon-budget", required_argument, NULL, SRV_FLAG_BASE + F_EPS_BUDGET},
+	{"delta", required_argument, NULL, SRV_FLAG_BASE + F_DELTA},
 };
 
 int
@@ -157,6 +166,52 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 		else
 			why = "expected a number >= 0 (0: adaptive), e.g. 0.05";
 		break;
+	case F_SAMPLING:
+		if (strcmp(arg, "poisson") == 0 || strcmp(arg, "fixed") == 0)
+			cfg->sampling = strcmp(arg, "poisson") == 0 ? SRV_SAMPLING_POISSON
+			                                            : SRV_SAMPLING_FIXED;
+		else
+			why = "expected poisson (each client independently with probability "
+			      "--sample-rate) or fixed (K of the waiting clients)";
+		break;
+	case F_SAMPLE_RATE:
+		if (cli_parse_number(arg, 0, 1, false, &v) && v > 0)
+			cfg->sample_rate = v;
+		else
+			why = "expected a probability in (0, 1], e.g. 0.1";
+		break;
+	case F_DP:
+		if (strcmp(arg, "off") == 0 || strcmp(arg, "central") == 0)
+			cfg->dp = strcmp(arg, "central") == 0 ? SRV_DP_CENTRAL : SRV_DP_OFF;
+		else
+			why = "expected off or central";
+		break;
+	case F_CLIP:
+		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
+			cfg->clip = v;
+		else
+			why = "expected an L2 norm > 0, e.g. 1";
+		break;
+	case F_NOISE:
+		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
+			cfg->noise_multiplier = v;
+		else
+			why = "expected a noise multiplier > 0, e.g. 1.1";
+		break;
+	case F_TARGET_EPS:
+	case F_EPS_BUDGET:
+		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
+			*(id - SRV_FLAG_BASE == F_TARGET_EPS ? &cfg->target_epsilon
+			                                     : &cfg->epsilon_budget) = v;
+		else
+			why = "expected an epsilon > 0, e.g. 8";
+		break;
+	case F_DELTA:
+		if (cli_parse_number(arg, 0, 1, true, &v) && v > 0)
+			cfg->delta = v;
+		else
+			why = "expected a probability in (0, 1), e.g. 1e-5";
+		break;
 	default:
 		return 1;
 	}
@@ -214,11 +269,32 @@ srv_flag_help(FILE *f)
 	    "      --secagg-phase-timeout MS  deadline of each phase after training\n"
 	    "                            [default: %u]\n"
 	    "      --secagg-scale S      shared quantization range; 0 adapts it to twice\n"
-	    "                            the largest averaged coordinate [default: %g]\n",
+	    "                            the largest averaged coordinate [default: %g]\n"
+	    "\n"
+	    "Sampling and differential privacy (PROTOCOL.md section 14):\n"
+	    "      --sampling MODE       fixed: K of the waiting clients, uniformly;\n"
+	    "                            poisson: each waiting client independently with\n"
+	    "                            probability --sample-rate (K is not used)\n"
+	    "                            [default: %s]\n"
+	    "      --sample-rate Q       Poisson sampling probability, (0, 1]\n"
+	    "      --dp MODE             off, or central: the server clips every update to\n"
+	    "                            --clip, adds Gaussian noise to their sum, divides\n"
+	    "                            by q*clients and tracks (epsilon, delta) with a\n"
+	    "                            Renyi-DP accountant; needs --sampling poisson\n"
+	    "                            [default: %s]\n"
+	    "      --clip C              L2 bound of each client's update (DP)\n"
+	    "      --noise-multiplier Z  noise stddev Z*C on the sum; or:\n"
+	    "      --target-epsilon E    calibrate Z so that --rounds rounds spend E\n"
+	    "      --epsilon-budget E    with --noise-multiplier: finish before a round\n"
+	    "                            would take epsilon past E [default: none]\n"
+	    "      --delta D             delta of (epsilon, delta), below 1/clients\n"
+	    "                            [default: %g]\n",
 	    (double)d.momentum, (double)d.weight_decay, (double)d.prox_mu, (double)d.lr_decay,
 	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau, d.compress,
 	    d.downlink_q8 ? "q8" : "full", d.secagg == SRV_SECAGG_OFF ? "off" : "on",
-	    d.secagg_dropout, d.secagg_collusion, d.secagg_phase_ms, (double)d.secagg_scale);
+	    d.secagg_dropout, d.secagg_collusion, d.secagg_phase_ms, (double)d.secagg_scale,
+	    d.sampling == SRV_SAMPLING_POISSON ? "poisson" : "fixed",
+	    d.dp == SRV_DP_OFF ? "off" : "central", d.delta);
 }
 
 void

@@ -2,7 +2,8 @@
  * shoal-server and shoal-sim so both spell and check them the same way:
  * client momentum, weight decay, FedProx mu, lr decay, the server optimizer,
  * an accuracy target that ends training early, the update encodings
- * (--compress, --downlink) and secure aggregation (--secagg ...). */
+ * (--compress, --downlink), secure aggregation (--secagg ...), client
+ * sampling and differential privacy (--sampling, --dp ...). */
 #ifndef SHOAL_SERVER_FLAGS_H
 #define SHOAL_SERVER_FLAGS_H
 
@@ -13,7 +14,7 @@
 
 /* getopt_long ids of these flags are SRV_FLAG_BASE + index. */
 #define SRV_FLAG_BASE 1000
-#define SRV_FLAG_COUNT 17
+#define SRV_FLAG_COUNT 25
 
 /* SRV_FLAG_COUNT entries (not terminated): append them to a program's own
  * option table. */

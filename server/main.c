@@ -17,6 +17,8 @@
 #include <sys/types.h>
 
 
+#include <sodium.h>
+
 #include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
@@ -95,6 +97,7 @@ typedef struct options {
 	size_t n_listen;
 	const char *data_dir;
 	const char *metrics;
+	bool seed_given; /* --seed on the command line */
 	uint32_t linger_ms;
 	int verbosity; /* -1 quiet, 0 normal, 1 verbose */
 } options;
@@ -144,7 +147,11 @@ print_help(FILE *f)
 	    "      --batch B             local minibatch size, 1..%u [default: %" PRIu32 "]\n"
 	    "      --lr LR               local SGD learning rate, > 0 [default: %g]\n"
 	    "      --seed S              seed of model initialisation, client selection\n"
-	    "                            and the clients' shuffling [default: %" PRIu64 "]\n"
+	    "                            and the clients' shuffling [default: %" PRIu64 "];\n"
+	    "                            with --dp central and no --seed, the DP noise is\n"
+	    "                            keyed from the OS random source (unguessable);\n"
+	    "                            an explicit --seed makes it replayable, so anyone\n"
+	    "                            who knows the seed can remove it\n"
 	    "\n"
 	    "Evaluation and output:\n"
 	    "      --data-dir DIR        folder with t10k-images-idx3-ubyte and\n"
@@ -317,6 +324,7 @@ parse_args(int argc, char **argv, options *o)
 			if (!cli_parse_u64(a, 0, UINT64_MAX, &o->cfg.seed))
 				return cli_usage_error(PROG, "--seed '%s': expected a whole number in 0..%" PRIu64,
 				                   a, UINT64_MAX);
+			o->seed_given = true;
 			break;
 		case OPT_LINGER:
 			if (!cli_parse_u32(a, 0, MAX_LINGER_MS, &o->linger_ms))
@@ -388,6 +396,7 @@ parse_args(int argc, char **argv, options *o)
 typedef struct summary {
 	uint32_t rounds, completed, abandoned;
 	double accuracy, loss; /* after the last round */
+	double epsilon;        /* DP: spent after the last round, NaN if off */
 	uint64_t bytes_up, bytes_down;
 } summary;
 
@@ -403,6 +412,7 @@ on_round(void *user, const srv_round_stats *st)
 		s->completed++;
 	s->accuracy = st->accuracy;
 	s->loss = st->loss;
+	s->epsilon = st->epsilon;
 	s->bytes_up += st->bytes_up;
 	s->bytes_down += st->bytes_down;
 }
@@ -467,7 +477,24 @@ main(int argc, char **argv)
 		         "that starts with fewer than %" PRIu32 " clients will be abandoned",
 		         o.cfg.min_reports, o.cfg.min_clients, o.cfg.min_reports);
 
+	/* DP noise must not be predictable from a seed anyone might know: key
+	 * it from the OS unless the operator asked for a replayable run. */
+	uint8_t *noise_key = NULL;
+	if (o.cfg.dp != SRV_DP_OFF && !o.seed_given) {
+		if (sodium_init() < 0 || (noise_key = sodium_malloc(SRV_DP_KEY_BYTES)) == NULL) {
+			log_error(PROG ": cannot set up the DP noise key");
+			goto out;
+		}
+		randombytes_buf(noise_key, SRV_DP_KEY_BYTES);
+		o.cfg.dp_noise_key = noise_key;
+	} else if (o.cfg.dp != SRV_DP_OFF) {
+		log_warn(PROG ": DP noise derived from --seed %" PRIu64 ": anyone who knows the seed "
+		         "can remove it; leave --seed out in deployment", o.cfg.seed);
+	}
 	err = srv_core_new(&o.cfg, &core);
+	if (noise_key != NULL)
+		sodium_free(noise_key); /* wipes; the core keeps its own copy */
+	o.cfg.dp_noise_key = NULL;
 	if (err != SHOAL_OK) {
 		log_error(PROG ": cannot create the server: %s", shoal_strerror(err));
 		goto out;
@@ -507,6 +534,8 @@ main(int argc, char **argv)
 		fprintf(report, " accuracy=%.4f loss=%.4f", sum.accuracy, sum.loss);
 	else
 		fprintf(report, " accuracy=n/a");
+	if (sum.rounds > 0 && !isnan(sum.epsilon))
+		fprintf(report, " epsilon=%.4f delta=%g", sum.epsilon, o.cfg.delta);
 	fprintf(report, " bytes_up=%" PRIu64 " bytes_down=%" PRIu64 " bytes_total=%" PRIu64 "\n",
 	        sum.bytes_up, sum.bytes_down, sum.bytes_up + sum.bytes_down);
 	fflush(report);

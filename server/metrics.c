@@ -34,6 +34,8 @@ srv_metrics_write(FILE *f, const srv_round_stats *st, double virtual_s)
 	json_object_set_new(o, "rejected", json_integer(st->rejected));
 	json_object_set_new(o, "abandoned", json_boolean(st->abandoned));
 	json_object_set_new(o, "train_loss", real_or_null(st->train_loss));
+	if (!isnan(st->epsilon)) /* DP on */
+		json_object_set_new(o, "epsilon", real_or_null(st->epsilon));
 	json_dumpf(o, f, JSON_PRESERVE_ORDER | JSON_COMPACT | JSON_REAL_PRECISION(9));
 	fputc('\n', f);
 	fflush(f);

@@ -30,7 +30,7 @@ fmt_bytes(char *out, size_t n, uint64_t b)
 static void
 print_progress(const srv_serve_opts *o, const srv_round_stats *st)
 {
-	char up[32], down[32], rnd[32], res[64];
+	char up[32], down[32], rnd[32], res[64], eps[32] = "";
 	double secs = st->end_ms >= st->start_ms ? (double)(st->end_ms - st->start_ms) / 1e3 : 0.0;
 
 	fmt_bytes(up, sizeof up, st->bytes_up);
@@ -45,10 +45,12 @@ print_progress(const srv_serve_opts *o, const srv_round_stats *st)
 		snprintf(res, sizeof res, "acc %.4f  loss %.4f", st->accuracy, st->loss);
 	else
 		snprintf(res, sizeof res, "acc -  loss -");
+	if (!isnan(st->epsilon)) /* DP on */
+		snprintf(eps, sizeof eps, "  eps %.3f", st->epsilon);
 	fprintf(stderr,
 	        "round %s  %s  clients %" PRIu32 "/%" PRIu32 "  dropped %" PRIu32
-	        "  up %s  down %s  %.1f s\n",
-	        rnd, res, st->reported, st->selected, st->dropped, up, down, secs);
+	        "  up %s  down %s%s  %.1f s\n",
+	        rnd, res, st->reported, st->selected, st->dropped, up, down, eps, secs);
 }
 
 /* Send every reply the core produced and report its events. */

@@ -26,6 +26,7 @@
 #include "common/msg.h"
 #include "ml/ml.h"
 #include "server/core.h"
+#include "server/dp.h"
 #include "server/flags.h"
 #include "server/serve.h"
 #include "shoal/client.h"
@@ -97,6 +98,7 @@ typedef struct sim_totals {
 	uint64_t bytes_up, bytes_down;
 	uint32_t completed, abandoned;
 	double accuracy, loss; /* of the model after the last round */
+	double epsilon;        /* DP: spent after the last round, NaN if off */
 } sim_totals;
 
 static volatile sig_atomic_t g_stop;
@@ -550,6 +552,7 @@ on_round(void *user, const srv_round_stats *st)
 		t->completed++;
 	t->accuracy = st->accuracy;
 	t->loss = st->loss;
+	t->epsilon = st->epsilon;
 }
 
 /* ---- main --------------------------------------------------------------- */
@@ -654,6 +657,8 @@ main(int argc, char **argv)
 	cfg.clients_per_round = o.per_round;
 	cfg.min_clients = o.clients;   /* every client parked: selection is deterministic */
 	cfg.min_reports = o.per_round; /* no simulated dropouts yet */
+	if (cfg.sampling == SRV_SAMPLING_POISSON)
+		cfg.min_reports = 1; /* the number selected varies */
 	cfg.epochs = o.epochs;
 	cfg.batch = o.batch;
 	cfg.lr = o.lr;
@@ -700,6 +705,14 @@ main(int argc, char **argv)
 		        " training threads, seed %" PRIu64 "\n",
 		        o.clients, o.model, o.partition, o.per_round, o.rounds, o.epochs, o.batch,
 		        (double)o.lr, o.threads, o.seed);
+	if (!o.quiet && srv_core_dp(core) != NULL)
+		fprintf(stderr, "shoal-sim: central DP: Poisson q=%g, clip %g, noise multiplier %.6g%s, "
+		        "delta %g\n", cfg.sample_rate, cfg.clip,
+		        srv_dp_noise_multiplier(srv_core_dp(core)),
+		        cfg.target_epsilon > 0 ? " (calibrated for --target-epsilon)" : "", cfg.delta);
+	else if (!o.quiet && cfg.sampling == SRV_SAMPLING_POISSON)
+		fprintf(stderr, "shoal-sim: Poisson sampling, q=%g (--clients-per-round not used)\n",
+		        cfg.sample_rate);
 
 	launch.clients = clients;
 	launch.n = o.clients;
@@ -767,6 +780,8 @@ main(int argc, char **argv)
 	        interrupted ? "interrupted\n" : "", totals.accuracy, totals.loss, totals.completed,
 	        totals.abandoned, o.rounds, now_s() - t0, totals.bytes_up, up,
 	        totals.bytes_down, down, hex);
+	if (totals.completed + totals.abandoned > 0 && !isnan(totals.epsilon))
+		fprintf(stderr, "privacy: epsilon %.4f at delta %g\n", totals.epsilon, cfg.delta);
 	if (client_failures > 0 && !interrupted)
 		log_debug("%" PRIu32 " clients were stopped before they heard DONE",
 		          client_failures);
