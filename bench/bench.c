@@ -46,7 +46,9 @@ usage(FILE *f)
 	        "          information bound, encode and decode+accumulate throughput,\n"
 	        "          dense accumulate against memcpy (shoal-bench codec --help)\n"
 	        "  accountant  Renyi-DP accountant: epsilon after N rounds, one per-step RDP\n"
-	        "          vector, sigma calibration (shoal-bench accountant --help)\n",
+	        "          vector, sigma calibration (shoal-bench accountant --help)\n"
+	        "  secagg  secure aggregation: client key sharing and masking, server unmask\n"
+	        "          with dropouts (shoal-bench secagg --help)\n",
 	        ml_model_names());
 }
 
@@ -439,6 +441,8 @@ main(int argc, char **argv)
 		return bench_codec(argc - 1, argv + 1);
 	if (strcmp(argv[1], "accountant") == 0)
 		return bench_accountant(argc - 1, argv + 1);
+	if (strcmp(argv[1], "secagg") == 0)
+		return bench_secagg(argc - 1, argv + 1);
 	fprintf(stderr, "shoal-bench: unknown subcommand '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;
