@@ -53,6 +53,7 @@ struct cli_core {
 	uint32_t *sa_x;
 	float *sa_sent;
 	uint32_t sa_phase;  /* phase of the SA request in flight */
+	bool sa_restore;    /* leaving now: the sum will not hold my input */
 	uint8_t *req;       /* encoded request of the current state */
 	size_t req_len;
 	shoal_err done_err;
@@ -93,7 +94,7 @@ set_state(cli_core *c, enum state s)
 	if (c->state != s)
 		drop_request(c);
 	if (c->state == ST_SECAGG && s != ST_SECAGG)
-		sa_end(c, s != ST_CHECKIN || c->sa_phase <= SA_PH_MASKED);
+		sa_end(c, c->sa_restore);
 	c->state = s;
 }
 
@@ -289,6 +290,13 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 			drop_request(c);
 			return;
 		}
+		if (c->sat.c.round != m->round) {
+			log_warn("client %s: secure round parameters are for round %u, the task for %u; "
+			         "skipping it", c->name, c->sat.c.round, m->round);
+			sa_task_fini(&c->sat);
+			drop_request(c);
+			return;
+		}
 		c->secure = true;
 	} else if (m->up[0] != '\0') {
 		bool none;
@@ -335,7 +343,16 @@ on_error(cli_core *c, const msg *m, uint64_t now)
 {
 	shoal_err code = m->code;
 
-	if (c->state == ST_SECAGG && code != SHOAL_EUNKNOWN && code != SHOAL_EMODEL) {
+	if (c->state == ST_SECAGG && code != SHOAL_EUNKNOWN && code != SHOAL_EMODEL &&
+	    code != SHOAL_ECAPS) {
+		/* Whether the sum will hold my input: not if the round aborted; not
+		 * if the server refused my masked input; yes if my input was
+		 * confirmed (U3) and I merely leave the later phases. A masked
+		 * input resent after its phase closed (ESTATE/EDUP) was counted. */
+		if (code == SHOAL_EABORTED)
+			c->sa_restore = true;
+		else if (c->sa_phase == SA_PH_MASKED)
+			c->sa_restore = code != SHOAL_ESTATE && code != SHOAL_EDUP;
 		if (code == SHOAL_EABORTED)
 			log_info("client %s: secure round %u aborted by the server: %s", c->name, c->round,
 			         m->text);
@@ -375,6 +392,7 @@ on_error(cli_core *c, const msg *m, uint64_t now)
 		break;
 	case SHOAL_EMODEL:
 	case SHOAL_EDIM:
+	case SHOAL_ECAPS:
 		log_error("client %s: server refused this client: %s", c->name, m->text);
 		fail(c, code);
 		return;
@@ -556,6 +574,7 @@ sa_submit(cli_core *c, uint32_t n_examples, uint64_t now)
 	shoal_err e;
 
 	c->sa_phase = 0;
+	c->sa_restore = true; /* until the input is confirmed in U3 */
 	if (c->cfg.error_feedback) {
 		if (c->residual == NULL && (c->residual = calloc(dim, sizeof *c->residual)) == NULL)
 			return SHOAL_ENOMEM;
@@ -602,6 +621,8 @@ on_sa_reply(cli_core *c, const msg *m, uint64_t now)
 	size_t len = 0;
 	shoal_err e;
 
+	if (m->phase == SA_PH_MASKED)
+		c->sa_restore = false; /* U3 lists me: my input is in the sum */
 	switch (m->phase) {
 	case SA_PH_ADVERTISE: e = sa_client_share(c->sac, m->sa, m->sa_len, &p, &len); break;
 	case SA_PH_SHARE: e = sa_client_mask(c->sac, m->sa, m->sa_len, c->sa_x, &p, &len); break;

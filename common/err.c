@@ -29,6 +29,7 @@ shoal_strerror(shoal_err err)
 	case SHOAL_EFULL: return "server full";
 	case SHOAL_EABORTED: return "secure aggregation round aborted";
 	case SHOAL_ECRYPTO: return "decryption or signature check failed";
+	case SHOAL_ECAPS: return "client lacks a required capability";
 	}
 	return "unknown error";
 }

@@ -237,8 +237,13 @@ sa_task_read(sa_task *t, const uint8_t *in, size_t len, uint32_t dim)
 			}
 			uint8_t b = *p++;
 			g |= (uint64_t)(b & 0x7f) << sh;
-			if (!(b & 0x80))
+			if (!(b & 0x80)) {
+				if (b == 0 && sh > 0) { /* not the shortest encoding */
+					sa_task_fini(t);
+					return SHOAL_EMALFORMED;
+				}
 				break;
+			}
 		}
 		uint64_t v = i == 0 ? g : prev + 1 + g;
 		if (v >= dim) {
@@ -697,10 +702,18 @@ sa_client_mask(sa_client *cl, const uint8_t *in, size_t len, const uint32_t *x, 
 		int bad = crypto_aead_xchacha20poly1305_ietf_decrypt(pt, NULL, NULL, p + 4, SA_CT_BYTES,
 		                                                     ad, sizeof ad, nonce, key);
 		sodium_memzero(key, sizeof key);
-		if (bad != 0 || get32(pt) != j || get32(pt + 4) != cl->me) {
+		sa_share chk_sk, chk_b;
+		if (bad != 0 || get32(pt) != j || get32(pt + 4) != cl->me ||
+		    sa_share_read(&chk_sk, cl->me, pt + 8) != SHOAL_OK ||
+		    sa_share_read(&chk_b, cl->me, pt + 8 + SA_SHARE_BYTES) != SHOAL_OK) {
+			/* a share out of the field would make my UNMASK message invalid */
 			sodium_memzero(pt, sizeof pt);
+			sodium_memzero(&chk_sk, sizeof chk_sk);
+			sodium_memzero(&chk_b, sizeof chk_b);
 			return client_fail(cl, SHOAL_ECRYPTO);
 		}
+		sodium_memzero(&chk_sk, sizeof chk_sk);
+		sodium_memzero(&chk_b, sizeof chk_b);
 		memcpy(ps->sk_share, pt + 8, SA_SHARE_BYTES);
 		memcpy(ps->b_share, pt + 8 + SA_SHARE_BYTES, SA_SHARE_BYTES);
 		ps->shared = true;
@@ -1258,6 +1271,16 @@ unmask(sa_server *s)
 		srv_peer *pu = &s->p[u - 1];
 		if (!pu->in_u2)
 			continue;
+		if (!pu->in_u3) {
+			/* a dropped client matters only through the pairwise masks
+			 * its neighbours in U3 added; with none, leave it be */
+			bool any = false;
+			neighbors_from(c, s->pos_of, s->node_at, u, all);
+			for (uint32_t q = 0; q < c->k && !any; q++)
+				any = s->p[all[q] - 1].in_u3;
+			if (!any)
+				continue;
+		}
 		/* holders: u itself and its neighbours, the first t that answered */
 		neighbors_from(c, s->pos_of, s->node_at, u, all);
 		all[c->k] = u;

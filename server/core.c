@@ -852,7 +852,7 @@ on_hello(srv_core *s, uint64_t req, const msg *m)
 	}
 	if (s->cfg.secagg != SRV_SECAGG_OFF && !(m->cx_caps & MSG_CX_SECAGG)) {
 		log_warn("refused HELLO from %s: it does not support secure aggregation", m->name);
-		reply_error(s, req, SHOAL_EMODEL, false,
+		reply_error(s, req, SHOAL_ECAPS, false,
 		            "this server trains with secure aggregation, which this client does not "
 		            "support: upgrade the client");
 		return;
@@ -1184,8 +1184,8 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 		if (!none && up.values == CX_VALUES_F32)
 			BAD("secure aggregation quantizes values into a ring: use --compress with ,q8 "
 			    "or ,q4 (or none for every coordinate at 8 bits)");
-		if (c->clients_per_round < 2)
-			BAD("secure aggregation needs at least 2 clients per round");
+		if (c->clients_per_round < 2 || c->clients_per_round > SA_N_MAX)
+			BAD("secure aggregation needs 2 to %u clients per round", SA_N_MAX);
 		if (c->secagg == SRV_SECAGG_PLUS && c->secagg_k % 2 != 0)
 			BAD("--secagg plus:K needs an even K (each client joins K/2 neighbours on "
 			    "each side of a ring)");

@@ -46,6 +46,13 @@ typedef struct loop_opts {
 	uint32_t identical;  /* out: TASKs after which client == server model */
 	uint32_t tasks;      /* out: TASKs received */
 	uint32_t deltas;     /* out: of which carried "dq" (held the previous version) */
+	uint32_t secagg;     /* SRV_SECAGG_* */
+	uint32_t min_clients;/* 0: NCLIENTS */
+	/* drop_count clients die when about to send their SA message of
+	 * drop_phase in round drop_round (never heard from again) */
+	uint32_t drop_round, drop_phase, drop_count;
+	uint32_t abandoned;  /* out: rounds abandoned */
+	uint32_t reported[16]; /* out: per round */
 } loop_opts;
 
 /* Run `rounds` rounds; clients are serviced in index order or reversed.
@@ -59,8 +66,11 @@ run_opts(loop_opts *lo, uint32_t rounds, float *out, size_t dim)
 	cfg.model = "logreg";
 	cfg.rounds = rounds;
 	cfg.clients_per_round = 4;
-	cfg.min_clients = NCLIENTS;
-	cfg.min_reports = 4;
+	cfg.min_clients = lo->min_clients ? lo->min_clients : NCLIENTS;
+	cfg.min_reports = lo->secagg ? 1 : 4;
+	cfg.secagg = lo->secagg;
+	cfg.secagg_phase_ms = 1000;
+	cfg.round_timeout_ms = 5000;
 	cfg.lr = 0.1f;
 	cfg.test = &W.test;
 	cfg.seed = 11;
@@ -81,7 +91,8 @@ run_opts(loop_opts *lo, uint32_t rounds, float *out, size_t dim)
 		assert_int_equal(cli_core_new(&cc, &c[i]), SHOAL_OK);
 	}
 	/* Each client has at most one request in flight: pending[i] marks it. */
-	bool pending[NCLIENTS] = {false};
+	bool pending[NCLIENTS] = {false}, dead[NCLIENTS] = {false};
+	uint32_t dropped = 0;
 	uint64_t now = 0;
 	double acc = 0;
 	int done = 0, guard = 0;
@@ -89,6 +100,10 @@ run_opts(loop_opts *lo, uint32_t rounds, float *out, size_t dim)
 		done = 0;
 		for (int k = 0; k < NCLIENTS; k++) {
 			int i = reversed ? NCLIENTS - 1 - k : k;
+			if (dead[i]) {
+				done++;
+				continue;
+			}
 			if (pending[i])
 				continue;
 			cli_step st;
@@ -112,6 +127,14 @@ run_opts(loop_opts *lo, uint32_t rounds, float *out, size_t dim)
 				                 SHOAL_OK);
 				assert_int_equal(cli_core_submit(c[i], (uint32_t)n, (float)loss, now), SHOAL_OK);
 			} else if (st.action == CLI_SEND) {
+				msg sm;
+				if (dropped < lo->drop_count && msg_decode(st.buf, st.len, &sm) > 0 &&
+				    sm.type == MSG_SA && sm.round == lo->drop_round &&
+				    sm.phase == lo->drop_phase) {
+					dead[i] = true;
+					dropped++;
+					continue;
+				}
 				pending[i] = true;
 				srv_core_on_request(s, (uint64_t)i, st.buf, st.len, now);
 			}
@@ -130,15 +153,22 @@ run_opts(loop_opts *lo, uint32_t rounds, float *out, size_t dim)
 		srv_event ev;
 		while (srv_core_pop_event(s, &ev))
 			if (ev.kind == SRV_EV_ROUND_END) {
-				assert_false(ev.stats.abandoned);
-				assert_int_equal(ev.stats.reported, 4);
-				acc = ev.stats.accuracy;
+				if (ev.stats.round < 16)
+					lo->reported[ev.stats.round] = ev.stats.reported;
+				lo->abandoned += ev.stats.abandoned;
+				if (lo->drop_count == 0) {
+					assert_false(ev.stats.abandoned);
+					assert_int_equal(ev.stats.reported, 4);
+				}
+				if (!ev.stats.abandoned)
+					acc = ev.stats.accuracy;
 			}
 		now += 10;
 	}
 	assert_int_equal(done, NCLIENTS);
 	assert_true(srv_core_finished(s));
 	memcpy(out, srv_core_params(s, NULL), dim * sizeof *out);
+	assert_int_equal(dropped, lo->drop_count);
 	for (int i = 0; i < NCLIENTS; i++)
 		cli_core_free(c[i]);
 	ml_model_free(model);
@@ -190,12 +220,65 @@ test_loop_compressed_downlink_bit_identical(void **state)
 	free(b);
 }
 
+/* Secure rounds through the real cores: the model learns, and since the
+ * unmasked sum is exact the result does not depend on message order (the
+ * clients' keys and masks are fresh randomness in every run). */
+static void
+test_loop_secure_rounds(void **state)
+{
+	size_t dim = ml_model_dim_of("logreg");
+	float *a = malloc(dim * sizeof *a), *b = malloc(dim * sizeof *b);
+	loop_opts la = {.secagg = SRV_SECAGG_FULL};
+	loop_opts lb = la;
+	lb.reversed = true;
+	double acc_a = run_opts(&la, 3, a, dim);
+	double acc_b = run_opts(&lb, 3, b, dim);
+	assert_true(acc_a >= 0.85);
+	assert_true(acc_a == acc_b);
+	assert_memory_equal(a, b, dim * sizeof *a);
+	assert_int_equal(la.tasks, 3 * 4);
+	assert_int_equal(la.identical, la.tasks);
+	free(a);
+	free(b);
+}
+
+/* A client that dies after sharing its keys (phase 3 never sent): the
+ * phase deadline closes the phase, its masks are reconstructed, and the
+ * round completes with the other three. Three of four dying before the
+ * masked input leaves fewer than t: the round is abandoned, and later
+ * rounds go on with the survivors. */
+static void
+test_loop_secure_dropouts(void **state)
+{
+	size_t dim = ml_model_dim_of("logreg");
+	float *a = malloc(dim * sizeof *a);
+	loop_opts lo = {.secagg = SRV_SECAGG_FULL, .min_clients = 4, .drop_round = 2,
+	                .drop_phase = 3, .drop_count = 1};
+	double acc = run_opts(&lo, 3, a, dim);
+	assert_int_equal(lo.abandoned, 0);
+	assert_int_equal(lo.reported[1], 4);
+	assert_int_equal(lo.reported[2], 3);
+	assert_int_equal(lo.reported[3], 4);
+	assert_true(acc >= 0.8);
+
+	loop_opts lz = {.secagg = SRV_SECAGG_FULL, .min_clients = 3, .drop_round = 2,
+	                .drop_phase = 3, .drop_count = 3};
+	run_opts(&lz, 3, a, dim);
+	assert_int_equal(lz.abandoned, 1);
+	assert_true(lz.reported[1] >= 3);
+	assert_int_equal(lz.reported[2], 0);
+	assert_int_equal(lz.reported[3], 3); /* the three survivors */
+	free(a);
+}
+
 int
 main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_loop_trains_and_is_order_independent),
 		cmocka_unit_test(test_loop_compressed_downlink_bit_identical),
+		cmocka_unit_test(test_loop_secure_rounds),
+		cmocka_unit_test(test_loop_secure_dropouts),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);

@@ -40,6 +40,8 @@ enum {
 	                           t clients left, or a secret could not be
 	                           reconstructed */
 	SHOAL_ECRYPTO = -23,    /* decryption or signature check failed */
+	SHOAL_ECAPS = -24,      /* the client lacks a capability the server
+	                           requires (e.g. secure aggregation) */
 };
 
 /* A short, static, human-readable name for err; never NULL. */
