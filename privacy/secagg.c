@@ -22,6 +22,7 @@
 
 #include <sodium.h>
 
+#include "privacy/noise.h"
 #include "privacy/prg.h"
 #include "privacy/ring.h"
 #include "privacy/shamir.h"
@@ -81,7 +82,7 @@ agree(uint8_t out[SA_KEY_BYTES], const uint8_t sk[SA_KEY_BYTES], const uint8_t p
 /* ---- configuration ---------------------------------------------------------- */
 
 /* Layout (SA_CONFIG_BYTES = 57): n, k, t, m, d, round (u32 each), session
- * (32), flags (u8: bit 0 = signed keys). */
+ * (32), flags (u8: bit 0 = signed keys, bit 1 = distributed DP). */
 void
 sa_config_write(const sa_config *c, uint8_t out[SA_CONFIG_BYTES])
 {
@@ -92,7 +93,7 @@ sa_config_write(const sa_config *c, uint8_t out[SA_CONFIG_BYTES])
 	put32(out + 16, c->d);
 	put32(out + 20, c->round);
 	memcpy(out + 24, c->session, SA_KEY_BYTES);
-	out[56] = c->signed_keys ? 1 : 0;
+	out[56] = (uint8_t)((c->signed_keys ? 1 : 0) | (c->ddp ? 2 : 0));
 }
 
 shoal_err
@@ -111,7 +112,7 @@ sa_config_read(sa_config *c, const uint8_t *in, size_t len)
 {
 	if (len < SA_CONFIG_BYTES)
 		return SHOAL_ETRUNC;
-	if (len > SA_CONFIG_BYTES || in[56] > 1)
+	if (len > SA_CONFIG_BYTES || in[56] > 3)
 		return SHOAL_EMALFORMED;
 	c->n = get32(in);
 	c->k = get32(in + 4);
@@ -120,7 +121,8 @@ sa_config_read(sa_config *c, const uint8_t *in, size_t len)
 	c->d = get32(in + 16);
 	c->round = get32(in + 20);
 	memcpy(c->session, in + 24, SA_KEY_BYTES);
-	c->signed_keys = in[56] != 0;
+	c->signed_keys = (in[56] & 1) != 0;
+	c->ddp = (in[56] & 2) != 0;
 	return sa_config_check(c) == SHOAL_OK ? SHOAL_OK : SHOAL_EMALFORMED;
 }
 
@@ -159,14 +161,30 @@ sa_ring_bits(uint32_t n, uint32_t wmax, uint32_t levels, uint32_t *m)
 size_t
 sa_task_size_max(uint32_t n_idx)
 {
-	return TASK_FIXED + 5 * (size_t)n_idx;
+	return TASK_FIXED + SA_TASK_DDP_BYTES + 5 * (size_t)n_idx;
+}
+
+/* The masked elements for n_idx values: one each, or (distributed DP) the
+ * rotated, padded coordinates; then the weight. 0 if too many. */
+static uint64_t
+task_d(const sa_task *t)
+{
+	return (uint64_t)(t->c.ddp ? dp_rht_dim(t->n_idx) : t->n_idx) + 1;
+}
+
+static bool
+task_ddp_ok(const sa_task *t)
+{
+	return t->levels == 1 && t->wmax == 1 && t->n_idx >= 1 && t->clip > 0 &&
+	       t->clip < 1e30f && t->l2max2 >= 1 &&
+	       dp_discrete_gaussian_check(t->s2_num, t->s2_den) == SHOAL_OK;
 }
 
 long
 sa_task_write(const sa_task *t, uint8_t *out, size_t cap)
 {
-	if (sa_config_check(&t->c) != SHOAL_OK || t->n_idx + 1 != t->c.d ||
-	    cap < sa_task_size_max(t->n_idx))
+	if (sa_config_check(&t->c) != SHOAL_OK || task_d(t) != t->c.d ||
+	    cap < sa_task_size_max(t->n_idx) || (t->c.ddp && !task_ddp_ok(t)))
 		return SHOAL_EINVAL;
 	uint32_t sb;
 	memcpy(&sb, &t->scale, 4);
@@ -179,6 +197,17 @@ sa_task_write(const sa_task *t, uint8_t *out, size_t cap)
 	put32(p + 16, t->wmax);
 	put32(p + 20, t->n_idx);
 	p += 24;
+	if (t->c.ddp) {
+		uint32_t cb;
+		memcpy(&cb, &t->clip, 4);
+		put32(p, cb);
+		put32(p + 4, (uint32_t)t->s2_num);
+		put32(p + 8, (uint32_t)(t->s2_num >> 32));
+		put32(p + 12, t->s2_den);
+		put32(p + 16, (uint32_t)t->l2max2);
+		put32(p + 20, (uint32_t)(t->l2max2 >> 32));
+		p += SA_TASK_DDP_BYTES;
+	}
 	for (uint32_t i = 0; i < t->n_idx; i++) {
 		uint32_t g = i == 0 ? t->idx[0] : t->idx[i] - t->idx[i - 1] - 1;
 		if (i > 0 && t->idx[i] <= t->idx[i - 1])
@@ -218,9 +247,21 @@ sa_task_read(sa_task *t, const uint8_t *in, size_t len, uint32_t dim)
 	t->n_idx = get32(p + 20);
 	p += 24;
 	if (t->me < 1 || t->me > t->c.n || !(t->scale > 0) || !(t->scale < 1e30f) ||
-	    t->levels < 1 || t->levels > 32767 || t->wmax < 1 || t->n_idx + 1 != t->c.d ||
-	    t->n_idx > dim)
+	    t->levels < 1 || t->levels > 32767 || t->wmax < 1 || t->n_idx > dim ||
+	    task_d(t) != t->c.d)
 		return SHOAL_EMALFORMED;
+	if (t->c.ddp) {
+		if ((size_t)(end - p) < SA_TASK_DDP_BYTES)
+			return SHOAL_ETRUNC;
+		uint32_t cb = get32(p);
+		memcpy(&t->clip, &cb, 4);
+		t->s2_num = get32(p + 4) | (uint64_t)get32(p + 8) << 32;
+		t->s2_den = get32(p + 12);
+		t->l2max2 = get32(p + 16) | (uint64_t)get32(p + 20) << 32;
+		p += SA_TASK_DDP_BYTES;
+		if (!task_ddp_ok(t))
+			return SHOAL_EMALFORMED;
+	}
 	if ((t->idx = malloc(((size_t)t->n_idx + 1) * sizeof *t->idx)) == NULL)
 		return SHOAL_ENOMEM;
 	uint64_t prev = 0;
@@ -1172,6 +1213,23 @@ mask_worker(void *arg)
 	return NULL;
 }
 
+/* Runs fn on jobs[0..t) (each `size` bytes): job 0, and any whose thread
+ * failed to start, on the caller's thread. */
+static void
+run_workers(void *(*fn)(void *), void *jobs, size_t size, unsigned t)
+{
+	pthread_t th[t];
+	bool started[t];
+	for (unsigned w = 0; w < t; w++)
+		started[w] = w > 0 && pthread_create(&th[w], NULL, fn, (char *)jobs + w * size) == 0;
+	for (unsigned w = 0; w < t; w++)
+		if (!started[w])
+			fn((char *)jobs + w * size);
+	for (unsigned w = 1; w < t; w++)
+		if (started[w])
+			pthread_join(th[w], NULL);
+}
+
 static void
 remove_masks(sa_server *s, const uint8_t (*seeds)[SA_KEY_BYTES], const int8_t *signs, size_t n)
 {
@@ -1179,8 +1237,6 @@ remove_masks(sa_server *s, const uint8_t (*seeds)[SA_KEY_BYTES], const int8_t *s
 	if ((size_t)t > s->c.d / 4096 + 1)
 		t = (unsigned)(s->c.d / 4096 + 1);
 	mask_job jobs[t];
-	pthread_t th[t];
-	bool started[t];
 	for (unsigned w = 0; w < t; w++) {
 		/* ranges aligned to 64 elements so no two share a keystream block
 		 * boundary in a way that matters for speed (not correctness) */
@@ -1188,14 +1244,54 @@ remove_masks(sa_server *s, const uint8_t (*seeds)[SA_KEY_BYTES], const int8_t *s
 		if (w + 1 == t)
 			hi = s->c.d;
 		jobs[w] = (mask_job){.s = s, .seeds = seeds, .signs = signs, .n_masks = n, .lo = lo, .hi = hi};
-		started[w] = w > 0 && pthread_create(&th[w], NULL, mask_worker, &jobs[w]) == 0;
 	}
+	run_workers(mask_worker, jobs, sizeof jobs[0], t);
+}
+
+/* A pairwise mask seed to recompute: KDF(X25519(dropped u's reconstructed
+ * mask secret key, surviving neighbour v's mask public key)). */
+typedef struct pair_seed {
+	const uint8_t *sk, *pk;
+	uint8_t *out;
+} pair_seed;
+
+/* Agreements are independent: worker w takes pairs w, w + t, ... */
+typedef struct agree_job {
+	const uint8_t *session;
+	const pair_seed *pairs;
+	size_t n, first, step;
+	bool failed;
+} agree_job;
+
+static void *
+agree_worker(void *arg)
+{
+	agree_job *j = arg;
+	for (size_t q = j->first; q < j->n; q += j->step)
+		if (agree(j->pairs[q].out, j->pairs[q].sk, j->pairs[q].pk, "shoal-sa-mask", j->session) !=
+		    SHOAL_OK)
+			j->failed = true;
+	return NULL;
+}
+
+/* Every pairwise seed, on the unmask workers. SHOAL_EABORTED if a public
+ * key was of low order. */
+static shoal_err
+agree_all(sa_server *s, const pair_seed *pairs, size_t n)
+{
+	unsigned t = s->threads;
+	if ((size_t)t > n)
+		t = (unsigned)n;
+	if (t == 0)
+		return SHOAL_OK;
+	agree_job jobs[t];
 	for (unsigned w = 0; w < t; w++)
-		if (!started[w])
-			mask_worker(&jobs[w]); /* the caller's thread, or a failed spawn */
-	for (unsigned w = 1; w < t; w++)
-		if (started[w])
-			pthread_join(th[w], NULL);
+		jobs[w] = (agree_job){.session = s->c.session, .pairs = pairs, .n = n, .first = w, .step = t};
+	run_workers(agree_worker, jobs, sizeof jobs[0], t);
+	for (unsigned w = 0; w < t; w++)
+		if (jobs[w].failed)
+			return SHOAL_EABORTED;
+	return SHOAL_OK;
 }
 
 static const sa_lagrange *
@@ -1259,11 +1355,16 @@ unmask(sa_server *s)
 	uint8_t *secret = sodium_malloc(SA_SECRET_BYTES);
 	/* masks to remove: one per U3 member plus one per (dropped, survivor)
 	 * neighbour pair */
-	size_t cap = n2 + (size_t)(n2 - s->n_u3) * c->k, nm = 0;
-	uint8_t(*seeds)[SA_KEY_BYTES] = sodium_malloc((cap ? cap : 1) * SA_KEY_BYTES);
+	size_t cap = n2 + (size_t)(n2 - s->n_u3) * c->k, nm = 0, np = 0, nd = 0;
+	uint8_t(*seeds)[SA_KEY_BYTES] = sodium_malloc((cap + n2 - s->n_u3 + 1) * SA_KEY_BYTES);
 	int8_t *signs = malloc(cap ? cap : 1);
+	/* the agreements that turn dropped clients' mask secret keys into
+	 * pairwise seeds, run on the workers once all keys are known; the keys
+	 * live after the seeds, in the same guarded block */
+	uint8_t(*sks)[SA_KEY_BYTES] = seeds != NULL ? seeds + cap : NULL;
+	pair_seed *pairs = malloc((cap ? cap : 1) * sizeof *pairs);
 	if (all == NULL || holders == NULL || ys == NULL || secret == NULL || seeds == NULL ||
-	    signs == NULL) {
+	    signs == NULL || pairs == NULL) {
 		e = SHOAL_ENOMEM;
 		goto done;
 	}
@@ -1318,19 +1419,19 @@ unmask(sa_server *s)
 		}
 		/* u dropped after sharing: recompute the pairwise masks its
 		 * surviving neighbours added. */
+		memcpy(sks[nd], secret, SA_KEY_BYTES);
 		neighbors_from(c, s->pos_of, s->node_at, u, all);
 		for (uint32_t q = 0; q < c->k; q++) {
 			uint32_t v = all[q];
 			if (!s->p[v - 1].in_u3)
 				continue;
-			if ((e = agree(seeds[nm], secret, s->p[v - 1].spk, "shoal-sa-mask", c->session)) !=
-			    SHOAL_OK) {
-				e = SHOAL_EABORTED;
-				break;
-			}
+			pairs[np++] = (pair_seed){.sk = sks[nd], .pk = s->p[v - 1].spk, .out = seeds[nm]};
 			signs[nm++] = v < u ? -1 : +1; /* v added +PRG if v < u */
 		}
+		nd++;
 	}
+	if (e == SHOAL_OK)
+		e = agree_all(s, pairs, np);
 	if (e == SHOAL_OK)
 		remove_masks(s, (const uint8_t(*)[SA_KEY_BYTES])seeds, signs, nm);
 done:
@@ -1343,6 +1444,7 @@ done:
 	if (seeds != NULL)
 		sodium_free(seeds);
 	free(signs);
+	free(pairs);
 	return e;
 }
 
