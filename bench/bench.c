@@ -5,7 +5,6 @@
  * and "train_vs_peak" (train GFLOP/s over the one-thread sgemm peak measured
  * in the same run, unit "fraction"); "gemm" measures sgemm alone.
  * Timings are the median of several repetitions; tests never time things. */
-#include <cblas.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -15,6 +14,7 @@
 
 #include "common/log.h"
 #include "bench/bench.h"
+#include "ml/gemm.h"
 #include "ml/ml.h"
 
 static void
@@ -33,13 +33,13 @@ usage(FILE *f)
 	        "          one-thread sgemm peak and train GFLOP/s as a fraction of it\n"
 	        "    --model NAME     %s (default 2nn)\n"
 	        "    --batch B        minibatch size (default 10)\n"
-	        "    --threads T      OpenBLAS threads (default 1)\n"
+	        "    --threads T      OpenBLAS threads (default 1; SHOAL_BLAS=OFF: 1)\n"
 	        "    --steps N        SGD steps per repetition (default 2000; cnn 200)\n"
 	        "    --reps R         repetitions, median reported (default 5)\n"
 	        "    --data-dir DIR   MNIST IDX folder (default data)\n"
 	        "  gemm    cblas_sgemm GFLOP/s: square sizes, the CNN's shapes at B=10, and\n"
 	        "          the peak (best square size)\n"
-	        "    --threads T      OpenBLAS threads (default 1)\n"
+	        "    --threads T      OpenBLAS threads (default 1; SHOAL_BLAS=OFF: 1)\n"
 	        "    --size N ...     square sizes (repeatable; default 256 512 1024)\n"
 	        "    --reps R         repetitions, median reported (default 5)\n"
 	        "  codec   update codec: bytes per parameter, index bits against the\n"
@@ -136,9 +136,7 @@ sgemm_gflops(int ta, int tb, int M, int N, int K, long reps)
 		long calls = 0;
 
 		do {
-			cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-			            tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, a, ta ? M : K, b,
-			            tb ? K : N, 0.0f, c, N);
+			ml_sgemm(ta, tb, M, N, K, 1.0f, a, ta ? M : K, b, tb ? K : N, 0.0f, c, N);
 			calls++;
 			t = bench_now_s() - t0;
 		} while (t < 0.05);
@@ -275,7 +273,7 @@ bench_gemm(int argc, char **argv)
 	if (n_sizes == 0)
 		for (size_t i = 0; i < sizeof default_sizes / sizeof default_sizes[0]; i++)
 			sizes[n_sizes++] = default_sizes[i];
-	openblas_set_num_threads((int)threads);
+	ml_gemm_set_threads((int)threads);
 	peak = sgemm_peak(sizes, n_sizes, reps, 1, threads);
 	for (size_t i = 0; i < sizeof cnn / sizeof cnn[0]; i++) {
 		double g = sgemm_gflops(cnn[i].ta, cnn[i].tb, cnn[i].m, cnn[i].n, cnn[i].k, reps);
@@ -354,7 +352,7 @@ bench_train(int argc, char **argv)
 		        ml_model_names());
 		return 2;
 	}
-	openblas_set_num_threads((int)threads);
+	ml_gemm_set_threads((int)threads);
 	if (ml_mnist_load(dir, "train", &ds) != SHOAL_OK)
 		return 1;
 	/* One epoch over steps*batch indices (cycling through MNIST) is steps
@@ -390,16 +388,17 @@ bench_train(int argc, char **argv)
 	med = bench_median(rate, reps);
 	gflops = med * train_flops(model) / 1e9;
 	/* The yardstick, in the same run: one-thread sgemm at its best. */
-	openblas_set_num_threads(1);
+	ml_gemm_set_threads(1);
 	peak = sgemm_peak(default_sizes, sizeof default_sizes / sizeof default_sizes[0], reps, 0, 1);
-	params_json = json_pack("{s:s, s:i, s:i}", "model", model, "batch", (json_int_t)batch,
-	                        "threads", (json_int_t)threads);
+	params_json = json_pack("{s:s, s:i, s:i, s:s}", "model", model, "batch", (json_int_t)batch,
+	                        "threads", (json_int_t)threads, "gemm", ml_gemm_backend());
 	if (params_json == NULL)
 		goto done;
 	bench_emit("train", params_json, med, "samples/s");
 	bench_emit("train", params_json, gflops, "GFLOP/s");
 	json_decref(params_json);
-	params_json = json_pack("{s:i, s:s}", "threads", (json_int_t)1, "of", "best square size");
+	params_json = json_pack("{s:i, s:s, s:s}", "threads", (json_int_t)1, "of",
+	                        "best square size", "gemm", ml_gemm_backend());
 	bench_emit("gemm_peak", params_json, peak, "GFLOP/s");
 	json_decref(params_json);
 	params_json = json_pack("{s:s, s:i, s:i, s:i, s:f, s:f}", "model", model, "batch",
@@ -408,9 +407,10 @@ bench_train(int argc, char **argv)
 	if (params_json == NULL)
 		goto done;
 	bench_emit("train_vs_peak", params_json, peak > 0.0 ? gflops / peak : 0.0, "fraction");
-	fprintf(stderr, "train %s B=%ld T=%ld: %.0f samples/s, %.1f GFLOP/s = %.1f%% of the "
-	        "one-thread sgemm peak %.1f GFLOP/s\n",
-	        model, batch, threads, med, gflops, peak > 0.0 ? 100.0 * gflops / peak : 0.0, peak);
+	fprintf(stderr, "train %s B=%ld T=%ld (%s gemm): %.0f samples/s, %.1f GFLOP/s = %.1f%% of "
+	        "the one-thread sgemm peak %.1f GFLOP/s\n",
+	        model, batch, threads, ml_gemm_backend(), med, gflops,
+	        peak > 0.0 ? 100.0 * gflops / peak : 0.0, peak);
 	json_decref(params_json);
 	rc = 0;
 done:

@@ -1,7 +1,7 @@
 /* cnn.c - "cnn", the MNIST CNN of McMahan et al. 2017, on one flat
  * parameter buffer: conv 5x5x32 (pad 2) + ReLU + maxpool 2x2 -> conv 5x5x64
  * (pad 2) + ReLU + maxpool 2x2 -> fc 3136x512 + ReLU -> fc 512x10 ->
- * softmax, 1,663,370 parameters. Convolutions are im2col + one cblas_sgemm
+ * softmax, 1,663,370 parameters. Convolutions are im2col + one ml_sgemm
  * per layer per pass over the whole (chunk of the) minibatch.
  *
  * Activations are NHWC: one row per (image, y, x), channels contiguous. So
@@ -25,7 +25,7 @@
  * same parameters. */
 #include "ml/model_impl.h"
 
-#include <cblas.h>
+#include "ml/gemm.h"
 #include <math.h>
 #include <string.h>
 
@@ -321,8 +321,7 @@ dense_fwd(const float *in, size_t n, int fi, int fo, const float *w, const float
 {
 	for (size_t i = 0; i < n; i++)
 		memcpy(out + i * (size_t)fo, b, (size_t)fo * sizeof *out);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, fo, fi, 1.0f, in, fi, w, fo,
-	            1.0f, out, fo);
+	ml_sgemm(false, false, (int)n, fo, fi, 1.0f, in, fi, w, fo, 1.0f, out, fo);
 	if (relu)
 		for (size_t i = 0; i < n * (size_t)fo; i++)
 			out[i] = out[i] > 0.0f ? out[i] : 0.0f;
@@ -333,8 +332,7 @@ static void
 dense_grad(const float *in, const float *d, size_t n, int fi, int fo, float *gw, float *gb,
            float alpha)
 {
-	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, fi, fo, (int)n, alpha, in, fi, d, fo,
-	            1.0f, gw, fo);
+	ml_sgemm(true, false, fi, fo, (int)n, alpha, in, fi, d, fo, 1.0f, gw, fo);
 	for (size_t i = 0; i < n; i++)
 		for (int j = 0; j < fo; j++)
 			gb[j] += alpha * d[i * (size_t)fo + (size_t)j];
@@ -346,13 +344,13 @@ forward_chunk(const cnn_bufs *b, const float *p, const float *x, size_t n, float
 {
 	im2col1(x, n, b->col1);
 	/* a1 (n*784 x 32) = col1 (n*784 x 25) . conv1.w (25 x 32) */
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(n * IMG * IMG), C1, K1, 1.0f,
-	            b->col1, K1, p + O_C1W, C1, 0.0f, b->a1, C1);
+	ml_sgemm(false, false, (int)(n * IMG * IMG), C1, K1, 1.0f, b->col1, K1, p + O_C1W, C1, 0.0f,
+	         b->a1, C1);
 	pool_fwd(b->a1, n, IMG, C1, p + O_C1B, b->p1, b->i1);
 	im2col2(b->p1, n, b->col2);
 	/* a2 (n*196 x 64) = col2 (n*196 x 800) . conv2.w (800 x 64) */
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(n * P1 * P1), C2, K2, 1.0f,
-	            b->col2, K2, p + O_C2W, C2, 0.0f, b->a2, C2);
+	ml_sgemm(false, false, (int)(n * P1 * P1), C2, K2, 1.0f, b->col2, K2, p + O_C2W, C2, 0.0f,
+	         b->a2, C2);
 	pool_fwd(b->a2, n, P1, C2, p + O_C2B, b->p2, b->i2);
 	dense_fwd(b->p2, n, F1_IN, F1_OUT, p + O_F1W, p + O_F1B, b->h, 1);
 	dense_fwd(b->h, n, F1_OUT, ML_CLASSES, p + O_F2W, p + O_F2B, logits, 0);
@@ -370,14 +368,14 @@ backward_chunk(const cnn_bufs *b, const float *p, const float *dlogits, size_t n
 	int i;
 
 	/* fc2: dh = dlogits . fc2.w^T through the ReLU, then its gradient. */
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, F1_OUT, ML_CLASSES, 1.0f,
-	            dlogits, ML_CLASSES, p + O_F2W, ML_CLASSES, 0.0f, b->dh, F1_OUT);
+	ml_sgemm(false, true, (int)n, F1_OUT, ML_CLASSES, 1.0f, dlogits, ML_CLASSES, p + O_F2W,
+	         ML_CLASSES, 0.0f, b->dh, F1_OUT);
 	for (i = 0; i < (int)n * F1_OUT; i++)
 		b->dh[i] = b->h[i] > 0.0f ? b->dh[i] : 0.0f;
 	dense_grad(b->h, dlogits, n, F1_OUT, ML_CLASSES, gw + O_F2W, gw + O_F2B, alpha);
 	/* fc1: dp2 = dh . fc1.w^T, then its gradient. */
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, F1_IN, F1_OUT, 1.0f, b->dh,
-	            F1_OUT, p + O_F1W, F1_OUT, 0.0f, b->dp2, F1_IN);
+	ml_sgemm(false, true, (int)n, F1_IN, F1_OUT, 1.0f, b->dh, F1_OUT, p + O_F1W, F1_OUT, 0.0f,
+	         b->dp2, F1_IN);
 	dense_grad(b->p2, b->dh, n, F1_IN, F1_OUT, gw + O_F1W, gw + O_F1B, alpha);
 	/* pool2 + ReLU: dA2 into a2's space. */
 	pool_bwd(b->dp2, b->p2, b->i2, n, P1, C2, b->a2, gw + O_C2B, alpha);
@@ -387,17 +385,17 @@ backward_chunk(const cnn_bufs *b, const float *p, const float *dlogits, size_t n
 		memcpy(b->w2, w2, (size_t)K2 * C2 * sizeof *b->w2);
 		w2 = b->w2;
 	}
-	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K2, C2, (int)(n * P1 * P1), alpha,
-	            b->col2, K2, b->a2, C2, 1.0f, gw + O_C2W, C2);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(n * P1 * P1), K2, C2, 1.0f,
-	            b->a2, C2, w2, C2, 0.0f, b->col2, K2);
+	ml_sgemm(true, false, K2, C2, (int)(n * P1 * P1), alpha, b->col2, K2, b->a2, C2, 1.0f,
+	         gw + O_C2W, C2);
+	ml_sgemm(false, true, (int)(n * P1 * P1), K2, C2, 1.0f, b->a2, C2, w2, C2, 0.0f, b->col2,
+	         K2);
 	col2im2(b->col2, n, b->dp1);
 	/* pool1 + ReLU: dA1 into a1's space. */
 	pool_bwd(b->dp1, b->p1, b->i1, n, IMG, C1, b->a1, gw + O_C1B, alpha);
 	/* conv1: gW1 (25 x 32) += alpha * col1^T . dA1; the input needs no
 	 * gradient, so no dcol1 and no col2im. */
-	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K1, C1, (int)(n * IMG * IMG), alpha,
-	            b->col1, K1, b->a1, C1, 1.0f, gw + O_C1W, C1);
+	ml_sgemm(true, false, K1, C1, (int)(n * IMG * IMG), alpha, b->col1, K1, b->a1, C1, 1.0f,
+	         gw + O_C1W, C1);
 }
 
 static void

@@ -116,7 +116,7 @@ void ml_model_init(const ml_model *m, float *params, uint64_t seed);
 
 /* Mean softmax cross-entropy over the n (<= max_batch) examples x (n x 784)
  * with labels y; writes the gradient of that mean into grad (dim floats,
- * overwritten). Returns the loss. Dense layers use CBLAS sgemm. */
+ * overwritten). Returns the loss. Dense layers use ml_sgemm (gemm.h). */
 float ml_model_loss_grad(ml_model *m, const float *params, const float *x,
                          const uint8_t *y, size_t n, float *grad);
 

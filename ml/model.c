@@ -1,5 +1,5 @@
 /* model.c - built-in models on one flat parameter buffer, their
- * forward/backward passes (dense layers through CBLAS sgemm), evaluation and
+ * forward/backward passes (dense layers through ml_sgemm, gemm.h), evaluation and
  * minibatch SGD: the hot loop of local training and of the simulator.
  *
  * Each model is an ops table (model_impl.h) registered in models[]; the
@@ -12,7 +12,7 @@
  * Hidden layers use ReLU; the output is softmax cross-entropy. */
 #include "ml/model_impl.h"
 
-#include <cblas.h>
+#include "ml/gemm.h"
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -137,9 +137,8 @@ mlp_forward(ml_model *m, const float *p, const float *x, size_t n)
 		for (size_t i = 0; i < n; i++)
 			memcpy(out + i * fo, b, fo * sizeof *out);
 		if (hi > lo)
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)fo,
-			            (int)(hi - lo), 1.0f, in + lo, (int)fi, w + lo * fo, (int)fo, 1.0f,
-			            out, (int)fo);
+			ml_sgemm(false, false, (int)n, (int)fo, (int)(hi - lo), 1.0f, in + lo,
+			         (int)fi, w + lo * fo, (int)fo, 1.0f, out, (int)fo);
 		if (!last) {
 			for (size_t i = 0; i < n * fo; i++)
 				out[i] = out[i] > 0.0f ? out[i] : 0.0f;
@@ -180,8 +179,8 @@ mlp_backward(ml_model *m, const float *p, const float *x, size_t n, float *gw, f
 			/* din (n x fi) = delta (n x fo) . w^T, through the ReLU
 			 * whose output is in. Before gW: gw may alias p. */
 			din = dbuf[l & 1];
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)fi, (int)fo,
-			            1.0f, delta, (int)fo, w, (int)fo, 0.0f, din, (int)fi);
+			ml_sgemm(false, true, (int)n, (int)fi, (int)fo, 1.0f, delta, (int)fo, w,
+			         (int)fo, 0.0f, din, (int)fi);
 			for (size_t i = 0; i < n * fi; i++)
 				din[i] = in[i] > 0.0f ? din[i] : 0.0f;
 		}
@@ -192,9 +191,8 @@ mlp_backward(ml_model *m, const float *p, const float *x, size_t n, float *gw, f
 			hi = m->in_hi;
 		}
 		if (hi > lo)
-			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), (int)fo,
-			            (int)n, alpha, in + lo, (int)fi, delta, (int)fo, 1.0f, gW + lo * fo,
-			            (int)fo);
+			ml_sgemm(true, false, (int)(hi - lo), (int)fo, (int)n, alpha, in + lo,
+			         (int)fi, delta, (int)fo, 1.0f, gW + lo * fo, (int)fo);
 		for (size_t i = 0; i < n; i++)
 			for (size_t j = 0; j < fo; j++)
 				gb[j] += alpha * delta[i * fo + j];
@@ -487,5 +485,5 @@ ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *i
 void
 ml_set_blas_threads(int n)
 {
-	openblas_set_num_threads(n > 0 ? n : 1);
+	ml_gemm_set_threads(n);
 }

@@ -2,7 +2,6 @@
  * nng inproc:// with the deployment drivers (srv_serve, shoal_client_run),
  * training the built-in models on a partition of MNIST. Results depend only
  * on --seed (and the other flags), never on --threads or timing. */
-#include <cblas.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -625,7 +624,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	/* Parallelism is across clients; a threaded BLAS would oversubscribe. */
-	openblas_set_num_threads(1);
+	ml_set_blas_threads(1);
 
 	cli_stop_on_signals(on_signal); /* a second Ctrl-C kills at once */
 
