@@ -13,9 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "privacy/ddg.h"
 #include "privacy/noise.h"
 #include "privacy/rng.h"
 #include "privacy/secagg.h"
@@ -40,6 +43,7 @@ struct cli_core {
 	cx_config up;
 	float *residual;    /* error feedback, dim; allocated on first use */
 	rng noise;          /* stochastic rounding and rand-k */
+	rng dpnoise;        /* distributed DP: rounding and noise (secret) */
 	uint32_t round, epochs, batch, deadline;
 	float lr, momentum, weight_decay, prox_mu;
 	float clip;         /* DP: L2 bound of what is sent (TASK "clip"), 0: none */
@@ -168,6 +172,14 @@ cli_core_new(const cli_config *cfg, cli_core **out)
 		h = (h ^ (uint8_t)c->name[i]) * 1099511628211ull;
 	rng_init(&c->jitter, cfg->seed, h);
 	rng_init(&c->noise, cfg->seed, h ^ 0x636f646563ull); /* "codec" stream */
+	rng_init(&c->dpnoise, cfg->seed, h ^ 0x64706e6f697365ull); /* "dpnoise" */
+	if (!cfg->dp_noise_from_seed) {
+		if (sodium_init() < 0) {
+			cli_core_free(c);
+			return SHOAL_ENOMEM;
+		}
+		randombytes_buf(c->dpnoise.key, sizeof c->dpnoise.key);
+	}
 	c->state = ST_HELLO;
 	*out = c;
 	return SHOAL_OK;
@@ -182,6 +194,7 @@ cli_core_free(cli_core *c)
 	sa_end(c, false);
 	rng_fini(&c->jitter);
 	rng_fini(&c->noise);
+	rng_fini(&c->dpnoise);
 	free(c->residual);
 	free(c->global);
 	free(c->work);
@@ -561,6 +574,50 @@ sa_send(cli_core *c, uint32_t ph, uint8_t *p, size_t len, uint64_t now)
 	return SHOAL_OK;
 }
 
+/* Distributed DP (TASK "sa" flags bit 1, PROTOCOL.md section 14.2): the
+ * values on the shared index set are clipped to the task's L2 bound, so
+ * the sensitivity the accountant charges holds for exactly what is sent
+ * (the delta was clipped to the same bound before the residual was added);
+ * privacy/ddg.h rotates, rounds and adds this client's share of the noise.
+ * The weight is 1. The residual keeps the coordinates outside the set;
+ * what the clip cut off is dropped, as in central DP, and the rounding
+ * error is not fed back (it is unbiased and far below the noise). */
+static shoal_err
+sa_encode_ddp(cli_core *c)
+{
+	const sa_task *t = &c->sat;
+	const float *x = c->work;
+	float *v = c->sa_sent, *scratch;
+	uint8_t seed[DP_DDG_SEED_BYTES];
+	dp_ddg_enc p = {.n_idx = t->n_idx, .dim = t->c.d - 1, .clip = t->clip, .gamma = t->scale,
+	                .l2max2 = t->l2max2, .s2_num = t->s2_num, .s2_den = t->s2_den};
+	shoal_err e;
+
+	for (uint32_t q = 0; q < t->n_idx; q++)
+		v[q] = x[t->idx[q]];
+	e = SHOAL_ENONFINITE;
+	if (!isnan(dp_clip_l2(v, t->n_idx, t->clip))) {
+		e = SHOAL_ENOMEM;
+		if ((scratch = malloc((size_t)p.dim * sizeof *scratch)) != NULL) {
+			dp_ddg_rotation_seed(t->c.session, seed);
+			e = dp_ddg_encode(&p, v, seed, t->c.m, &c->dpnoise, scratch, c->sa_x);
+			free(scratch);
+		}
+	}
+	if (e != SHOAL_OK) {
+		/* The residual is untouched: leaving restores nothing. */
+		memset(v, 0, (size_t)t->n_idx * sizeof *v);
+		return e;
+	}
+	c->sa_x[p.dim] = 1;
+	if (c->cfg.error_feedback) {
+		memcpy(c->residual, x, (size_t)c->cfg.dim * sizeof *x);
+		for (uint32_t q = 0; q < t->n_idx; q++)
+			c->residual[t->idx[q]] = 0;
+	}
+	return SHOAL_OK;
+}
+
 /* The secure path of cli_core_submit: x = delta + residual; each shared
  * coordinate is clipped to [-scale, scale] and stochastically rounded to
  * levels steps; the rest stays in the residual. The ring input is
@@ -584,6 +641,11 @@ sa_submit(cli_core *c, uint32_t n_examples, uint64_t now)
 	if ((c->sa_x = malloc((size_t)t->c.d * sizeof *c->sa_x)) == NULL ||
 	    (c->sa_sent = malloc(((size_t)t->n_idx + 1) * sizeof *c->sa_sent)) == NULL)
 		return SHOAL_ENOMEM;
+	if (t->c.ddp) {
+		if ((e = sa_encode_ddp(c)) != SHOAL_OK)
+			return e;
+		goto advertise;
+	}
 	uint32_t mask = t->c.m == 32 ? 0xffffffffu : (1u << t->c.m) - 1;
 	int64_t w = n_examples < t->wmax ? n_examples : t->wmax;
 	double to_q = t->levels / (double)t->scale, from_q = (double)t->scale / t->levels;
@@ -603,6 +665,7 @@ sa_submit(cli_core *c, uint32_t n_examples, uint64_t now)
 		for (uint32_t q = 0; q < t->n_idx; q++)
 			c->residual[t->idx[q]] -= c->sa_sent[q];
 	}
+advertise:;
 	uint8_t *p;
 	size_t len;
 	if ((e = sa_client_new(&t->c, t->me, NULL, NULL, &c->sac)) != SHOAL_OK ||

@@ -34,6 +34,10 @@ typedef struct cli_config {
 	                            client handles (0: dense float32 only) */
 	bool error_feedback;     /* keep what compression did not send and add
 	                            it to the next update (residual, dim floats) */
+	bool dp_noise_from_seed; /* distributed DP noise from a stream of seed
+	                            (simulations: reproducible, and anyone who
+	                            knows the seed can subtract it); false: from
+	                            a key drawn from the OS CSPRNG */
 } cli_config;
 
 typedef enum { CLI_SEND = 1, CLI_SLEEP, CLI_TRAIN, CLI_DONE } cli_action;

@@ -26,6 +26,8 @@ usage(FILE *f)
 	        "usage: " PROG " rdp       --q Q --sigma Z --steps T --order A\n"
 	        "       " PROG " epsilon   --q Q --sigma Z --steps T --delta D [--orders LIST]\n"
 	        "       " PROG " calibrate --q Q --steps T --delta D --epsilon E [--orders LIST]\n"
+	        "       " PROG " ddg       --q Q --steps T --delta D --dim N --clients K --l2 L\n"
+	        "                 --sigma2 S [--l1 L1] [--accounting bound|gaussian]\n"
 	        "\n"
 	        "Renyi-DP accounting for T steps of the Poisson-subsampled Gaussian\n"
 	        "mechanism: each client joins a round independently with probability Q,\n"
@@ -41,6 +43,16 @@ usage(FILE *f)
 	        "  calibrate  the smallest Z (to 1e-6) whose epsilon after T steps is <= E\n"
 	        "             -> {\"sigma\", \"epsilon\" (at that sigma), \"order\", \"target_epsilon\",\n"
 	        "                 \"delta\", \"q\", \"steps\", \"orders\"}\n"
+	        "  ddg        epsilon of T rounds of distributed DP (shoal-server --dp\n"
+	        "             distributed): K clients each add discrete Gaussian noise of\n"
+	        "             variance S to N integer coordinates, one client's integer vector\n"
+	        "             has L2 norm <= L (and L1 <= L1, default min(sqrt(N) L, L^2));\n"
+	        "             Kairouz et al. 2021 (Prop. 14) with Zhu and Wang's general\n"
+	        "             subsampling bound, or with --accounting gaussian the binomial\n"
+	        "             (subsampled-Gaussian) bound, at orders 2..128 and 256. The\n"
+	        "             server logs the values to pass.\n"
+	        "             -> {\"epsilon\", \"order\", \"z\" (sqrt(K S) / L), \"tau\",\n"
+	        "                 \"epsilon_no_sampling\" (q = 1), and the inputs}\n"
 	        "\n"
 	        "options:\n"
 	        "  --q Q          sampling rate in [0, 1] (expected clients per round / population)\n"
@@ -117,13 +129,20 @@ parse_orders(const char *s, double *out)
 	return n;
 }
 
-enum { O_Q = 1, O_SIGMA, O_STEPS, O_ORDER, O_DELTA, O_EPSILON, O_ORDERS, O_COUNT };
+enum {
+	O_Q = 1, O_SIGMA, O_STEPS, O_ORDER, O_DELTA, O_EPSILON, O_ORDERS, O_DIM, O_CLIENTS, O_L2,
+	O_L1, O_SIGMA2, O_ACCOUNTING, O_COUNT
+};
 
 static const char *const opt_name[O_COUNT] = {
 	[O_Q] = "--q",         [O_SIGMA] = "--sigma",     [O_STEPS] = "--steps",
 	[O_ORDER] = "--order", [O_DELTA] = "--delta",     [O_EPSILON] = "--epsilon",
-	[O_ORDERS] = "--orders",
+	[O_ORDERS] = "--orders", [O_DIM] = "--dim",       [O_CLIENTS] = "--clients",
+	[O_L2] = "--l2",       [O_L1] = "--l1",           [O_SIGMA2] = "--sigma2",
+	[O_ACCOUNTING] = "--accounting",
 };
+/* Options a command may leave out. */
+#define OPTIONAL_OPTS (1u << O_ORDERS | 1u << O_L1 | 1u << O_ACCOUNTING)
 
 int
 main(int argc, char **argv)
@@ -136,18 +155,28 @@ main(int argc, char **argv)
 		{"delta", required_argument, NULL, O_DELTA},
 		{"epsilon", required_argument, NULL, O_EPSILON},
 		{"orders", required_argument, NULL, O_ORDERS},
+		{"dim", required_argument, NULL, O_DIM},
+		{"clients", required_argument, NULL, O_CLIENTS},
+		{"l2", required_argument, NULL, O_L2},
+		{"l1", required_argument, NULL, O_L1},
+		{"sigma2", required_argument, NULL, O_SIGMA2},
+		{"accounting", required_argument, NULL, O_ACCOUNTING},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	/* Which options each command takes (bit per option) and needs. */
-	enum { RDP, EPSILON, CALIBRATE } cmd;
+	enum { RDP, EPSILON, CALIBRATE, DDG } cmd;
 	static const unsigned takes[] = {
 		[RDP] = 1u << O_Q | 1u << O_SIGMA | 1u << O_STEPS | 1u << O_ORDER,
 		[EPSILON] = 1u << O_Q | 1u << O_SIGMA | 1u << O_STEPS | 1u << O_DELTA | 1u << O_ORDERS,
 		[CALIBRATE] = 1u << O_Q | 1u << O_STEPS | 1u << O_DELTA | 1u << O_EPSILON |
 		              1u << O_ORDERS,
+		[DDG] = 1u << O_Q | 1u << O_STEPS | 1u << O_DELTA | 1u << O_DIM | 1u << O_CLIENTS |
+		        1u << O_L2 | 1u << O_L1 | 1u << O_SIGMA2 | 1u << O_ACCOUNTING,
 	};
-	static const char *const cmd_name[] = {"rdp", "epsilon", "calibrate"};
+	static const char *const cmd_name[] = {"rdp", "epsilon", "calibrate", "ddg"};
+	dp_ddg ddg = {.l1 = -1, .sub = DP_DDG_SUB_GENERAL};
+	uint64_t u;
 	static double orders[DP_MAX_ORDERS];
 	double q = 0, sigma = 0, order = 0, delta = 0, target = 0, eps, best, r;
 	uint64_t steps = 0;
@@ -170,8 +199,10 @@ main(int argc, char **argv)
 		cmd = EPSILON;
 	else if (strcmp(argv[1], "calibrate") == 0)
 		cmd = CALIBRATE;
+	else if (strcmp(argv[1], "ddg") == 0)
+		cmd = DDG;
 	else
-		return cli_usage_error(PROG, "unknown command '%s' (rdp, epsilon, calibrate)",
+		return cli_usage_error(PROG, "unknown command '%s' (rdp, epsilon, calibrate, ddg)",
 		                       argv[1]);
 	argc--;
 	argv++;
@@ -226,12 +257,41 @@ main(int argc, char **argv)
 				                       "orders, each > 1 and <= %g or inf, got '%s'",
 				                       DP_MAX_ORDERS, DP_ORDER_MAX, v);
 			break;
+		case O_DIM:
+			if (!cli_parse_u64(v, 1, UINT64_C(1) << 40, &u))
+				return cli_usage_error(PROG, "--dim wants an integer in [1, 2^40], got '%s'", v);
+			ddg.dim = (double)u;
+			break;
+		case O_CLIENTS:
+			if (!cli_parse_u64(v, 1, UINT32_MAX, &u))
+				return cli_usage_error(PROG, "--clients wants an integer >= 1, got '%s'", v);
+			ddg.n = (uint32_t)u;
+			break;
+		case O_L2:
+		case O_L1:
+			if (!cli_parse_number(v, 0.0, INFINITY, false, c == O_L2 ? &ddg.l2 : &ddg.l1) ||
+			    !isfinite(c == O_L2 ? ddg.l2 : ddg.l1))
+				return cli_usage_error(PROG, "%s wants a number >= 0, got '%s'", opt_name[c],
+				                       v);
+			break;
+		case O_SIGMA2:
+			if (!cli_parse_number(v, 0.25, INFINITY, false, &ddg.sigma2) ||
+			    !isfinite(ddg.sigma2))
+				return cli_usage_error(PROG, "--sigma2 wants a variance >= 1/4, got '%s'", v);
+			break;
+		case O_ACCOUNTING:
+			if (strcmp(v, "bound") == 0 || strcmp(v, "gaussian") == 0)
+				ddg.sub = strcmp(v, "bound") == 0 ? DP_DDG_SUB_GENERAL : DP_DDG_SUB_BINOMIAL;
+			else
+				return cli_usage_error(PROG, "--accounting wants bound or gaussian, got '%s'",
+				                       v);
+			break;
 		}
 	}
 	if (optind < argc)
 		return cli_usage_error(PROG, "unexpected argument '%s'", argv[optind]);
 	for (int o = O_Q; o < O_COUNT; o++)
-		if ((takes[cmd] & 1u << o) && !(seen & 1u << o) && o != O_ORDERS)
+		if ((takes[cmd] & 1u << o) && !(seen & 1u << o) && !(OPTIONAL_OPTS & 1u << o))
 			return cli_usage_error(PROG, "'%s' needs %s", cmd_name[cmd], opt_name[o]);
 	if (n == 0)
 		n = dp_default_orders(orders);
@@ -293,6 +353,32 @@ main(int argc, char **argv)
 		put_num("q", q, false);
 		put_u64("steps", steps, false);
 		put_u64("orders", n, true);
+		break;
+	}
+	case DDG: {
+		double eps1;
+		if (ddg.l1 < 0)
+			ddg.l1 = fmin(sqrt(ddg.dim) * ddg.l2, ddg.l2 * ddg.l2);
+		if (dp_ddg_epsilon(&ddg, q, steps, delta, &eps, &best) != SHOAL_OK ||
+		    dp_ddg_epsilon(&ddg, 1.0, steps, delta, &eps1, NULL) != SHOAL_OK) {
+			fprintf(stderr, PROG ": %s\n", shoal_strerror(SHOAL_EINVAL));
+			return EXIT_RUNTIME;
+		}
+		printf("{");
+		put_num("epsilon", eps, false);
+		put_num("order", best, false);
+		put_num("z", sqrt(ddg.n * ddg.sigma2) / ddg.l2, false);
+		put_num("tau", dp_ddg_tau(ddg.sigma2, ddg.n), false);
+		put_num("epsilon_no_sampling", eps1, false);
+		printf("\"accounting\":\"%s\",", ddg.sub == DP_DDG_SUB_GENERAL ? "bound" : "gaussian");
+		put_num("delta", delta, false);
+		put_num("q", q, false);
+		put_u64("steps", steps, false);
+		put_num("dim", ddg.dim, false);
+		put_u64("clients", ddg.n, false);
+		put_num("l2", ddg.l2, false);
+		put_num("l1", ddg.l1, false);
+		put_num("sigma2", ddg.sigma2, true);
 		break;
 	}
 	}

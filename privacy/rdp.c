@@ -534,6 +534,214 @@ dp_accountant_peek(dp_accountant *acc, double q, double sigma, uint64_t steps,
 	return SHOAL_OK;
 }
 
+shoal_err
+dp_accountant_use_rdp(dp_accountant *acc, const double *step)
+{
+	if (step == NULL || acc->n == 0)
+		return SHOAL_EINVAL;
+	for (size_t i = 0; i < acc->n; i++)
+		if (!(step[i] >= 0.0))
+			return SHOAL_EINVAL;
+	flush(acc);
+	memcpy(acc->step, step, acc->n * sizeof *step);
+	acc->step_q = NAN; /* never equal: dp_accountant_add recomputes */
+	acc->step_sigma = NAN;
+	acc->step_ok = true;
+	return SHOAL_OK;
+}
+
+shoal_err
+dp_accountant_add_cached(dp_accountant *acc, uint64_t steps)
+{
+	if (!acc->step_ok)
+		return SHOAL_EINVAL;
+	if (steps > UINT64_MAX - acc->step_n)
+		flush(acc);
+	acc->step_n += steps;
+	return SHOAL_OK;
+}
+
+shoal_err
+dp_accountant_peek_cached(dp_accountant *acc, uint64_t steps, double *eps_after)
+{
+	if (!acc->step_ok || eps_after == NULL)
+		return SHOAL_EINVAL;
+	if (steps > UINT64_MAX - acc->step_n)
+		flush(acc);
+	acc_epsilon(acc, steps, eps_after, NULL);
+	return SHOAL_OK;
+}
+
+/* ---- the distributed discrete Gaussian (see rdp.h) */
+
+size_t
+dp_ddg_orders(double out[DP_DDG_ORDERS])
+{
+	size_t k = 0;
+
+	for (int a = 2; a <= 128; a++)
+		out[k++] = a;
+	out[k++] = 256;
+	return k;
+}
+
+double
+dp_ddg_tau(double sigma2, uint32_t n)
+{
+	const double c = -2.0 * 9.86960440108935861883 * sigma2; /* -2 pi^2 sigma2 */
+	double t = 0.0;
+
+	/* k / (k+1) grows with k: the terms shrink, so stop at the first 0. */
+	for (uint32_t k = 1; k < n; k++) {
+		double v = exp(c * k / (k + 1.0));
+		if (v == 0.0)
+			break;
+		t += v;
+	}
+	return 10.0 * t;
+}
+
+static bool
+ddg_ok(const dp_ddg *m)
+{
+	return m != NULL && m->sigma2 >= 0.25 && isfinite(m->sigma2) && m->n >= 1 &&
+	       m->dim >= 1 && isfinite(m->dim) && m->l2 >= 0 && isfinite(m->l2) &&
+	       m->l1 >= 0 && isfinite(m->l1) &&
+	       (m->sub == DP_DDG_SUB_GENERAL || m->sub == DP_DDG_SUB_BINOMIAL);
+}
+
+/* Proposition 14 of Kairouz et al. without sampling; tau precomputed. */
+static double
+ddg_rdp1(const dp_ddg *m, double tau, double alpha)
+{
+	const double sd = sqrt((double)m->n * m->sigma2);
+	const double s2 = m->l2 / sd, s1 = m->l1 / sd, h = alpha / 2.0;
+	double t1 = h * s2 * s2 + tau * m->dim;
+	double t2 = h * (s2 * s2 + 2.0 * s1 * tau + tau * tau * m->dim);
+	double t3 = h * (s2 + sqrt(m->dim) * tau) * (s2 + sqrt(m->dim) * tau);
+	return fmin(t1, fmin(t2, t3));
+}
+
+/* Zhu and Wang's general bound for Poisson subsampling at integer a >= 2,
+ * 0 < q < 1, summed in log space; with weight 1 instead of 3 for the
+ * binomial bound (rdp.h). */
+static double
+zw_bound(const dp_ddg *m, double tau, double q, long a)
+{
+	const double lq = log(q), l1q = log1p(-q);
+	const double lw = m->sub == DP_DDG_SUB_BINOMIAL ? 0.0 : log(3.0);
+	lsum s = {-INFINITY, 0.0};
+	double lc = log((double)a) + log((double)(a - 1)) + LOG_HALF; /* log C(a, 2) */
+
+	lsum_add(&s, (double)(a - 1) * l1q + log1p((double)(a - 1) * q), 1.0);
+	lsum_add(&s, lc + 2.0 * lq + (double)(a - 2) * l1q + ddg_rdp1(m, tau, 2.0), 1.0);
+	for (long l = 3; l <= a; l++) {
+		double dl = (double)l;
+		lc += log((double)(a - l + 1) / dl);
+		lsum_add(&s, lw + lc + dl * lq + (double)(a - l) * l1q +
+		                 (dl - 1.0) * ddg_rdp1(m, tau, dl), 1.0);
+	}
+	double r = (s.m + log(s.s)) / (double)(a - 1);
+	return r > 0.0 ? r : 0.0;
+}
+
+static double
+ddg_rdp(const dp_ddg *m, double tau, double q, double alpha)
+{
+	if (q == 0.0)
+		return 0.0;
+	double base = ddg_rdp1(m, tau, alpha);
+	if (q == 1.0)
+		return base;
+	return fmin(base, zw_bound(m, tau, q, (long)alpha));
+}
+
+static bool
+ddg_args_ok(const dp_ddg *m, double q, double alpha)
+{
+	if (!ddg_ok(m) || !(q >= 0.0 && q <= 1.0) || !(alpha > 1.0) || alpha > DP_ORDER_MAX)
+		return false;
+	return q == 1.0 || (alpha >= 2.0 && alpha == floor(alpha));
+}
+
+double
+dp_rdp_ddg(const dp_ddg *m, double q, double alpha)
+{
+	if (!ddg_args_ok(m, q, alpha))
+		return NAN;
+	return ddg_rdp(m, dp_ddg_tau(m->sigma2, m->n), q, alpha);
+}
+
+static double
+ddg_eps_at(const dp_ddg *m, double q, uint64_t steps, double log_delta, double *best_order)
+{
+	double orders[DP_DDG_ORDERS], tau = dp_ddg_tau(m->sigma2, m->n);
+	size_t n = dp_ddg_orders(orders);
+	eps_min e = EPS_MIN_INIT;
+
+	for (size_t i = 0; i < n; i++)
+		eps_min_add(&e, orders[i],
+		            steps == 0 ? 0.0 : (double)steps * ddg_rdp(m, tau, q, orders[i]),
+		            log_delta);
+	if (best_order != NULL)
+		*best_order = e.order;
+	return e.eps;
+}
+
+shoal_err
+dp_ddg_epsilon(const dp_ddg *m, double q, uint64_t steps, double delta, double *eps,
+               double *best_order)
+{
+	if (!ddg_ok(m) || !(q >= 0.0 && q <= 1.0) || !(delta > 0.0 && delta < 1.0) || eps == NULL)
+		return SHOAL_EINVAL;
+	*eps = ddg_eps_at(m, q, steps, log(delta), best_order);
+	return SHOAL_OK;
+}
+
+/* Epsilon with noise multiplier z (sigma2 = (z l2)^2 / n); +inf when the
+ * noise is below the theorem's sigma >= 1/2. */
+static double
+ddg_eps_z(const dp_ddg *m, double z, double q, uint64_t steps, double log_delta)
+{
+	dp_ddg t = *m;
+	t.sigma2 = z * z * m->l2 * m->l2 / m->n;
+	if (!(t.sigma2 >= 0.25))
+		return INFINITY;
+	return ddg_eps_at(&t, q, steps, log_delta, NULL);
+}
+
+shoal_err
+dp_ddg_calibrate(const dp_ddg *m, double q, uint64_t steps, double delta, double target_eps,
+                 double *z)
+{
+	double lo = 0.0, hi = 1.0, ld;
+	dp_ddg t;
+
+	if (m == NULL || z == NULL)
+		return SHOAL_EINVAL;
+	t = *m;
+	t.sigma2 = 1.0; /* checked below through ddg_ok; not used */
+	if (!ddg_ok(&t) || !(t.l2 > 0) || !(q > 0.0 && q <= 1.0) || steps == 0 ||
+	    !(delta > 0.0 && delta < 1.0) || !(target_eps > 0) || !isfinite(target_eps))
+		return SHOAL_EINVAL;
+	ld = log(delta);
+	while (ddg_eps_z(&t, hi, q, steps, ld) > target_eps) {
+		lo = hi;
+		hi *= 2.0;
+		if (hi > CALIBRATE_SIGMA_MAX)
+			return SHOAL_EINVAL;
+	}
+	while (hi - lo > CALIBRATE_TOL) {
+		double mid = 0.5 * (lo + hi);
+		if (ddg_eps_z(&t, mid, q, steps, ld) <= target_eps)
+			hi = mid;
+		else
+			lo = mid;
+	}
+	*z = hi;
+	return SHOAL_OK;
+}
+
 /* Serialization. */
 
 static const uint8_t MAGIC[4] = {'S', 'H', 'D', 'A'};

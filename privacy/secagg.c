@@ -22,6 +22,7 @@
 
 #include <sodium.h>
 
+#include "privacy/noise.h"
 #include "privacy/prg.h"
 #include "privacy/ring.h"
 #include "privacy/shamir.h"
@@ -81,7 +82,7 @@ agree(uint8_t out[SA_KEY_BYTES], const uint8_t sk[SA_KEY_BYTES], const uint8_t p
 /* ---- configuration ---------------------------------------------------------- */
 
 /* Layout (SA_CONFIG_BYTES = 57): n, k, t, m, d, round (u32 each), session
- * (32), flags (u8: bit 0 = signed keys). */
+ * (32), flags (u8: bit 0 = signed keys, bit 1 = distributed DP). */
 void
 sa_config_write(const sa_config *c, uint8_t out[SA_CONFIG_BYTES])
 {
@@ -92,7 +93,7 @@ sa_config_write(const sa_config *c, uint8_t out[SA_CONFIG_BYTES])
 	put32(out + 16, c->d);
 	put32(out + 20, c->round);
 	memcpy(out + 24, c->session, SA_KEY_BYTES);
-	out[56] = c->signed_keys ? 1 : 0;
+	out[56] = (uint8_t)((c->signed_keys ? 1 : 0) | (c->ddp ? 2 : 0));
 }
 
 shoal_err
@@ -111,7 +112,7 @@ sa_config_read(sa_config *c, const uint8_t *in, size_t len)
 {
 	if (len < SA_CONFIG_BYTES)
 		return SHOAL_ETRUNC;
-	if (len > SA_CONFIG_BYTES || in[56] > 1)
+	if (len > SA_CONFIG_BYTES || in[56] > 3)
 		return SHOAL_EMALFORMED;
 	c->n = get32(in);
 	c->k = get32(in + 4);
@@ -120,7 +121,8 @@ sa_config_read(sa_config *c, const uint8_t *in, size_t len)
 	c->d = get32(in + 16);
 	c->round = get32(in + 20);
 	memcpy(c->session, in + 24, SA_KEY_BYTES);
-	c->signed_keys = in[56] != 0;
+	c->signed_keys = (in[56] & 1) != 0;
+	c->ddp = (in[56] & 2) != 0;
 	return sa_config_check(c) == SHOAL_OK ? SHOAL_OK : SHOAL_EMALFORMED;
 }
 
@@ -159,14 +161,30 @@ sa_ring_bits(uint32_t n, uint32_t wmax, uint32_t levels, uint32_t *m)
 size_t
 sa_task_size_max(uint32_t n_idx)
 {
-	return TASK_FIXED + 5 * (size_t)n_idx;
+	return TASK_FIXED + SA_TASK_DDP_BYTES + 5 * (size_t)n_idx;
+}
+
+/* The masked elements for n_idx values: one each, or (distributed DP) the
+ * rotated, padded coordinates; then the weight. 0 if too many. */
+static uint64_t
+task_d(const sa_task *t)
+{
+	return (uint64_t)(t->c.ddp ? dp_rht_dim(t->n_idx) : t->n_idx) + 1;
+}
+
+static bool
+task_ddp_ok(const sa_task *t)
+{
+	return t->levels == 1 && t->wmax == 1 && t->n_idx >= 1 && t->clip > 0 &&
+	       t->clip < 1e30f && t->l2max2 >= 1 &&
+	       dp_discrete_gaussian_check(t->s2_num, t->s2_den) == SHOAL_OK;
 }
 
 long
 sa_task_write(const sa_task *t, uint8_t *out, size_t cap)
 {
-	if (sa_config_check(&t->c) != SHOAL_OK || t->n_idx + 1 != t->c.d ||
-	    cap < sa_task_size_max(t->n_idx))
+	if (sa_config_check(&t->c) != SHOAL_OK || task_d(t) != t->c.d ||
+	    cap < sa_task_size_max(t->n_idx) || (t->c.ddp && !task_ddp_ok(t)))
 		return SHOAL_EINVAL;
 	uint32_t sb;
 	memcpy(&sb, &t->scale, 4);
@@ -179,6 +197,17 @@ sa_task_write(const sa_task *t, uint8_t *out, size_t cap)
 	put32(p + 16, t->wmax);
 	put32(p + 20, t->n_idx);
 	p += 24;
+	if (t->c.ddp) {
+		uint32_t cb;
+		memcpy(&cb, &t->clip, 4);
+		put32(p, cb);
+		put32(p + 4, (uint32_t)t->s2_num);
+		put32(p + 8, (uint32_t)(t->s2_num >> 32));
+		put32(p + 12, t->s2_den);
+		put32(p + 16, (uint32_t)t->l2max2);
+		put32(p + 20, (uint32_t)(t->l2max2 >> 32));
+		p += SA_TASK_DDP_BYTES;
+	}
 	for (uint32_t i = 0; i < t->n_idx; i++) {
 		uint32_t g = i == 0 ? t->idx[0] : t->idx[i] - t->idx[i - 1] - 1;
 		if (i > 0 && t->idx[i] <= t->idx[i - 1])
@@ -218,9 +247,21 @@ sa_task_read(sa_task *t, const uint8_t *in, size_t len, uint32_t dim)
 	t->n_idx = get32(p + 20);
 	p += 24;
 	if (t->me < 1 || t->me > t->c.n || !(t->scale > 0) || !(t->scale < 1e30f) ||
-	    t->levels < 1 || t->levels > 32767 || t->wmax < 1 || t->n_idx + 1 != t->c.d ||
-	    t->n_idx > dim)
+	    t->levels < 1 || t->levels > 32767 || t->wmax < 1 || t->n_idx > dim ||
+	    task_d(t) != t->c.d)
 		return SHOAL_EMALFORMED;
+	if (t->c.ddp) {
+		if ((size_t)(end - p) < SA_TASK_DDP_BYTES)
+			return SHOAL_ETRUNC;
+		uint32_t cb = get32(p);
+		memcpy(&t->clip, &cb, 4);
+		t->s2_num = get32(p + 4) | (uint64_t)get32(p + 8) << 32;
+		t->s2_den = get32(p + 12);
+		t->l2max2 = get32(p + 16) | (uint64_t)get32(p + 20) << 32;
+		p += SA_TASK_DDP_BYTES;
+		if (!task_ddp_ok(t))
+			return SHOAL_EMALFORMED;
+	}
 	if ((t->idx = malloc(((size_t)t->n_idx + 1) * sizeof *t->idx)) == NULL)
 		return SHOAL_ENOMEM;
 	uint64_t prev = 0;

@@ -75,6 +75,8 @@ typedef struct sa_config {
 	                                  shares and signatures to this session,
 	                                  and seeds the neighbour graph */
 	bool signed_keys; /* clients sign with identity keys */
+	bool ddp;         /* distributed DP: the task carries the noise
+	                     parameters and inputs are rotated (privacy/ddg.h) */
 } sa_config;
 
 #define SA_CONFIG_BYTES (4 * 6 + SA_KEY_BYTES + 1)
@@ -108,7 +110,10 @@ void sa_neighbors(const sa_config *c, uint32_t i, uint32_t *out);
  * deadline, the shared quantization (value v in [-scale, scale] becomes the
  * integer round(v / scale * levels), stochastically), the weight cap, and
  * the shared index set the round masks (d = n_idx + 1: the last element is
- * the FedAvg weight). */
+ * the FedAvg weight). With c.ddp (distributed DP, privacy/ddg.h) levels is
+ * 1, scale is gamma (one integer step), wmax is 1, the DP block below
+ * follows, and d = dp_rht_dim(n_idx) + 1 (the rotated, padded values,
+ * then the weight). */
 typedef struct sa_task {
 	sa_config c;
 	uint32_t me;
@@ -116,13 +121,21 @@ typedef struct sa_task {
 	float scale;
 	uint32_t levels; /* 1..32767 */
 	uint32_t wmax;   /* >= 1 */
-	uint32_t n_idx;  /* == c.d - 1 */
+	uint32_t n_idx;  /* == c.d - 1, or dp_rht_dim(n_idx) == c.d - 1 (ddp) */
 	uint32_t *idx;   /* sorted, strictly increasing, < model dim */
+	/* c.ddp only */
+	float clip;      /* L2 bound of the n_idx values, finite, > 0 */
+	uint64_t s2_num; /* per-client noise variance s2_num / s2_den */
+	uint32_t s2_den;
+	uint64_t l2max2; /* bound on the rounded vector's squared L2 norm, >= 1 */
 } sa_task;
 
+#define SA_TASK_DDP_BYTES 24
+
 /* Layout: sa_config (SA_CONFIG_BYTES), me u32, phase_ms u32, scale f32 LE,
- * levels u32, wmax u32, n_idx u32, then the indices as LEB128 varints of
- * the gaps (first index, then idx[i] - idx[i-1] - 1). Returns bytes
+ * levels u32, wmax u32, n_idx u32, with c.ddp the DP block (clip f32,
+ * s2_num u64, s2_den u32, l2max2 u64), then the indices as LEB128 varints
+ * of the gaps (first index, then idx[i] - idx[i-1] - 1). Returns bytes
  * written (<= sa_task_size_max) or SHOAL_EINVAL. */
 size_t sa_task_size_max(uint32_t n_idx);
 long sa_task_write(const sa_task *t, uint8_t *out, size_t cap);

@@ -14,6 +14,7 @@
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "privacy/ddg.h"
 #include "privacy/rng.h"
 #include "privacy/secagg.h"
 #include "server/dp.h"
@@ -429,6 +430,12 @@ close_round(srv_core *s, uint64_t now)
 		st->train_loss = NAN; /* clients send no loss in secure mode */
 		if (!st->abandoned)
 			evaluate(s);
+	} else if (s->dp != NULL && srv_dp_ddg(s->dp) != NULL) {
+		/* Distributed DP without a session: too few (or too many) clients
+		 * were sampled; the noise lives in the clients, so nothing can be
+		 * released (try_start_round logged it). */
+		st->abandoned = true;
+		st->train_loss = NAN;
 	} else if (s->dp != NULL) {
 		st->abandoned = !dp_aggregate(s);
 	} else if (s->n_reported >= s->cfg.min_reports && s->n_reported > 0) {
@@ -578,8 +585,10 @@ static uint8_t *
 sa_open(srv_core *s, rng *r, uint32_t n, size_t *len)
 {
 	sa_task *t = &s->sat;
+	const dp_ddg_enc *ddg = s->dp != NULL ? srv_dp_ddg(s->dp) : NULL;
+	uint8_t *blob = NULL;
 	uint32_t wmax = 1;
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < n && ddg == NULL; i++) {
 		uint32_t w = s->clients[s->slots[i].client].n_examples;
 		wmax = w > wmax ? w : wmax;
 	}
@@ -599,7 +608,22 @@ sa_open(srv_core *s, rng *r, uint32_t n, size_t *len)
 	t->phase_ms = s->cfg.secagg_phase_ms;
 	t->scale = s->sa_scale;
 	t->n_idx = s->sa_n_idx;
-	uint8_t *blob = NULL;
+	if (ddg != NULL) {
+		/* Distributed DP (server/dp.h): weight 1 each, the rotated values,
+		 * a ring for the noised sum of n (checked at start-up for the
+		 * most clients a round can have). */
+		t->c.ddp = true;
+		t->c.d = ddg->dim + 1;
+		t->levels = 1;
+		t->wmax = 1;
+		t->scale = (float)ddg->gamma;
+		t->clip = (float)ddg->clip;
+		t->s2_num = ddg->s2_num;
+		t->s2_den = ddg->s2_den;
+		t->l2max2 = ddg->l2max2;
+		if (dp_ddg_ring_bits(ddg, n, &t->c.m) != SHOAL_OK)
+			goto fail;
+	}
 	if ((t->idx = malloc((size_t)t->n_idx * sizeof *t->idx)) == NULL ||
 	    (blob = malloc(sa_task_size_max(t->n_idx))) == NULL)
 		goto fail;
@@ -669,6 +693,13 @@ sa_close_phase(srv_core *s, uint64_t now)
 		s->n_reported = 0;
 		for (uint32_t i = 0; i < s->n_slots; i++)
 			s->n_reported += sa_server_in_u3(s->sa, i + 1);
+		uint32_t tmin = s->dp != NULL ? srv_dp_min_clients(s->dp) : 0;
+		if (s->n_reported < tmin) {
+			/* The sum would carry less noise than the accountant charges. */
+			log_warn("round %u: only %u masked inputs arrived; distributed DP needs the "
+			         "noise of at least %u (--dp-min-clients)", s->round, s->n_reported, tmin);
+			e = SHOAL_EABORTED;
+		}
 	}
 	sa_release(s, ph, e);
 	if (e != SHOAL_OK || ph == SA_PH_UNMASK) {
@@ -700,6 +731,17 @@ sa_finish(srv_core *s)
 	if (sum == NULL)
 		return false;
 	const sa_task *t = &s->sat;
+	if (t->c.ddp) {
+		/* Distributed DP: decoded over the fixed denominator q n. */
+		shoal_err e = srv_dp_ddg_release(s->dp, sum, t->c.m, t->c.session, t->idx, s->acc);
+		if (e != SHOAL_OK) {
+			log_error("round %u: decoding the distributed-DP sum failed (%s)", s->round,
+			          shoal_strerror(e));
+			return false;
+		}
+		publish(s, s->acc);
+		return true;
+	}
 	uint32_t m = t->c.m;
 	uint64_t mod = (uint64_t)1 << m;
 	uint64_t half = mod >> 1;
@@ -772,7 +814,16 @@ try_start_round(srv_core *s, uint64_t now)
 	s->n_slots = k;
 	uint8_t *sa_blob = NULL;
 	size_t sa_len = 0;
-	if (s->cfg.secagg != SRV_SECAGG_OFF) {
+	uint32_t tmin = s->dp != NULL ? srv_dp_min_clients(s->dp) : 0;
+	if (tmin > 0 && (k < tmin || k > SA_N_MAX)) {
+		/* Distributed DP: the round is charged (the sampling happened) and
+		 * closes at once, abandoned: fewer than t_min clients cannot carry
+		 * the noise. */
+		log_warn("round %u abandoned: %u clients sampled; distributed DP needs %u to %u",
+		         s->round, k, tmin, SA_N_MAX);
+		k = 0;
+		s->n_slots = 0;
+	} else if (s->cfg.secagg != SRV_SECAGG_OFF) {
 		if (k < 2 || (sa_blob = sa_open(s, &r, k, &sa_len)) == NULL) {
 			/* too few for secure aggregation: leave them parked */
 			if (k < 2)

@@ -31,7 +31,9 @@
 enum { SRV_SECAGG_OFF = 0, SRV_SECAGG_FULL = 1, SRV_SECAGG_PLUS = 2 };
 /* Client sampling and differential privacy (server/dp.h). */
 enum { SRV_SAMPLING_FIXED = 0, SRV_SAMPLING_POISSON = 1 };
-enum { SRV_DP_OFF = 0, SRV_DP_CENTRAL = 1 };
+enum { SRV_DP_OFF = 0, SRV_DP_CENTRAL = 1, SRV_DP_DISTRIBUTED = 2 };
+/* How distributed DP is accounted (privacy/rdp.h, dp_ddg.sub). */
+enum { SRV_DP_ACCT_BOUND = 0, SRV_DP_ACCT_GAUSSIAN = 1 };
 #define SRV_DP_KEY_BYTES 32
 
 typedef struct srv_config {
@@ -75,7 +77,8 @@ typedef struct srv_config {
 	 * independently with probability sample_rate (K is then not used). */
 	uint32_t sampling;          /* SRV_SAMPLING_FIXED / _POISSON */
 	double sample_rate;         /* q in (0, 1] (Poisson) */
-	uint32_t dp;                /* SRV_DP_OFF / SRV_DP_CENTRAL (needs Poisson) */
+	uint32_t dp;                /* SRV_DP_OFF / _CENTRAL / _DISTRIBUTED (needs
+	                               Poisson; distributed needs secagg) */
 	double clip;                /* C: L2 bound of each client's update (DP) */
 	double noise_multiplier;    /* z: noise stddev z*C on the sum; 0: calibrate
 	                               it from target_epsilon */
@@ -84,6 +87,16 @@ typedef struct srv_config {
 	double epsilon_budget;      /* with z given: no round may take epsilon
 	                               past this; 0: no budget */
 	double delta;               /* delta of (epsilon, delta) */
+	/* Distributed DP (server/dp.h, PROTOCOL.md section 14.2): each client
+	 * adds discrete Gaussian noise before masking, sized so that the sum
+	 * over dp_min_clients clients carries the noise z*C. */
+	uint32_t dp_min_clients;    /* fewest clients whose noise a released sum
+	                               holds; fewer in U3 aborts the round. 0:
+	                               max(2, floor(q * min_clients * (1 -
+	                               secagg_dropout))) */
+	double dp_gamma;            /* integer step of the encoding; 0: C / 2^b
+	                               with 2^b >= 16 sqrt(padded set size) */
+	uint32_t dp_accounting;     /* SRV_DP_ACCT_BOUND / _GAUSSIAN */
 	const uint8_t *dp_noise_key; /* SRV_DP_KEY_BYTES secret bytes that key
 	                               the noise; NULL derives it from seed
 	                               (reproducible: simulations and tests).

@@ -1,7 +1,8 @@
-/* dp.h - client sampling and central differential privacy in the server
+/* dp.h - client sampling and differential privacy in the server: central
  * (DP-FedAvg, McMahan, Ramage, Talwar, Zhang 2018, "Learning Differentially
- * Private Recurrent Language Models", with a fixed denominator; PROTOCOL.md
- * section 14 is the user-facing description).
+ * Private Recurrent Language Models", with a fixed denominator) and
+ * distributed (Kairouz, Liu, Steinke 2021, below); PROTOCOL.md section 14
+ * is the user-facing description.
  *
  * One round of `--dp central`:
  *   1. sampling: every parked client is selected independently with
@@ -66,7 +67,75 @@
  * What is not private: the counts and losses in the server's own logs and
  * metrics (selected, reported, train_loss) come from the raw updates. In
  * central DP the server is trusted; what the guarantee covers is the
- * sequence of released models (and the test accuracy computed from them). */
+ * sequence of released models (and the test accuracy computed from them).
+ *
+ * One round of `--dp distributed` (needs --secagg full|plus and Poisson
+ * sampling): the distributed discrete Gaussian mechanism of Kairouz, Liu
+ * and Steinke, "The Distributed Discrete Gaussian Mechanism for Federated
+ * Learning with Secure Aggregation" (ICML 2021). The server never sees an
+ * update, only the noised sum of a secure round.
+ *   1. sampling: Poisson as above.
+ *   2. clients (client/core.c, privacy/ddg.h): each selected client clips
+ *      the values it sends, its delta (plus error-feedback residual) on
+ *      the round's shared index set, to L2 <= C; the clip is on the shared
+ *      coordinates because that is what is sent, so the sensitivity holds
+ *      for it (the full delta was clipped to C first, and the residual
+ *      keeps only the coordinates outside the set). It rotates them (the
+ *      randomized Hadamard transform, padded to a power of two, seed from
+ *      the session id: public), scales by 1/gamma, rounds to integers with
+ *      conditional randomized rounding (retried until the squared norm is
+ *      <= l2max2), adds discrete Gaussian noise N_Z(0, sigma_c^2) to every
+ *      coordinate from a secret stream, and masks the result in Z/2^m with
+ *      weight 1: unweighted contributions, so the sensitivity does not
+ *      depend on a client's data size, and the weight element stays small.
+ *   3. noise size: sigma_c^2 = (z l2)^2 / t_min with l2 = sqrt(l2max2) the
+ *      integer vector's L2 bound (about C / gamma) and t_min the fewest
+ *      clients a released sum holds (--dp-min-clients; default
+ *      max(2, floor(q min_clients (1 - secagg_dropout)))): t_min clients'
+ *      noise sums to variance (z l2)^2, z times the sensitivity. A round
+ *      whose selection or U3 has fewer than t_min clients is abandoned
+ *      (charged, nothing released): its sum would carry too little noise.
+ *      sigma_c^2 is rounded up onto the sampler's 2^-20 grid.
+ *   4. release: the server unmasks the sum, reads it as signed integers,
+ *      multiplies by gamma, rotates back and divides by the fixed q n, as
+ *      in central mode.
+ *   5. ring width: m from the tail bound of privacy/ddg.h (10 standard
+ *      deviations of the rotated signal and of the summed noise; a wrap,
+ *      "modular clipping", damages the model, never privacy), checked at
+ *      start-up for the most clients a round can have (min(max_clients,
+ *      65535)) so that every round fits 32 bits.
+ *   6. accounting (privacy/rdp.h, dp_rdp_ddg), as the paper's reference
+ *      code does: RDP of the sum of t_min discrete Gaussians with the
+ *      integer sensitivities l2 and l1 = min(sqrt(dim) l2, l2^2) (their
+ *      Proposition 14, Theorem 1 in RDP form, including the tau term for
+ *      a sum of discrete Gaussians not being one), amplified by Poisson
+ *      subsampling with Zhu and Wang's general bound (2019), at integer
+ *      orders 2..128 and 256, converted to epsilon as in central mode. One
+ *      step per round opened; --target-epsilon calibrates z with it
+ *      (dp_ddg_calibrate). --dp-accounting gaussian replaces the general
+ *      bound by the binomial one, which equals the subsampled Gaussian at z
+ *      when tau = 0: tighter (at q = 0.1 and 100 rounds, epsilon 1 needs z
+ *      = 4.28 instead of 16.0), but a proof only in the direction "client
+ *      added"; the other direction is assumed to behave as Mironov et al.
+ *      prove it does for Gaussian noise.
+ * What the accounting assumes, besides the threat model of secure
+ * aggregation (PROTOCOL.md 13.9):
+ *   - amplification by sampling hides who took part. The server knows who
+ *     is in U3, so against the server (and anyone it tells) the guarantee
+ *     is the unamplified one, q = 1, which the server logs at start-up
+ *     (much weaker: about 110 for 100 rounds at z = 1). The amplified
+ *     epsilon in the metrics holds for those who see only the released
+ *     models;
+ *   - the noise of clients beyond t_min is not credited, and the sum's
+ *     variance, n sigma_c^2, tells roughly how many took part; like the
+ *     paper, the accounting treats the participant count as public and
+ *     each round as carrying exactly t_min clients' noise;
+ *   - clients follow the protocol (a client that skips its noise weakens
+ *     everyone's guarantee, as in the paper), and their noise streams are
+ *     secret: libshoal-client keys them from the OS CSPRNG; shoal-sim
+ *     derives them from --seed (reproducible, not private).
+ * Cost: one discrete Gaussian sample per padded coordinate per client
+ * (about 1 us each here): 8192 for logreg, 262144 for the 2NN. */
 #ifndef SHOAL_SERVER_DP_H
 #define SHOAL_SERVER_DP_H
 
@@ -74,6 +143,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "privacy/ddg.h"
+#include "privacy/rdp.h"
 #include "privacy/rng.h"
 #include "server/core.h"
 #include "shoal/err.h"
@@ -139,5 +210,19 @@ double srv_dp_add_update(srv_dp *dp, double *acc, const uint8_t *wire, size_t le
  * Errors: SHOAL_ENONFINITE (acc not finite or beyond the lattice range),
  * SHOAL_EINVAL; acc is unspecified then. */
 shoal_err srv_dp_release(srv_dp *dp, double *acc, uint32_t round);
+
+/* Distributed DP: the encoding every secure round's TASK announces, NULL
+ * in central mode; the fewest clients (t_min) whose noise a released sum
+ * must hold, 0 in central mode; the mechanism the accountant charges. */
+const dp_ddg_enc *srv_dp_ddg(const srv_dp *dp);
+uint32_t srv_dp_min_clients(const srv_dp *dp);
+const dp_ddg *srv_dp_ddg_mechanism(const srv_dp *dp);
+
+/* Distributed DP, the release of a round: acc[0..dim) <- 0, then at each
+ * shared coordinate idx[j] the decoded unmasked sum (privacy/ddg.h,
+ * rotation seed from the session) over the fixed denominator q n.
+ * Errors: SHOAL_EINVAL (central mode, no round open, bad arguments). */
+shoal_err srv_dp_ddg_release(srv_dp *dp, const uint32_t *sum, uint32_t m,
+                             const uint8_t session[32], const uint32_t *idx, double *acc);
 
 #endif

@@ -15,6 +15,7 @@ enum {
 	F_BETA1, F_BETA2, F_TAU, F_TARGET, F_COMPRESS, F_DOWNLINK,
 	F_SECAGG, F_SA_DROPOUT, F_SA_COLLUSION, F_SA_PHASE, F_SA_SCALE,
 	F_SAMPLING, F_SAMPLE_RATE, F_DP, F_CLIP, F_NOISE, F_TARGET_EPS, F_EPS_BUDGET, F_DELTA,
+	F_DP_MIN_CLIENTS, F_DP_GAMMA, F_DP_ACCOUNTING,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -43,6 +44,9 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"target-epsilon", required_argument, NULL, SRV_FLAG_BASE + F_TARGET_EPS},
 	{"epsilon-budget", required_argument, NULL, SRV_FLAG_BASE + F_EPS_BUDGET},
 	{"delta", required_argument, NULL, SRV_FLAG_BASE + F_DELTA},
+	{"dp-min-clients", required_argument, NULL, SRV_FLAG_BASE + F_DP_MIN_CLIENTS},
+	{"dp-gamma", required_argument, NULL, SRV_FLAG_BASE + F_DP_GAMMA},
+	{"dp-accounting", required_argument, NULL, SRV_FLAG_BASE + F_DP_ACCOUNTING},
 };
 
 int
@@ -181,10 +185,37 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 			why = "expected a probability in (0, 1], e.g. 0.1";
 		break;
 	case F_DP:
-		if (strcmp(arg, "off") == 0 || strcmp(arg, "central") == 0)
-			cfg->dp = strcmp(arg, "central") == 0 ? SRV_DP_CENTRAL : SRV_DP_OFF;
+		if (strcmp(arg, "off") == 0)
+			cfg->dp = SRV_DP_OFF;
+		else if (strcmp(arg, "central") == 0)
+			cfg->dp = SRV_DP_CENTRAL;
+		else if (strcmp(arg, "distributed") == 0)
+			cfg->dp = SRV_DP_DISTRIBUTED;
 		else
-			why = "expected off or central";
+			why = "expected off, central or distributed";
+		break;
+	case F_DP_MIN_CLIENTS: {
+		uint64_t t;
+		if (cli_parse_u64(arg, 2, 65535, &t))
+			cfg->dp_min_clients = (uint32_t)t;
+		else
+			why = "expected a number of clients in 2..65535, e.g. 75";
+		break;
+	}
+	case F_DP_GAMMA:
+		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
+			cfg->dp_gamma = v;
+		else
+			why = "expected an integer step > 0 in the update's units, e.g. 0.0005";
+		break;
+	case F_DP_ACCOUNTING:
+		if (strcmp(arg, "bound") == 0)
+			cfg->dp_accounting = SRV_DP_ACCT_BOUND;
+		else if (strcmp(arg, "gaussian") == 0)
+			cfg->dp_accounting = SRV_DP_ACCT_GAUSSIAN;
+		else
+			why = "expected bound (a proof for discrete noise) or gaussian (the sum's "
+			      "noise accounted as the Gaussian of central DP)";
 		break;
 	case F_CLIP:
 		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
@@ -277,18 +308,29 @@ srv_flag_help(FILE *f)
 	    "                            probability --sample-rate (K is not used)\n"
 	    "                            [default: %s]\n"
 	    "      --sample-rate Q       Poisson sampling probability, (0, 1]\n"
-	    "      --dp MODE             off, or central: the server clips every update to\n"
+	    "      --dp MODE             off; central: the server clips every update to\n"
 	    "                            --clip, adds Gaussian noise to their sum, divides\n"
 	    "                            by q*clients and tracks (epsilon, delta) with a\n"
-	    "                            Renyi-DP accountant; needs --sampling poisson\n"
-	    "                            [default: %s]\n"
+	    "                            Renyi-DP accountant; distributed: each client\n"
+	    "                            clips, rotates and adds discrete Gaussian noise\n"
+	    "                            before masking (needs --secagg). Both need\n"
+	    "                            --sampling poisson [default: %s]\n"
 	    "      --clip C              L2 bound of each client's update (DP)\n"
 	    "      --noise-multiplier Z  noise stddev Z*C on the sum; or:\n"
 	    "      --target-epsilon E    calibrate Z so that --rounds rounds spend E\n"
 	    "      --epsilon-budget E    with --noise-multiplier: finish before a round\n"
 	    "                            would take epsilon past E [default: none]\n"
 	    "      --delta D             delta of (epsilon, delta), below 1/clients\n"
-	    "                            [default: %g]\n",
+	    "                            [default: %g]\n"
+	    "      --dp-min-clients T    distributed: the noise is sized for T clients;\n"
+	    "                            a round with fewer in the sum is aborted\n"
+	    "                            [default: q * min clients * (1 - dropout)]\n"
+	    "      --dp-gamma G          distributed: integer step of the encoding\n"
+	    "                            [default: automatic, C / 2^b]\n"
+	    "      --dp-accounting A     distributed: bound (Kairouz et al. with Zhu and\n"
+	    "                            Wang's subsampling bound, a proof) or gaussian\n"
+	    "                            (the noise accounted as central DP's Gaussian:\n"
+	    "                            tighter, assumes more) [default: bound]\n",
 	    (double)d.momentum, (double)d.weight_decay, (double)d.prox_mu, (double)d.lr_decay,
 	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau, d.compress,
 	    d.downlink_q8 ? "q8" : "full", d.secagg == SRV_SECAGG_OFF ? "off" : "on",

@@ -478,16 +478,17 @@ main(int argc, char **argv)
 		         o.cfg.min_reports, o.cfg.min_clients, o.cfg.min_reports);
 
 	/* DP noise must not be predictable from a seed anyone might know: key
-	 * it from the OS unless the operator asked for a replayable run. */
+	 * it from the OS unless the operator asked for a replayable run. (In
+	 * distributed DP the clients draw the noise, from the OS.) */
 	uint8_t *noise_key = NULL;
-	if (o.cfg.dp != SRV_DP_OFF && !o.seed_given) {
+	if (o.cfg.dp == SRV_DP_CENTRAL && !o.seed_given) {
 		if (sodium_init() < 0 || (noise_key = sodium_malloc(SRV_DP_KEY_BYTES)) == NULL) {
 			log_error(PROG ": cannot set up the DP noise key");
 			goto out;
 		}
 		randombytes_buf(noise_key, SRV_DP_KEY_BYTES);
 		o.cfg.dp_noise_key = noise_key;
-	} else if (o.cfg.dp != SRV_DP_OFF) {
+	} else if (o.cfg.dp == SRV_DP_CENTRAL) {
 		log_warn(PROG ": DP noise derived from --seed %" PRIu64 ": anyone who knows the seed "
 		         "can remove it; leave --seed out in deployment", o.cfg.seed);
 	}

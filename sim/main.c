@@ -489,6 +489,7 @@ client_main(void *arg)
 	o.seed = sh->o->seed ^ ((uint64_t)c->index << 32); /* jitter, rounding noise */
 	o.compress = "any"; /* the server's --compress decides */
 	o.error_feedback = sh->o->error_feedback;
+	o.dp_noise_from_seed = 1; /* results depend only on --seed */
 	o.stop = &g_stop;
 	c->result = shoal_client_run(&o, &c->stats);
 	/* min_clients = N: without this client no round can start again. */
@@ -705,9 +706,9 @@ main(int argc, char **argv)
 		        o.clients, o.model, o.partition, o.per_round, o.rounds, o.epochs, o.batch,
 		        (double)o.lr, o.threads, o.seed);
 	if (!o.quiet && srv_core_dp(core) != NULL)
-		fprintf(stderr, "shoal-sim: central DP: Poisson q=%g, clip %g, noise multiplier %.6g%s, "
-		        "delta %g\n", cfg.sample_rate, cfg.clip,
-		        srv_dp_noise_multiplier(srv_core_dp(core)),
+		fprintf(stderr, "shoal-sim: %s DP: Poisson q=%g, clip %g, noise multiplier %.6g%s, "
+		        "delta %g\n", cfg.dp == SRV_DP_DISTRIBUTED ? "distributed" : "central",
+		        cfg.sample_rate, cfg.clip, srv_dp_noise_multiplier(srv_core_dp(core)),
 		        cfg.target_epsilon > 0 ? " (calibrated for --target-epsilon)" : "", cfg.delta);
 	else if (!o.quiet && cfg.sampling == SRV_SAMPLING_POISSON)
 		fprintf(stderr, "shoal-sim: Poisson sampling, q=%g (--clients-per-round not used)\n",

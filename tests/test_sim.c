@@ -392,6 +392,66 @@ sim_rejects_bad_flags(void **state)
 	rmdir(dir);
 }
 
+/* --dp distributed: refused without secure aggregation or Poisson sampling
+ * (with the flag to add in the message); a small run spends epsilon, and
+ * its clients' noise comes from --seed, so the result does not depend on
+ * --threads. */
+static void
+sim_distributed_dp(void **state)
+{
+	char dir[256], m1[300], m2[300];
+	sim_run r, r1, r2;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	const char *no_secagg[] = {"--model", "logreg", "--clients", "20", "--sampling", "poisson",
+	                           "--sample-rate", "0.5", "--dp", "distributed", "--clip", "1",
+	                           "--noise-multiplier", "1", "--data-dir", SHOAL_DATA_DIR, NULL};
+	run_sim(dir, no_secagg, &r);
+	assert_int_equal(r.status, 1);
+	assert_non_null(strstr(r.err, "--secagg"));
+	sim_run_fini(&r);
+	const char *fixed[] = {"--model", "logreg", "--clients", "20", "--secagg", "full", "--dp",
+	                       "distributed", "--clip", "1", "--noise-multiplier", "1",
+	                       "--data-dir", SHOAL_DATA_DIR, NULL};
+	run_sim(dir, fixed, &r);
+	assert_int_equal(r.status, 1);
+	assert_non_null(strstr(r.err, "--sampling poisson"));
+	sim_run_fini(&r);
+	const char *bad[] = {"--dp", "local", NULL};
+	run_sim(dir, bad, &r);
+	assert_int_equal(r.status, 2);
+	sim_run_fini(&r);
+
+	snprintf(m1, sizeof(m1), "%s/m1.jsonl", dir);
+	snprintf(m2, sizeof(m2), "%s/m2.jsonl", dir);
+	for (int t = 1; t <= 2; t++) {
+		const char *args[] = {
+			"--model", "logreg", "--compress", "none", "--clients", "20", "--rounds", "3",
+			"--sampling", "poisson", "--sample-rate", "0.5", "--secagg", "plus", "--dp",
+			"distributed", "--clip", "1", "--noise-multiplier", "0.5", "--dp-min-clients",
+			"4", "--seed", "3", "--threads", t == 1 ? "1" : "2", "--data-dir",
+			SHOAL_DATA_DIR, "--metrics", t == 1 ? m1 : m2, "--quiet", NULL,
+		};
+		run_sim(dir, args, t == 1 ? &r1 : &r2);
+		if ((t == 1 ? r1 : r2).status != 0)
+			print_error("shoal-sim stderr:\n%s\n", (t == 1 ? r1 : r2).err);
+		assert_int_equal((t == 1 ? r1 : r2).status, 0);
+	}
+	assert_int_equal((int)strlen(r1.hash), HASH_HEX);
+	assert_string_equal(r1.hash, r2.hash);
+	assert_non_null(strstr(r1.err, "privacy: epsilon"));
+	size_t n1;
+	bool st;
+	char *c1 = metrics_canonical(m1, &n1, &st);
+	assert_int_equal(n1, 3);
+	assert_non_null(strstr(c1, "\"epsilon\""));
+	free(c1);
+	sim_run_fini(&r1);
+	sim_run_fini(&r2);
+	cleanup_dir(dir, (const char *const[]){"m1.jsonl", "m2.jsonl", NULL});
+}
+
 static void
 sim_help_lists_every_flag(void **state)
 {
@@ -518,6 +578,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(sim_reaches_accuracy_logreg),
 	cmocka_unit_test(sim_partition_shards_and_dirichlet_run),
 	cmocka_unit_test(sim_rejects_bad_flags),
+	cmocka_unit_test(sim_distributed_dp),
 	cmocka_unit_test(sim_help_lists_every_flag),
 	cmocka_unit_test(sim_missing_data_dir_explains),
 };

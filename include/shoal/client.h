@@ -79,6 +79,10 @@ typedef struct shoal_client_options {
 	/* optional: called after every acknowledged update (e.g. to save
 	   residual_io); return value ignored */
 	void (*on_ack)(void *user, uint32_t round);
+	int dp_noise_from_seed; /* 0 (default): distributed-DP noise from a key
+	                           drawn from the OS CSPRNG; 1: from `seed`
+	                           (simulations: reproducible, and anyone who
+	                           knows the seed can subtract the noise) */
 } shoal_client_options;
 
 typedef struct shoal_client_stats {
