@@ -851,7 +851,7 @@ try_start_round(srv_core *s, uint64_t now)
 		    .deadline_ms = s->cfg.round_timeout_ms,
 		    .seed = rng_u64(&r),
 		    .model_ver = s->version,
-		    .clip = s->dp != NULL ? (float)s->cfg.clip : 0.0f,
+		    .clip = s->dp != NULL ? (float)srv_dp_clip(s->dp) : 0.0f,
 		};
 		memcpy(task.model, s->model, sizeof task.model);
 		if (sa_blob != NULL) {

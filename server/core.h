@@ -79,7 +79,14 @@ typedef struct srv_config {
 	double sample_rate;         /* q in (0, 1] (Poisson) */
 	uint32_t dp;                /* SRV_DP_OFF / _CENTRAL / _DISTRIBUTED (needs
 	                               Poisson; distributed needs secagg) */
-	double clip;                /* C: L2 bound of each client's update (DP) */
+	double clip;                /* C: L2 bound of each client's update (DP);
+	                               with clip_quantile, the starting bound */
+	double clip_quantile;       /* central DP: adapt C to this quantile of
+	                               the update norms (Andrew et al. 2021,
+	                               privacy/adaclip.h); 0: fixed C */
+	double clip_lr;             /* geometric step of the adaptation [0.2] */
+	double clip_count_std;      /* noise stddev on the count of unclipped
+	                               updates; 0: q * min_clients / 20 */
 	double noise_multiplier;    /* z: noise stddev z*C on the sum; 0: calibrate
 	                               it from target_epsilon */
 	double target_epsilon;      /* calibrate z so that `rounds` rounds spend

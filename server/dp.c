@@ -12,6 +12,7 @@
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "privacy/adaclip.h"
 #include "privacy/ddg.h"
 #include "privacy/noise.h"
 #include "privacy/rdp.h"
@@ -30,6 +31,12 @@ struct srv_dp {
 	float *buf;          /* dim: a decoded update, then the noise */
 	dp_accountant acc;
 	uint32_t partial_candidates; /* last warned "n of m parked", 0: none */
+	/* adaptive clipping (central) */
+	bool adaptive;
+	dp_adaclip ac;
+	double z_update;     /* the update's noise multiplier (> z) */
+	double sigma_factor; /* sigma = z_update * clip * sigma_factor */
+	uint32_t n_part, n_unclipped;
 	/* distributed */
 	bool distributed;
 	dp_ddg_enc enc;      /* what clients are told (TASK "sa") */
@@ -65,6 +72,13 @@ srv_dp_check(const srv_config *c, size_t dim)
 	    (c->dp_min_clients != 0 || c->dp_gamma != 0 || c->dp_accounting != SRV_DP_ACCT_BOUND))
 		BAD("--dp-min-clients, --dp-gamma and --dp-accounting configure distributed "
 		    "differential privacy: add --dp distributed");
+	if ((c->clip_quantile != 0 || c->clip_lr != 0 || c->clip_count_std != 0) &&
+	    c->dp != SRV_DP_CENTRAL)
+		BAD("--clip-quantile, --clip-lr and --clip-count-std adapt the clip bound of "
+		    "central differential privacy: add --dp central");
+	if (!(c->clip_quantile >= 0 && c->clip_quantile < 1) || !(c->clip_lr >= 0) ||
+	    !(c->clip_count_std >= 0))
+		BAD("--clip-quantile must be in (0, 1), --clip-lr and --clip-count-std >= 0");
 	if (c->dp == SRV_DP_OFF) {
 		if (c->clip != 0 || c->noise_multiplier != 0 || c->target_epsilon != 0 ||
 		    c->epsilon_budget != 0)
@@ -314,10 +328,33 @@ srv_dp_new(const srv_config *c, size_t dim, srv_dp **out)
 		if (c->epsilon_budget > 0)
 			dp->budget = c->epsilon_budget;
 	}
+	dp->z_update = dp->z;
+	if (c->clip_quantile > 0) {
+		/* Adaptive clipping: the count of unclipped updates is a second
+		 * Gaussian release; the update's noise grows so that both compose
+		 * to the z the accountant charges (privacy/adaclip.h). */
+		double expected = dp->q * c->min_clients;
+		dp->ac = (dp_adaclip){.clip = dp->clip, .quantile = c->clip_quantile,
+		                      .lr = c->clip_lr > 0 ? c->clip_lr : 0.2,
+		                      .count_std = c->clip_count_std > 0 ? c->clip_count_std
+		                                                        : expected / 20};
+		if (dp_adaclip_check(&dp->ac) != SHOAL_OK ||
+		    dp_adaclip_update_z(dp->z, dp->ac.count_std, &dp->z_update) != SHOAL_OK) {
+			log_error("adaptive clipping: the count's noise stddev %g must exceed z/2 = %g "
+			          "(raise --clip-count-std, or --min-clients so that q*min_clients/20 "
+			          "does), and --clip-quantile must be in (0, 1)",
+			          dp->ac.count_std, dp->z / 2);
+			goto fail;
+		}
+		dp->adaptive = true;
+		log_info("adaptive clipping: quantile %g, count noise %g, update noise multiplier "
+		         "%g (z %g charged)", dp->ac.quantile, dp->ac.count_std, dp->z_update, dp->z);
+	}
 	/* Noise for the sensitivity after rounding (dp.h). */
-	double f = dp->z * 0x1p-19 * sqrt((double)dim);
+	double f = dp->z_update * 0x1p-19 * sqrt((double)dim);
 	double m = (double)c->max_clients;
-	dp->sigma = dp->z * dp->clip * (1 + m * m * 0x1p-52) / (1 - f);
+	dp->sigma_factor = (1 + m * m * 0x1p-52) / (1 - f);
+	dp->sigma = dp->z_update * dp->clip * dp->sigma_factor;
 	if (!(f < 0.5) || !(dp->sigma >= DP_GAUSS_MIN_STDDEV && dp->sigma <= DP_GAUSS_MAX_STDDEV)) {
 		log_error("noise multiplier %g with clip %g is outside what the lattice Gaussian "
 		          "supports for %zu parameters; lower --noise-multiplier or change --clip",
@@ -368,6 +405,7 @@ srv_dp_free(srv_dp *dp)
 }
 
 double srv_dp_noise_multiplier(const srv_dp *dp) { return dp->z; }
+double srv_dp_clip(const srv_dp *dp) { return dp->clip; }
 double srv_dp_noise_stddev(const srv_dp *dp) { return dp->sigma; }
 uint64_t srv_dp_steps(const srv_dp *dp) { return dp->steps; }
 void srv_dp_set_steps(srv_dp *dp, uint64_t steps) { dp->steps = steps; }
@@ -447,6 +485,8 @@ srv_dp_add_update(srv_dp *dp, double *acc, const uint8_t *wire, size_t len, bool
 	double norm = dp_clip_l2(dp->buf, dp->dim, dp->clip);
 	if (isnan(norm))
 		return NAN; /* q8 values times a huge scale can overflow float */
+	dp->n_part++;
+	dp->n_unclipped += norm <= dp->clip;
 	if (norm > dp->clip * SRV_DP_CLIP_LOG)
 		log_debug("clipped an update of L2 norm %.6g to %g", norm, dp->clip);
 	for (size_t j = 0; j < dp->dim; j++)
@@ -490,6 +530,29 @@ srv_dp_release(srv_dp *dp, double *acc, uint32_t round)
 	for (size_t j = 0; j < dp->dim; j++)
 		acc[j] = (rint(acc[j] / step) * step + (double)dp->buf[j]) / dp->denom;
 	sodium_memzero(dp->buf, dp->dim * sizeof *dp->buf);
+	if (dp->adaptive) {
+		/* the count's noise: its own stream, next to the update's */
+		rng_init(&r, dp->seed, SRV_DP_NOISE_STREAM | SRV_DP_CLIP_STREAM | round);
+		if (dp->key != NULL) {
+			uint8_t in[24] = "shoal-dp-clip-v1";
+			for (int i = 0; i < 4; i++)
+				in[20 + i] = (uint8_t)(round >> (8 * i));
+			crypto_generichash(r.key, sizeof r.key, in, sizeof in, dp->key, SRV_DP_KEY_BYTES);
+		}
+		double old = dp->clip, b = dp_adaclip_step(&dp->ac, dp->n_unclipped, dp->n_part,
+		                                           dp->denom, &r);
+		rng_fini(&r);
+		double sigma = dp->z_update * dp->ac.clip * dp->sigma_factor;
+		if (sigma >= DP_GAUSS_MIN_STDDEV && sigma <= DP_GAUSS_MAX_STDDEV) {
+			dp->clip = dp->ac.clip;
+			dp->sigma = sigma;
+		} else {
+			dp->ac.clip = dp->clip; /* keep a bound the sampler supports */
+		}
+		log_info("round %u: adaptive clipping: unclipped fraction ~%.3f, clip %g -> %g", round,
+		         b, old, dp->clip);
+	}
+	dp->n_part = dp->n_unclipped = 0;
 	return SHOAL_OK;
 }
 

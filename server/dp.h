@@ -157,6 +157,8 @@ const srv_dp *srv_core_dp(const srv_core *s);
 /* Stream ids of the per-round noise rng: this bit plus the round id. The
  * selection of round r uses stream r (< 2^32), so they never meet. */
 #define SRV_DP_NOISE_STREAM (UINT64_C(1) << 62)
+/* Stream bit of the adaptive-clipping count noise (with the noise bit). */
+#define SRV_DP_CLIP_STREAM (UINT64_C(1) << 61)
 /* Clipping by more than this factor is logged (debug level). */
 #define SRV_DP_CLIP_LOG 1.01
 
@@ -182,6 +184,8 @@ void srv_dp_free(srv_dp *dp);
 /* z (given or calibrated) and the per-coordinate noise stddev sigma of the
  * sum (see the file comment). */
 double srv_dp_noise_multiplier(const srv_dp *dp);
+/* The current clip bound C (moves each round with adaptive clipping). */
+double srv_dp_clip(const srv_dp *dp);
 double srv_dp_noise_stddev(const srv_dp *dp);
 /* Epsilon spent so far at the configured delta; 0 before the first step. */
 double srv_dp_epsilon(const srv_dp *dp);

@@ -16,6 +16,7 @@ enum {
 	F_SECAGG, F_SA_DROPOUT, F_SA_COLLUSION, F_SA_PHASE, F_SA_SCALE,
 	F_SAMPLING, F_SAMPLE_RATE, F_DP, F_CLIP, F_NOISE, F_TARGET_EPS, F_EPS_BUDGET, F_DELTA,
 	F_DP_MIN_CLIENTS, F_DP_GAMMA, F_DP_ACCOUNTING,
+	F_CLIP_QUANTILE, F_CLIP_LR, F_CLIP_COUNT_STD,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -47,6 +48,9 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"dp-min-clients", required_argument, NULL, SRV_FLAG_BASE + F_DP_MIN_CLIENTS},
 	{"dp-gamma", required_argument, NULL, SRV_FLAG_BASE + F_DP_GAMMA},
 	{"dp-accounting", required_argument, NULL, SRV_FLAG_BASE + F_DP_ACCOUNTING},
+	{"clip-quantile", required_argument, NULL, SRV_FLAG_BASE + F_CLIP_QUANTILE},
+	{"clip-lr", required_argument, NULL, SRV_FLAG_BASE + F_CLIP_LR},
+	{"clip-count-std", required_argument, NULL, SRV_FLAG_BASE + F_CLIP_COUNT_STD},
 };
 
 int
@@ -223,6 +227,19 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 		else
 			why = "expected an L2 norm > 0, e.g. 1";
 		break;
+	case F_CLIP_QUANTILE:
+		if (cli_parse_number(arg, 0, 1, true, &v) && v > 0)
+			cfg->clip_quantile = v;
+		else
+			why = "expected a quantile in (0, 1), e.g. 0.5";
+		break;
+	case F_CLIP_LR:
+	case F_CLIP_COUNT_STD:
+		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
+			*(id - SRV_FLAG_BASE == F_CLIP_LR ? &cfg->clip_lr : &cfg->clip_count_std) = v;
+		else
+			why = "expected a number > 0, e.g. 0.2";
+		break;
 	case F_NOISE:
 		if (cli_parse_number(arg, 0, 1e6, false, &v) && v > 0)
 			cfg->noise_multiplier = v;
@@ -315,7 +332,15 @@ srv_flag_help(FILE *f)
 	    "                            clips, rotates and adds discrete Gaussian noise\n"
 	    "                            before masking (needs --secagg). Both need\n"
 	    "                            --sampling poisson [default: %s]\n"
-	    "      --clip C              L2 bound of each client's update (DP)\n"
+	    "      --clip C              L2 bound of each client's update (DP); with\n"
+	    "                            --clip-quantile, the starting bound\n"
+	    "      --clip-quantile G     central: adapt C each round toward the G-quantile\n"
+	    "                            of the update norms from a noised count (Andrew\n"
+	    "                            et al. 2021); the count's noise is charged within\n"
+	    "                            z [default: off]\n"
+	    "      --clip-lr ETA         step of that adaptation [default: 0.2]\n"
+	    "      --clip-count-std S    noise stddev on the count [default: q*min\n"
+	    "                            clients/20]\n"
 	    "      --noise-multiplier Z  noise stddev Z*C on the sum; or:\n"
 	    "      --target-epsilon E    calibrate Z so that --rounds rounds spend E\n"
 	    "      --epsilon-budget E    with --noise-multiplier: finish before a round\n"

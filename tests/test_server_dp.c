@@ -452,6 +452,60 @@ test_server_clips_updates(void **state)
 	free(scratch);
 }
 
+/* Adaptive clipping: 100 updates of norms 1..100 each round; the bound
+ * starts at 10 and settles near the median, and the accountant charges
+ * the configured z exactly as without adaptation (the count's noise is
+ * inside z, privacy/adaclip.h). */
+static void
+test_adaptive_clip_tracks_median(void **state)
+{
+	srv_config c;
+	srv_dp *dp;
+	const size_t dim = 7850;
+	double *acc = calloc(dim, sizeof *acc);
+	float *u = calloc(dim, sizeof *u);
+	uint32_t *scratch = malloc(dim * sizeof *scratch);
+
+	assert_non_null(acc);
+	assert_non_null(u);
+	assert_non_null(scratch);
+	dp_config(&c, 100, 0.5, 1.0, 10.0);
+	c.clip_quantile = 0.5;
+	c.clip_count_std = 1.0;
+	assert_int_equal(srv_dp_new(&c, dim, &dp), SHOAL_OK);
+	assert_true(srv_dp_clip(dp) == 10.0);
+	const uint32_t rounds = 80;
+	for (uint32_t r = 1; r <= rounds; r++) {
+		srv_dp_round_open(dp, r, 200, 200); /* q n = 100 expected */
+		memset(acc, 0, dim * sizeof *acc);
+		for (int i = 1; i <= 100; i++) {
+			memset(u, 0, dim * sizeof *u);
+			u[0] = (float)i;
+			assert_false(isnan(srv_dp_add_update(dp, acc, (const uint8_t *)u, 4 * dim, false,
+			                                     scratch)));
+		}
+		assert_int_equal(srv_dp_release(dp, acc, r), SHOAL_OK);
+	}
+	assert_true(srv_dp_clip(dp) > 40 && srv_dp_clip(dp) < 60);
+	dp_accountant a;
+	double eps;
+	assert_int_equal(dp_accountant_init(&a, NULL, 0, c.delta), SHOAL_OK);
+	assert_int_equal(dp_accountant_add(&a, 0.5, 1.0, rounds), SHOAL_OK);
+	assert_int_equal(dp_accountant_epsilon(&a, &eps, NULL), SHOAL_OK);
+	assert_true(fabs(srv_dp_epsilon(dp) - eps) < 1e-12);
+	dp_accountant_fini(&a);
+	srv_dp_free(dp);
+
+	/* the count's noise must leave room for the update's: 2 sigma_b > z */
+	dp_config(&c, 100, 0.5, 1.0, 10.0);
+	c.clip_quantile = 0.5;
+	c.clip_count_std = 0.4;
+	assert_int_equal(srv_dp_new(&c, dim, &dp), SHOAL_EINVAL);
+	free(acc);
+	free(u);
+	free(scratch);
+}
+
 /* Client 0 sends 10 e_0 + 10 e_1 (norm 14.1); others nothing. */
 static void
 big_update(world *w, uint32_t i, uint32_t round, float *out)
@@ -821,6 +875,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_poisson_rounds_frequency_and_determinism),
 	cmocka_unit_test(test_dp_config_refused),
 	cmocka_unit_test(test_server_clips_updates),
+	cmocka_unit_test(test_adaptive_clip_tracks_median),
 	cmocka_unit_test(test_oversized_update_capped_in_core),
 	cmocka_unit_test(test_client_clips_to_task_bound),
 	cmocka_unit_test(test_noise_stddev_of_released_average),
