@@ -48,7 +48,9 @@ usage(FILE *f)
 	        "  accountant  Renyi-DP accountant: epsilon after N rounds, one per-step RDP\n"
 	        "          vector, sigma calibration (shoal-bench accountant --help)\n"
 	        "  secagg  secure aggregation: client key sharing and masking, server unmask\n"
-	        "          with dropouts (shoal-bench secagg --help)\n",
+	        "          with dropouts (shoal-bench secagg --help)\n"
+	        "  footprint  the edge client: stripped size, peak RSS of one round, bytes\n"
+	        "          of model, residual and buffers (shoal-bench footprint --help)\n",
 	        ml_model_names());
 }
 
@@ -443,6 +445,8 @@ main(int argc, char **argv)
 		return bench_accountant(argc - 1, argv + 1);
 	if (strcmp(argv[1], "secagg") == 0)
 		return bench_secagg(argc - 1, argv + 1);
+	if (strcmp(argv[1], "footprint") == 0)
+		return bench_footprint(argc - 1, argv + 1);
 	fprintf(stderr, "shoal-bench: unknown subcommand '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;

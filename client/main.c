@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -22,6 +23,7 @@
 #include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "client/dump.h"
 #include "client/state.h"
 #include "common/codec.h"
 #include "ml/ml.h"
@@ -100,6 +102,8 @@ typedef struct options {
 	bool error_feedback;
 	bool downlink_q8;
 	const char *state_dir; /* residual persistence, or NULL */
+	const char *dump_dir;  /* --dump-train, or NULL */
+	const char *replay;    /* --replay FILE, or NULL */
 	int verbosity;
 } options;
 
@@ -153,6 +157,13 @@ print_help(FILE *f)
 	    "Testing and output:\n"
 	    "      --train-delay MS      sleep MS before each local training (to make\n"
 	    "                            mid-round failures reproducible) [default: 0]\n"
+	    "      --dump-train DIR      after each local training write DIR/round-R.train:\n"
+	    "                            the task, the global model and the trained model\n"
+	    "                            (client/dump.h) [default: none]\n"
+	    "      --replay FILE         do not connect: train FILE's global model with its\n"
+	    "                            task on this client's partition (same --partition,\n"
+	    "                            --split, --seed, --model) and print how far the\n"
+	    "                            result is from FILE's trained model\n"
 	    "  -q, --quiet               print only errors on stderr\n"
 	    "  -v, --verbose             print debug messages on stderr\n"
 	    "  -h, --help                show this help and exit\n"
@@ -179,6 +190,7 @@ print_help(FILE *f)
 enum {
 	OPT_CONNECT = 256, OPT_DATA_DIR, OPT_PARTITION, OPT_SPLIT, OPT_SEED, OPT_MODEL,
 	OPT_NAME, OPT_TRAIN_DELAY, OPT_COMPRESS, OPT_EF, OPT_DOWNLINK, OPT_STATE_DIR,
+	OPT_DUMP_TRAIN, OPT_REPLAY,
 };
 
 static const struct option long_options[] = {
@@ -194,6 +206,8 @@ static const struct option long_options[] = {
 	{"error-feedback", required_argument, NULL, OPT_EF},
 	{"downlink", required_argument, NULL, OPT_DOWNLINK},
 	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+	{"dump-train", required_argument, NULL, OPT_DUMP_TRAIN},
+	{"replay", required_argument, NULL, OPT_REPLAY},
 	{"quiet", no_argument, NULL, 'q'},
 	{"verbose", no_argument, NULL, 'v'},
 	{"help", no_argument, NULL, 'h'},
@@ -314,6 +328,16 @@ parse_args(int argc, char **argv, options *o)
 				return cli_usage_error(PROG, "--state-dir must name a folder");
 			o->state_dir = a;
 			break;
+		case OPT_DUMP_TRAIN:
+			if (*a == '\0')
+				return cli_usage_error(PROG, "--dump-train must name a folder");
+			o->dump_dir = a;
+			break;
+		case OPT_REPLAY:
+			if (*a == '\0')
+				return cli_usage_error(PROG, "--replay must name a file");
+			o->replay = a;
+			break;
 		case OPT_TRAIN_DELAY:
 			if (!cli_parse_u64(a, 0, MAX_TRAIN_DELAY_MS, &u64))
 				return cli_usage_error(PROG, "--train-delay '%s': expected milliseconds in 0..%u",
@@ -367,6 +391,8 @@ typedef struct trainer {
 	const char *state_dir; /* --state-dir, or NULL */
 	const float *residual; /* refreshed by the library before on_ack */
 	size_t dim;
+	const char *dump_dir;  /* --dump-train, or NULL */
+	float *dump_global;    /* the global model of the round being trained */
 } trainer;
 
 /* After every accepted update: persist the residual (--state-dir). */
@@ -440,6 +466,11 @@ train(void *user, float *params, size_t dim, const shoal_train_info *info,
 	sgd.momentum = info->momentum;
 	sgd.weight_decay = info->weight_decay;
 	sgd.prox_mu = info->prox_mu;
+	if (t->dump_dir != NULL) {
+		if (t->dump_global == NULL && (t->dump_global = malloc(dim * sizeof *params)) == NULL)
+			return -1;
+		memcpy(t->dump_global, params, dim * sizeof *params);
+	}
 	err = ml_train_sgd(t->model, params, t->ds, t->idx, t->n, &sgd, &mean_loss);
 	if (err != SHOAL_OK) {
 		log_error(PROG ": round %" PRIu32 ": training failed: %s", info->round,
@@ -448,8 +479,61 @@ train(void *user, float *params, size_t dim, const shoal_train_info *info,
 	}
 	*n_examples = (uint32_t)t->n;
 	*loss = (float)mean_loss;
+	if (t->dump_dir != NULL)
+		(void)cli_dump_write(t->dump_dir, info, *n_examples, t->dump_global, params, dim);
 	log_debug(PROG ": round %" PRIu32 ": mean training loss %.4f", info->round, mean_loss);
 	return 0;
+}
+
+/* --replay FILE: train the record's global model with the record's task as
+ * train() does in a round, and print the distance of the result from the
+ * record's trained model: the largest coordinate difference, and the L2
+ * norm of the difference relative to the record's update (trained -
+ * global). Returns an exit status: 0 when the replay ran (the caller judges
+ * the distance). */
+static int
+replay(trainer *t, const char *path)
+{
+	shoal_train_info info;
+	uint32_t n_rec, n_ex;
+	float *g = NULL, *want = NULL, *start = NULL, loss;
+	double max_abs = 0.0, d2 = 0.0, u2 = 0.0;
+	size_t dim;
+	shoal_err err;
+	int rc = EXIT_RUNTIME;
+
+	err = cli_dump_read(path, &info, &n_rec, &g, &want, &dim);
+	if (err != SHOAL_OK) {
+		log_error(PROG ": --replay '%s': %s", path, shoal_strerror(err));
+		return EXIT_RUNTIME;
+	}
+	if (dim != ml_model_dim_of(t->model_name) || n_rec != t->n) {
+		log_error(PROG ": --replay '%s' trained %zu parameters on %" PRIu32 " examples; this "
+		          "client has %zu and %zu: use the recording client's --model, --partition, "
+		          "--split and --seed", path, dim, n_rec, ml_model_dim_of(t->model_name), t->n);
+		goto out;
+	}
+	if ((start = malloc(dim * sizeof *start)) == NULL)
+		goto out;
+	memcpy(start, g, dim * sizeof *start);
+	if (train(t, g, dim, &info, &n_ex, &loss) != 0)
+		goto out;
+	for (size_t i = 0; i < dim; i++) {
+		double d = (double)g[i] - (double)want[i], u = (double)want[i] - (double)start[i];
+
+		max_abs = fabs(d) > max_abs ? fabs(d) : max_abs;
+		d2 += d * d;
+		u2 += u * u;
+	}
+	printf(PROG ": replay round=%" PRIu32 " dim=%zu max_abs_diff=%.3g rel_l2_update_diff=%.3g\n",
+	       info.round, dim, max_abs, u2 > 0.0 ? sqrt(d2 / u2) : sqrt(d2));
+	fflush(stdout);
+	rc = EXIT_DONE;
+out:
+	free(g);
+	free(want);
+	free(start);
+	return rc;
 }
 
 /* ---- main ------------------------------------------------------------ */
@@ -514,6 +598,15 @@ main(int argc, char **argv)
 	t.n = n;
 	t.model_name = o.model;
 	t.delay_ms = o.train_delay_ms;
+	if (o.replay != NULL) {
+		rc = replay(&t, o.replay);
+		goto out;
+	}
+	if (o.dump_dir != NULL && mkdir(o.dump_dir, 0700) != 0 && errno != EEXIST) {
+		log_error(PROG ": cannot create --dump-train '%s': %s", o.dump_dir, strerror(errno));
+		goto out;
+	}
+	t.dump_dir = o.dump_dir;
 
 	shoal_client_options_init(&co);
 	co.url = o.url;
@@ -576,6 +669,7 @@ out:
 		ml_model_free(t.model);
 	free(idx);
 	free(residual);
+	free(t.dump_global);
 	ml_dataset_fini(&ds);
 	return rc;
 }
