@@ -17,6 +17,7 @@
 #include "privacy/ddg.h"
 #include "privacy/rng.h"
 #include "privacy/secagg.h"
+#include "server/ckpt.h"
 #include "server/dp.h"
 
 typedef struct client {
@@ -98,6 +99,10 @@ struct srv_core {
 	uint32_t n_slots, n_reported, n_declined;
 	srv_round_stats st;
 	srv_dp *dp;         /* central DP (server/dp.h), NULL when off */
+	bool ckpt_on;       /* encode a checkpoint at every round boundary */
+	uint8_t *ckpt;      /* the newest one not yet taken, or NULL */
+	size_t ckpt_len;
+	uint32_t ckpt_round;
 
 	reply_queue replies;
 	event_queue events;
@@ -304,6 +309,7 @@ sort_indices(uint32_t *v, uint32_t *tmp, size_t n, const client *cl)
 
 static void free_slots(srv_core *s);
 static void try_start_round(srv_core *s, uint64_t now);
+static void checkpoint(srv_core *s);
 static bool sa_finish(srv_core *s);
 
 static void
@@ -482,8 +488,10 @@ close_round(srv_core *s, uint64_t now)
 		finish(s);
 	} else {
 		s->phase = PH_IDLE;
-		try_start_round(s, now);
 	}
+	checkpoint(s); /* the round boundary, before anything of the next round */
+	if (s->phase == PH_IDLE)
+		try_start_round(s, now);
 }
 
 static void
@@ -1373,6 +1381,7 @@ srv_core_free(srv_core *s)
 	free(s->shadow);
 	free(s->dq);
 	free(s->change);
+	free(s->ckpt);
 	srv_opt_fini(&s->opt);
 	ml_model_free(s->eval);
 	srv_dp_free(s->dp);
@@ -1392,4 +1401,201 @@ srv_core_params(const srv_core *s, size_t *dim)
 	if (dim != NULL)
 		*dim = s->dim;
 	return s->params;
+}
+
+/* ---- checkpoints ----------------------------------------------------------- */
+
+/* Everything but the clients, pointing at the core's arrays. */
+static void
+ckpt_view(const srv_core *s, srv_ckpt *c)
+{
+	memset(c, 0, sizeof *c);
+	snprintf(c->model, sizeof c->model, "%s", s->model);
+	c->dim = (uint32_t)s->dim;
+	c->seed = s->cfg.seed;
+	c->opt_kind = (uint32_t)s->opt.cfg.kind;
+	c->downlink_q8 = s->cfg.downlink_q8;
+	c->secagg = s->cfg.secagg;
+	c->dp = s->cfg.dp;
+	c->sampling = s->cfg.sampling;
+	c->sample_rate = s->cfg.sample_rate;
+	c->clip = s->cfg.clip;
+	c->noise_multiplier = s->dp != NULL ? srv_dp_noise_multiplier(s->dp) : 0;
+	c->delta = s->dp != NULL ? s->cfg.delta : 0;
+	c->round = s->round;
+	c->version = s->version;
+	c->finished = s->phase == PH_FINISHED;
+	c->accuracy = s->accuracy;
+	c->loss = s->loss;
+	c->params = s->params;
+	c->shadow = s->shadow;
+	c->dq = s->dq;
+	c->dq_len = (uint32_t)s->dq_len;
+	c->opt_m = s->opt.m;
+	c->opt_v = s->opt.v;
+	c->sa_scale = s->sa_scale;
+	c->have_change = s->have_change;
+	c->change = s->change;
+	if (s->dp != NULL) {
+		c->dp_steps = srv_dp_steps(s->dp);
+		srv_ckpt_view_accountant(c, srv_dp_accountant(s->dp));
+		c->dp_clip = srv_dp_clip(s->dp);
+		c->dp_sigma = srv_dp_noise_stddev(s->dp);
+	}
+}
+
+shoal_err
+srv_core_save(const srv_core *s, uint8_t **buf, size_t *len)
+{
+	srv_ckpt c;
+	shoal_err e;
+
+	*buf = NULL;
+	*len = 0;
+	if (s->phase == PH_RUNNING)
+		return SHOAL_ESTATE;
+	ckpt_view(s, &c);
+	c.n_clients = s->n_clients;
+	if (s->n_clients > 0 && (c.clients = malloc(s->n_clients * sizeof *c.clients)) == NULL)
+		return SHOAL_ENOMEM;
+	for (uint32_t i = 0; i < s->n_clients; i++) {
+		memcpy(c.clients[i].name, s->clients[i].name, sizeof c.clients[i].name);
+		c.clients[i].n_examples = s->clients[i].n_examples;
+		c.clients[i].cx_caps = s->clients[i].cx_caps;
+	}
+	e = srv_ckpt_encode(&c, buf, len);
+	free(c.clients);
+	return e;
+}
+
+void
+srv_core_checkpoint_enable(srv_core *s)
+{
+	s->ckpt_on = true;
+}
+
+/* At a round boundary: the image the driver writes next. */
+static void
+checkpoint(srv_core *s)
+{
+	if (!s->ckpt_on)
+		return;
+	free(s->ckpt);
+	s->ckpt_round = s->round;
+	shoal_err e = srv_core_save(s, &s->ckpt, &s->ckpt_len);
+	if (e != SHOAL_OK)
+		log_error("round %u: cannot encode the checkpoint (%s); the previous one stays on "
+		          "disk", s->round, shoal_strerror(e));
+}
+
+bool
+srv_core_take_checkpoint(srv_core *s, uint8_t **buf, size_t *len, uint32_t *round)
+{
+	if (s->ckpt == NULL)
+		return false;
+	*buf = s->ckpt;
+	*len = s->ckpt_len;
+	*round = s->ckpt_round;
+	s->ckpt = NULL;
+	s->ckpt_len = 0;
+	return true;
+}
+
+shoal_err
+srv_core_restore_clients(srv_core *s, const srv_ckpt_client *cl, uint32_t n)
+{
+	if (n > s->cfg.max_clients - s->n_clients) {
+		log_error("restoring the registry: %u more clients would exceed --max-clients %u", n,
+		          s->cfg.max_clients);
+		return SHOAL_EINVAL;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		if (cl[i].name[0] == '\0' || find_client(s, cl[i].name) >= 0) {
+			log_error("restoring the registry: client '%s' appears twice", cl[i].name);
+			return SHOAL_EINVAL;
+		}
+		client *k = &s->clients[s->n_clients];
+		memset(k, 0, sizeof *k);
+		memcpy(k->name, cl[i].name, sizeof k->name);
+		k->n_examples = cl[i].n_examples;
+		k->cx_caps = cl[i].cx_caps;
+		insert_client(s, s->n_clients++);
+	}
+	return SHOAL_OK;
+}
+
+bool
+srv_core_client(const srv_core *s, uint32_t id, srv_ckpt_client *out)
+{
+	if (id == 0 || id > s->n_clients)
+		return false;
+	memcpy(out->name, s->clients[id - 1].name, sizeof out->name);
+	out->n_examples = s->clients[id - 1].n_examples;
+	out->cx_caps = s->clients[id - 1].cx_caps;
+	return true;
+}
+
+shoal_err
+srv_core_restore(srv_core *s, const srv_ckpt *c)
+{
+	char why[512];
+	srv_ckpt now;
+	size_t dim = s->dim;
+
+	if (s->round != 0 || s->n_clients != 0 || s->phase != PH_IDLE)
+		return SHOAL_ESTATE;
+	ckpt_view(s, &now);
+#define BAD(...)                                                                           \
+	do {                                                                                   \
+		snprintf(why, sizeof why, __VA_ARGS__);                                            \
+		goto bad;                                                                          \
+	} while (0)
+	if (srv_ckpt_check_run(c, &now, why, sizeof why) != SHOAL_OK)
+		goto bad;
+	if ((c->opt_m != NULL) != (s->opt.m != NULL) || (c->opt_v != NULL) != (s->opt.v != NULL) ||
+	    (c->change != NULL) != (s->change != NULL) || c->dq_len > s->dq_cap)
+		BAD("its optimizer or codec state does not fit this server's settings");
+	if (c->dq_len > 0 && cx_validate(c->dq, c->dq_len, (uint32_t)dim, s->scratch) < 0)
+		BAD("its downlink delta does not decode");
+	if (s->dp != NULL && srv_ckpt_put_accountant(c, srv_dp_accountant(s->dp), why,
+	                                             sizeof why) != SHOAL_OK)
+		goto bad;
+	if (s->dp != NULL && srv_dp_set_clip(s->dp, c->dp_clip, c->dp_sigma) != SHOAL_OK)
+		BAD("its DP clip bound %g or noise stddev %g is out of range", c->dp_clip,
+		    c->dp_sigma);
+	if (srv_core_restore_clients(s, c->clients, c->n_clients) != SHOAL_OK)
+		return SHOAL_EINVAL; /* it said why */
+#undef BAD
+	if (s->dp != NULL)
+		srv_dp_set_steps(s->dp, c->dp_steps);
+	memcpy(s->params, c->params, dim * sizeof *s->params);
+	if (s->shadow != NULL)
+		memcpy(s->shadow, c->shadow, dim * sizeof *s->shadow);
+	if (c->dq_len > 0)
+		memcpy(s->dq, c->dq, c->dq_len);
+	s->dq_len = c->dq_len;
+	if (s->opt.m != NULL)
+		memcpy(s->opt.m, c->opt_m, dim * sizeof *s->opt.m);
+	if (s->opt.v != NULL)
+		memcpy(s->opt.v, c->opt_v, dim * sizeof *s->opt.v);
+	if (s->change != NULL)
+		memcpy(s->change, c->change, dim * sizeof *s->change);
+	s->have_change = c->have_change;
+	if (s->cfg.secagg != SRV_SECAGG_OFF && s->cfg.secagg_scale <= 0)
+		s->sa_scale = c->sa_scale; /* adaptive: as the last round left it */
+	s->round = c->round;
+	s->version = c->version;
+	s->accuracy = c->accuracy;
+	s->loss = c->loss;
+	log_info("resumed after round %u (model version %u, %u registered clients)", s->round,
+	         s->version, s->n_clients);
+	/* Finished stays finished unless --rounds was raised (or the target
+	 * accuracy lowered) since. */
+	if (s->round >= s->cfg.rounds ||
+	    (c->finished && s->cfg.target_accuracy > 0 && s->accuracy >= s->cfg.target_accuracy))
+		finish(s);
+	return SHOAL_OK;
+bad:
+	log_error("checkpoint refused: %s", why);
+	return SHOAL_EINVAL;
 }

@@ -194,6 +194,31 @@ uint32_t srv_core_registered(const srv_core *s);
  * NaN when DP is off. */
 double srv_core_epsilon(const srv_core *s);
 
+/* Checkpoints (server/ckpt.h; PROTOCOL.md, "Server checkpoint file").
+ * srv_core_save encodes the whole state between rounds (SHOAL_ESTATE while
+ * a round runs). After srv_core_checkpoint_enable the core encodes it at
+ * every round boundary, after a round closes and before the next opens;
+ * srv_core_take_checkpoint hands out the newest such image (malloc'd,
+ * the caller frees it; false if none is new) and the round it ends. A driver writes it before
+ * sending the replies of the same call, so no client hears of a round the
+ * file does not hold. srv_core_restore loads a decoded checkpoint into a
+ * core fresh from srv_core_new with the same settings; the next round is
+ * then c->round + 1, with the same selection and seeds as in the run that
+ * wrote it. Errors: SHOAL_ESTATE (the core is not fresh), SHOAL_EINVAL
+ * (other settings or an inconsistent state, logged); free the core then. */
+struct srv_ckpt;
+struct srv_ckpt_client;
+shoal_err srv_core_save(const srv_core *s, uint8_t **buf, size_t *len);
+void srv_core_checkpoint_enable(srv_core *s);
+bool srv_core_take_checkpoint(srv_core *s, uint8_t **buf, size_t *len, uint32_t *round);
+shoal_err srv_core_restore(srv_core *s, const struct srv_ckpt *c);
+/* The registry log (ckpt.h): srv_core_client copies out client `id`
+ * (false if there is none); srv_core_restore_clients registers cl[0..n)
+ * as the next ids, before any request (SHOAL_EINVAL: a name twice, or
+ * past --max-clients; logged). */
+bool srv_core_client(const srv_core *s, uint32_t id, struct srv_ckpt_client *out);
+shoal_err srv_core_restore_clients(srv_core *s, const struct srv_ckpt_client *cl, uint32_t n);
+
 /* One JSON object per line with the shared metrics keys (round, accuracy,
  * loss, clients, dropped, bytes_up, bytes_down), plus abandoned, rejected,
  * train_loss, epsilon when DP is on (st->epsilon not NaN), and virtual_s

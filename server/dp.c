@@ -408,7 +408,20 @@ double srv_dp_noise_multiplier(const srv_dp *dp) { return dp->z; }
 double srv_dp_clip(const srv_dp *dp) { return dp->clip; }
 double srv_dp_noise_stddev(const srv_dp *dp) { return dp->sigma; }
 uint64_t srv_dp_steps(const srv_dp *dp) { return dp->steps; }
+dp_accountant *srv_dp_accountant(srv_dp *dp) { return &dp->acc; }
 void srv_dp_set_steps(srv_dp *dp, uint64_t steps) { dp->steps = steps; }
+
+shoal_err
+srv_dp_set_clip(srv_dp *dp, double clip, double sigma)
+{
+	if (!(clip > 0) || !isfinite(clip) || !(sigma > 0) || !isfinite(sigma) ||
+	    (!dp->distributed && !(sigma >= DP_GAUSS_MIN_STDDEV && sigma <= DP_GAUSS_MAX_STDDEV)))
+		return SHOAL_EINVAL;
+	dp->clip = clip;
+	dp->ac.clip = clip;
+	dp->sigma = sigma;
+	return SHOAL_OK;
+}
 
 double
 srv_dp_epsilon(const srv_dp *dp)

@@ -191,6 +191,13 @@ double srv_dp_noise_stddev(const srv_dp *dp);
 double srv_dp_epsilon(const srv_dp *dp);
 /* Rounds charged to the accountant so far. */
 uint64_t srv_dp_steps(const srv_dp *dp);
+/* Checkpoints (server/ckpt.h): the accountant itself, to save and restore
+ * its exact state; the rounds charged; the clip bound and noise stddev in
+ * use, which adaptive clipping moves (srv_dp_set_clip: SHOAL_EINVAL for a
+ * bound or stddev the noise sampler cannot use). */
+struct dp_accountant *srv_dp_accountant(srv_dp *dp);
+void srv_dp_set_steps(srv_dp *dp, uint64_t steps);
+shoal_err srv_dp_set_clip(srv_dp *dp, double clip, double sigma);
 
 /* May round `round` open? False (after logging the budget message) if one
  * more step would take epsilon past the budget. */

@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 
 #include <sodium.h>
@@ -23,6 +25,7 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "ml/ml.h"
+#include "server/ckpt.h"
 #include "server/core.h"
 #include "server/flags.h"
 #include "server/serve.h"
@@ -98,6 +101,8 @@ typedef struct options {
 	const char *data_dir;
 	const char *metrics;
 	bool seed_given; /* --seed on the command line */
+	const char *state_dir; /* --state-dir: checkpoints, or NULL */
+	bool resume;
 	uint32_t linger_ms;
 	int verbosity; /* -1 quiet, 0 normal, 1 verbose */
 } options;
@@ -159,6 +164,20 @@ print_help(FILE *f)
 	    "                            them) [default: " DEFAULT_DATA_DIR "]\n"
 	    "      --metrics FILE        write one JSON object per round to FILE (JSON\n"
 	    "                            lines; '-' for stdout); FILE is truncated\n"
+	    "\n"
+	    "Crash recovery:\n"
+	    "      --state-dir DIR       after every round, save the whole server state\n"
+	    "                            atomically to DIR/" SRV_CKPT_FILE " (the one before is\n"
+	    "                            kept as " SRV_CKPT_PREV "), and each new client's id\n"
+	    "                            to DIR/" SRV_CKPT_CLIENTS "; DIR is created if missing.\n"
+	    "                            Refuses to start when DIR already holds a run's\n"
+	    "                            state, unless --resume is given\n"
+	    "      --resume              continue from the checkpoint in --state-dir (or the\n"
+	    "                            previous one if it is damaged): a round cut short\n"
+	    "                            runs again from its start; start the server with\n"
+	    "                            the same flags. With no checkpoint yet, start at\n"
+	    "                            round 1\n"
+	    "\n"
 	    "  -q, --quiet               print only errors on stderr (no progress lines)\n"
 	    "  -v, --verbose             print debug messages on stderr\n"
 	    "  -h, --help                show this help and exit\n"
@@ -193,7 +212,8 @@ print_help(FILE *f)
 enum {
 	OPT_LISTEN = 256, OPT_ROUNDS, OPT_K, OPT_M, OPT_MIN_REPORTS, OPT_MODEL,
 	OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_TIMEOUT, OPT_HOLD, OPT_MAX_CLIENTS,
-	OPT_MAX_MESSAGE, OPT_DATA_DIR, OPT_METRICS, OPT_SEED, OPT_LINGER,
+	OPT_MAX_MESSAGE, OPT_DATA_DIR, OPT_METRICS, OPT_SEED, OPT_LINGER, OPT_STATE_DIR,
+	OPT_RESUME,
 };
 
 static const struct option long_options[] = {
@@ -214,6 +234,8 @@ static const struct option long_options[] = {
 	{"metrics", required_argument, NULL, OPT_METRICS},
 	{"seed", required_argument, NULL, OPT_SEED},
 	{"linger", required_argument, NULL, OPT_LINGER},
+	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+	{"resume", no_argument, NULL, OPT_RESUME},
 	{"quiet", no_argument, NULL, 'q'},
 	{"verbose", no_argument, NULL, 'v'},
 	{"help", no_argument, NULL, 'h'},
@@ -331,6 +353,14 @@ parse_args(int argc, char **argv, options *o)
 				return cli_usage_error(PROG, "--linger '%s': expected milliseconds in 0..%u",
 				                   a, MAX_LINGER_MS);
 			break;
+		case OPT_STATE_DIR:
+			if (*a == '\0' || strlen(a) > 3000)
+				return cli_usage_error(PROG, "--state-dir must name a folder");
+			o->state_dir = a;
+			break;
+		case OPT_RESUME:
+			o->resume = true;
+			break;
 		case 'q':
 			quiet = true;
 			break;
@@ -363,6 +393,9 @@ parse_args(int argc, char **argv, options *o)
 	if (quiet && verbose)
 		return cli_usage_error(PROG, "--quiet and --verbose contradict each other; pick one");
 	o->verbosity = quiet ? -1 : verbose ? 1 : 0;
+	if (o->resume && o->state_dir == NULL)
+		return cli_usage_error(PROG, "--resume continues the checkpoint in --state-dir DIR: "
+		                   "give --state-dir too");
 	if (o->n_listen == 0)
 		o->listen[o->n_listen++] = DEFAULT_LISTEN;
 
@@ -398,6 +431,12 @@ typedef struct summary {
 	double accuracy, loss; /* after the last round */
 	double epsilon;        /* DP: spent after the last round, NaN if off */
 	uint64_t bytes_up, bytes_down;
+	/* --state-dir */
+	const char *state_dir;
+	bool have_saved;      /* DIR/server.ckpt holds saved_round */
+	uint32_t saved_round;
+	srv_ckpt_log log;     /* DIR/server.clients, fd -1 if none */
+	uint32_t log_failed;  /* registry size whose append failed; 0: none */
 } summary;
 
 static void
@@ -415,6 +454,131 @@ on_round(void *user, const srv_round_stats *st)
 	s->epsilon = st->epsilon;
 	s->bytes_up += st->bytes_up;
 	s->bytes_down += st->bytes_down;
+}
+
+/* New registrations to the registry log (ckpt.h). A failed append is
+ * retried when more clients register or a checkpoint is saved. */
+static void
+sync_registry(summary *s, srv_core *core)
+{
+	uint32_t n = srv_core_registered(core), k = n - s->log.n;
+	srv_ckpt_client *v;
+
+	if (s->log.fd < 0 || n <= s->log.n || n == s->log_failed)
+		return;
+	if ((v = malloc(k * sizeof *v)) == NULL)
+		return;
+	for (uint32_t i = 0; i < k; i++)
+		srv_core_client(core, s->log.n + i + 1, &v[i]);
+	s->log_failed = srv_ckpt_log_append(&s->log, v, k) == SHOAL_OK ? 0 : n;
+	free(v);
+}
+
+/* Before any reply leaves: new clients to the registry log, a new
+ * checkpoint to DIR/server.ckpt. A failed save (full disk, ...) keeps the
+ * previous file and training goes on; the next round tries again. */
+static void
+before_send(void *user, srv_core *core)
+{
+	summary *s = user;
+	uint8_t *buf;
+	size_t len;
+	uint32_t round;
+
+	if (s->state_dir == NULL)
+		return;
+	sync_registry(s, core);
+	if (!srv_core_take_checkpoint(core, &buf, &len, &round))
+		return;
+	if (srv_ckpt_write(s->state_dir, buf, len) == SHOAL_OK) {
+		s->log_failed = 0;
+		log_debug(PROG ": checkpoint after round %" PRIu32 " saved (%zu bytes)", round, len);
+		s->have_saved = true;
+		s->saved_round = round;
+	} else if (s->have_saved) {
+		log_error(PROG ": the checkpoint after round %" PRIu32 " was not saved; %s/%s still "
+		          "holds the state after round %" PRIu32 ", and a restart with --resume would "
+		          "run the rounds since again; training goes on", round, s->state_dir,
+		          SRV_CKPT_FILE, s->saved_round);
+	} else {
+		log_error(PROG ": the checkpoint after round %" PRIu32 " was not saved and there is "
+		          "none before it; training goes on", round);
+	}
+	free(buf);
+}
+
+/* The registry log: clients registered after the checkpoint join the
+ * restored registry (their ids stay theirs); a log that disagrees with the
+ * checkpoint is refused. */
+static bool
+open_registry(const options *o, summary *s, srv_core *core)
+{
+	srv_ckpt_client *cl, k;
+	uint32_t n, have = srv_core_registered(core);
+	bool ok = true;
+
+	if (srv_ckpt_log_open(o->state_dir, &s->log, &cl, &n) != SHOAL_OK)
+		return false;
+	for (uint32_t i = 0; i < n && i < have && ok; i++) {
+		srv_core_client(core, i + 1, &k);
+		if (strcmp(k.name, cl[i].name) != 0) {
+			log_error(PROG ": %s names client %" PRIu32 " '%s', the checkpoint '%s': they "
+			          "come from different runs", s->log.path, i + 1, cl[i].name, k.name);
+			ok = false;
+		}
+	}
+	if (ok && n > have) {
+		ok = srv_core_restore_clients(core, cl + have, n - have) == SHOAL_OK;
+		if (ok)
+			log_info(PROG ": restored %" PRIu32 " client(s) registered since the last "
+			         "checkpoint from %s", n - have, s->log.path);
+	}
+	free(cl);
+	if (ok)
+		sync_registry(s, core); /* a log shorter than the checkpoint's registry */
+	return ok;
+}
+
+/* --state-dir: create it if needed; refuse an existing checkpoint without
+ * --resume; with --resume load it into *ck (*have set). Returns false
+ * after logging why the server cannot start. */
+static bool
+open_state(const options *o, srv_ckpt *ck, bool *have)
+{
+	char path[4096];
+	struct stat st;
+	bool found;
+
+	*have = false;
+	if (mkdir(o->state_dir, 0700) != 0 && errno != EEXIST) {
+		log_error(PROG ": cannot create --state-dir %s: %s", o->state_dir, strerror(errno));
+		return false;
+	}
+	if (stat(o->state_dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+	    access(o->state_dir, W_OK | X_OK) != 0) {
+		log_error(PROG ": --state-dir %s is not a writable folder", o->state_dir);
+		return false;
+	}
+	if (!o->resume) {
+		if (!srv_ckpt_exists(o->state_dir))
+			return true;
+		log_error(PROG ": %s already holds the state of a run (%s, %s): pass --resume to "
+		          "continue it, or use an empty --state-dir to start a new one", o->state_dir,
+		          SRV_CKPT_FILE, SRV_CKPT_CLIENTS);
+		return false;
+	}
+	if (srv_ckpt_load(o->state_dir, ck, &found, path, sizeof path) == SHOAL_OK) {
+		log_info(PROG ": resuming from %s (after round %" PRIu32 ")", path, ck->round);
+		*have = true;
+		return true;
+	}
+	if (!found) {
+		log_info(PROG ": no checkpoint in %s yet; starting at round 1", o->state_dir);
+		return true;
+	}
+	log_error(PROG ": no usable checkpoint in %s (see above); move the files away to start "
+	          "a new run", o->state_dir);
+	return false;
 }
 
 /* ---- main ------------------------------------------------------------ */
@@ -441,6 +605,8 @@ main(int argc, char **argv)
 	ml_dataset test;
 	srv_core *core = NULL;
 	srv_serve_opts so;
+	srv_ckpt ck;
+	bool resumed = false;
 	FILE *user_metrics = NULL, *report;
 	shoal_err err;
 	int rc;
@@ -451,13 +617,17 @@ main(int argc, char **argv)
 	log_set_level(o.verbosity < 0 ? LOG_ERROR : o.verbosity > 0 ? LOG_DEBUG : LOG_INFO);
 	cli_stop_on_signals(on_signal);
 	memset(&sum, 0, sizeof sum);
+	sum.log.fd = -1;
 	memset(&test, 0, sizeof test);
+	memset(&ck, 0, sizeof ck);
 	rc = EXIT_RUNTIME;
+	if (o.state_dir != NULL && !open_state(&o, &ck, &resumed))
+		goto out;
 
 	if (o.metrics != NULL) {
 		if (strcmp(o.metrics, "-") == 0) {
 			user_metrics = stdout;
-		} else if ((user_metrics = fopen(o.metrics, "w")) == NULL) {
+		} else if ((user_metrics = fopen(o.metrics, resumed ? "a" : "w")) == NULL) {
 			log_error(PROG ": cannot write metrics file '%s': %s", o.metrics,
 			          strerror(errno));
 			goto out;
@@ -500,6 +670,22 @@ main(int argc, char **argv)
 		log_error(PROG ": cannot create the server: %s", shoal_strerror(err));
 		goto out;
 	}
+	if (resumed) {
+		if (srv_core_restore(core, &ck) != SHOAL_OK) {
+			log_error(PROG ": cannot resume from the checkpoint in %s: start with the flags "
+			          "of the run that wrote it", o.state_dir);
+			goto out;
+		}
+		sum.have_saved = true;
+		sum.saved_round = ck.round;
+	}
+	srv_ckpt_fini(&ck);
+	if (o.state_dir != NULL) {
+		if (!open_registry(&o, &sum, core))
+			goto out;
+		srv_core_checkpoint_enable(core);
+		sum.state_dir = o.state_dir;
+	}
 
 	err = SHOAL_ECLOSED;
 	if (stop_signal == 0) {
@@ -513,6 +699,7 @@ main(int argc, char **argv)
 		so.linger_ms = o.linger_ms;
 		so.on_listening = on_listening;
 		so.on_round = on_round;
+		so.before_send = before_send;
 		so.user = &sum;
 		g_opts = &o;
 		err = srv_serve(core, &so);
@@ -542,6 +729,8 @@ main(int argc, char **argv)
 	fflush(report);
 
 out:
+	srv_ckpt_fini(&ck);
+	srv_ckpt_log_close(&sum.log);
 	if (core != NULL)
 		srv_core_free(core);
 	ml_dataset_fini(&test);

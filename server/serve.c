@@ -53,13 +53,16 @@ print_progress(const srv_serve_opts *o, const srv_round_stats *st)
 	        rnd, res, st->reported, st->selected, st->dropped, up, down, eps, secs);
 }
 
-/* Send every reply the core produced and report its events. */
+/* Send every reply the core produced (after before_send) and report its
+ * events. */
 static void
 drain(srv_core *core, tp_server *tp, const srv_serve_opts *o)
 {
 	srv_reply r;
 	srv_event ev;
 
+	if (o->before_send != NULL)
+		o->before_send(o->user, core);
 	while (srv_core_pop_reply(core, &r)) {
 		shoal_err e = tp_server_reply(tp, r.req, r.buf, r.len, r.close);
 		if (e != SHOAL_OK)

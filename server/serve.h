@@ -22,6 +22,10 @@ typedef struct srv_serve_opts {
 	void (*on_listening)(void *user); /* called once all URLs listen */
 	/* called after each round, after the metrics line is written */
 	void (*on_round)(void *user, const srv_round_stats *st);
+	/* called after every step of the core, before its replies are sent:
+	 * shoal-server writes its checkpoint and registry log there, so no
+	 * reply tells of a round or a client id the disk does not hold */
+	void (*before_send)(void *user, srv_core *core);
 	void *user;
 	uint32_t rounds;             /* total rounds for progress lines
 	                                ("round 3/20"); 0: not shown */
