@@ -7,9 +7,11 @@
 #
 # alone gives the copy-and-run edge build: every program statically linked
 # (SHOAL_STATIC=ON) and the portable GEMM instead of OpenBLAS (SHOAL_BLAS=OFF;
-# -DSHOAL_BLAS=ON links Debian's static OpenBLAS, ~12 MB more). ctest runs
-# the tests under qemu-aarch64 (Debian's qemu-user): statically linked
-# programs run there, dynamically linked threaded ones hang under its 7.2.
+# -DSHOAL_BLAS=ON links Debian's static OpenBLAS, ~12 MB more;
+# -DSHOAL_STATIC=OFF links the distribution's shared libraries). ctest runs
+# the tests under qemu-aarch64 (Debian's qemu-user); static programs need
+# nothing else there (DESIGN.md saw dynamic threaded ones hang under qemu
+# 7.2; with libc6:arm64 installed they ran here).
 # scripts/cross.sh installs all of this, builds and tests.
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
