@@ -1,5 +1,5 @@
-# cmake/cross-common.cmake - the part of cmake/aarch64.cmake and
-# cmake/armhf.cmake that does not depend on the target: Debian's cross gcc
+# cmake/cross-common.cmake - the part of a cross toolchain file
+# (cmake/aarch64.cmake) that does not depend on the target: Debian's cross gcc
 # for SHOAL_CROSS_TRIPLET, pkg-config reading only that architecture's .pc
 # files, the edge defaults, and qemu-user as the emulator for ctest.
 set(CMAKE_C_COMPILER ${SHOAL_CROSS_TRIPLET}-gcc)

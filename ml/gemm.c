@@ -7,10 +7,12 @@
  * packing), and a micro-kernel keeps an MR x NR block of C in vector
  * registers while it walks K, one broadcast of A times one row of B per
  * step. The vectors are GCC vector extensions of 4 floats: SSE on x86-64,
- * NEON on aarch64 and armhf, and the compiler fuses multiply-adds where the
- * target has them (CMake gives this file -ffp-contract=fast). Register
- * budget: aarch64 has 32 vector registers, so its tile is 8 x 12 (24
- * accumulators); x86-64 (SSE2 baseline) and armhf have 16, so 4 x 8.
+ * NEON on aarch64 (32-bit ARM keeps them on scalar VFP unless NEON's
+ * denormal flushing is allowed: docs/raspberry-pi.md), and the compiler
+ * fuses multiply-adds where the target has them (CMake gives this file
+ * -ffp-contract=fast). Register budget: aarch64 has 32 vector registers,
+ * so its tile is 8 x 12 (24 accumulators); x86-64 (SSE2 baseline) and
+ * 32-bit ARM have 16, so 4 x 8.
  * Scratch is one allocation per call of at most (KC x NC + MC x KC) floats
  * (~0.6 MB); if it fails, a plain triple loop computes the same product. */
 #include "ml/gemm.h"

@@ -4,8 +4,8 @@
  *
  * Two builds (CMake option SHOAL_BLAS): ON calls OpenBLAS through CBLAS;
  * OFF uses the portable packed GEMM of gemm.c, written with GCC vector
- * extensions so that it compiles to SSE on x86-64 and NEON on aarch64 and
- * armhf without a BLAS: the small static edge binary (DESIGN.md section 6).
+ * extensions so that it compiles to SSE on x86-64 and NEON on aarch64
+ * without a BLAS: the small static edge binary (DESIGN.md section 6).
  * The portable GEMM is single-threaded; beta == 0 overwrites C (NaNs in C
  * do not survive), as BLAS does. */
 #ifndef SHOAL_ML_GEMM_H

@@ -5,14 +5,14 @@
 # under qemu-user (docs/raspberry-pi.md).
 #
 #   scripts/cross.sh            # aarch64 (Pi 3/4/5, 64-bit OS) into build-arm64
-#   scripts/cross.sh armhf      # 32-bit Raspberry Pi OS into build-armhf
 #
+# (armhf, the 32-bit Raspberry Pi OS, is not built: docs/raspberry-pi.md.)
 # Idempotent, like setup.sh: installs only what is missing and rebuilds
 # incrementally. Debian ships no static libcmocka.a, so the tests' cmocka is
 # built once from Debian's own source package (apt-get source, with a
 # private apt state under BUILD_DIR/deps: the system's apt sources are left
 # as they are) into BUILD_DIR/deps.
-# Environment: BUILD_DIR (default build-arm64 / build-armhf), SHOAL_BLAS=ON
+# Environment: BUILD_DIR (default build-arm64), SHOAL_BLAS=ON
 # to link the target's OpenBLAS instead of the portable GEMM, SHOAL_STATIC=OFF
 # for programs linked against the distribution's shared libraries (for a Pi
 # that installs them with apt; qemu finds the arm64 loader and libraries in
@@ -28,10 +28,8 @@ case "$arch" in
 aarch64 | arm64)
 	arch=aarch64 debarch=arm64 triplet=aarch64-linux-gnu qemu=qemu-aarch64
 	default_build=build-arm64 ;;
-armhf)
-	debarch=armhf triplet=arm-linux-gnueabihf qemu=qemu-arm default_build=build-armhf ;;
 *)
-	echo "usage: $0 [aarch64|armhf]" >&2
+	echo "usage: $0 [aarch64]" >&2
 	exit 2 ;;
 esac
 build_dir=${BUILD_DIR:-$default_build}
