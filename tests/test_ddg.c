@@ -7,6 +7,7 @@
  * abort, epsilon per round is what the accountant formula and shoal-dp
  * say, and the configurations distributed DP needs are enforced. */
 #include "testutil.h"
+#include "dptool.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -27,7 +28,6 @@
 #include "server/core.h"
 #include "server/dp.h"
 
-#define DP_BIN SHOAL_BIN_DIR "/shoal-dp"
 
 static bool
 close_rel(double a, double b, double tol)
@@ -614,46 +614,6 @@ ddp_run_cores(ddp_run *o)
 	srv_core_free(s);
 }
 
-/* Runs shoal-dp with args; returns its JSON object (caller decrefs). */
-static json_t *
-run_shoal_dp(const char *const *args)
-{
-	const char *argv[32];
-	char out[4096];
-	size_t n = 0, len = 0;
-	ssize_t got;
-	int fd[2], st;
-	pid_t pid;
-
-	if (access(DP_BIN, X_OK) != 0) {
-		fprintf(stderr, "%s is missing: build all targets (cmake --build) first\n", DP_BIN);
-		fail();
-	}
-	argv[n++] = DP_BIN;
-	while (*args != NULL && n < 31)
-		argv[n++] = *args++;
-	argv[n] = NULL;
-	assert_int_equal(pipe(fd), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(fd[1], 1);
-		close(fd[0]);
-		close(fd[1]);
-		execv(DP_BIN, (char *const *)argv);
-		_exit(127);
-	}
-	close(fd[1]);
-	while (len + 1 < sizeof out && (got = read(fd[0], out + len, sizeof out - 1 - len)) > 0)
-		len += (size_t)got;
-	out[len] = '\0';
-	close(fd[0]);
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	json_t *o = json_loads(out, 0, NULL);
-	assert_non_null(o);
-	return o;
-}
 
 static double
 tool_epsilon(const dp_ddg *m, double q, uint32_t steps, double delta)
@@ -671,7 +631,7 @@ tool_epsilon(const dp_ddg *m, double q, uint32_t steps, double delta)
 	                      "--clients", a[4], "--l2", a[5], "--l1", a[6], "--sigma2", a[7],
 	                      "--accounting",
 	                      m->sub == DP_DDG_SUB_GENERAL ? "bound" : "gaussian", NULL};
-	json_t *o = run_shoal_dp(args);
+	json_t *o = dptool_json(args);
 	double e = json_real_value(json_object_get(o, "epsilon"));
 	json_decref(o);
 	return e;

@@ -18,10 +18,10 @@
 #include <jansson.h>
 
 #include "tests/testutil.h"
+#include "tests/dptool.h"
 
 #include "privacy/rdp.h"
 
-#define DP_BIN SHOAL_BIN_DIR "/shoal-dp"
 
 static void
 assert_rel(double got, double want, double tol)
@@ -501,42 +501,6 @@ test_rdp_load_rejects(void **state)
 	assert_null(a.orders);
 }
 
-/* Runs shoal-dp with args; returns its exit status, stdout in out. */
-static int
-run_dp(const char *const *args, char *out, size_t cap)
-{
-	const char *argv[16];
-	int fd[2], st;
-	size_t n = 0, len = 0;
-	ssize_t got;
-	pid_t pid;
-
-	if (access(DP_BIN, X_OK) != 0) {
-		fprintf(stderr, "%s is missing: build all targets (cmake --build) first\n", DP_BIN);
-		fail();
-	}
-	argv[n++] = DP_BIN;
-	while (*args != NULL && n < 15)
-		argv[n++] = *args++;
-	argv[n] = NULL;
-	assert_int_equal(pipe(fd), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(fd[1], 1);
-		close(fd[0]);
-		close(fd[1]);
-		execv(DP_BIN, (char *const *)argv);
-		_exit(127);
-	}
-	close(fd[1]);
-	while (len + 1 < cap && (got = read(fd[0], out + len, cap - 1 - len)) > 0)
-		len += (size_t)got;
-	out[len] = '\0';
-	close(fd[0]);
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 static double
 json_num(json_t *o, const char *key)
@@ -562,7 +526,7 @@ test_rdp_cli(void **state)
 	json_error_t jerr;
 	json_t *o;
 
-	assert_int_equal(run_dp(eps_args, out, sizeof out), 0);
+	assert_int_equal(dptool_run(eps_args, out, sizeof out), 0);
 	/* One line. */
 	assert_true(strlen(out) > 0 && strchr(out, '\n') == out + strlen(out) - 1);
 	o = json_loads(out, 0, &jerr);
@@ -574,14 +538,14 @@ test_rdp_cli(void **state)
 	assert_true(json_num(o, "orders") == DP_DEFAULT_ORDERS);
 	json_decref(o);
 
-	assert_int_equal(run_dp(cal_args, out, sizeof out), 0);
+	assert_int_equal(dptool_run(cal_args, out, sizeof out), 0);
 	o = json_loads(out, 0, &jerr);
 	assert_non_null(o);
 	assert_true(fabs(json_num(o, "sigma") - 1.356134) < 1.5e-6);
 	assert_true(json_num(o, "epsilon") <= 8.0);
 	json_decref(o);
 
-	assert_int_equal(run_dp(rdp_args, out, sizeof out), 0);
+	assert_int_equal(dptool_run(rdp_args, out, sizeof out), 0);
 	o = json_loads(out, 0, &jerr);
 	assert_non_null(o);
 	assert_rel(json_num(o, "rdp"), 6.5007090e-04, 1e-7);
@@ -589,7 +553,7 @@ test_rdp_cli(void **state)
 	json_decref(o);
 
 	/* Usage errors: exit 2, nothing on stdout. */
-	assert_int_equal(run_dp(bad_args, out, sizeof out), 2);
+	assert_int_equal(dptool_run(bad_args, out, sizeof out), 2);
 	assert_string_equal(out, "");
 }
 

@@ -5,6 +5,7 @@
  * the noise's standard deviation, budget enforcement checked against the
  * accountant and the shoal-dp binary, and epsilon in the metrics. */
 #include "testutil.h"
+#include "dptool.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -23,7 +24,6 @@
 #include "server/core.h"
 #include "server/dp.h"
 
-#define DP_BIN SHOAL_BIN_DIR "/shoal-dp"
 #define MAXC 64
 #define MAXROUNDS 512
 
@@ -668,46 +668,6 @@ test_empty_round_releases_noise(void **state)
 
 /* ---- budget ------------------------------------------------------------------ */
 
-/* Runs shoal-dp with args; returns its JSON object (caller decrefs). */
-static json_t *
-run_shoal_dp(const char *const *args)
-{
-	const char *argv[16];
-	char out[4096];
-	size_t n = 0, len = 0;
-	ssize_t got;
-	int fd[2], st;
-	pid_t pid;
-
-	if (access(DP_BIN, X_OK) != 0) {
-		fprintf(stderr, "%s is missing: build all targets (cmake --build) first\n", DP_BIN);
-		fail();
-	}
-	argv[n++] = DP_BIN;
-	while (*args != NULL && n < 15)
-		argv[n++] = *args++;
-	argv[n] = NULL;
-	assert_int_equal(pipe(fd), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		dup2(fd[1], 1);
-		close(fd[0]);
-		close(fd[1]);
-		execv(DP_BIN, (char *const *)argv);
-		_exit(127);
-	}
-	close(fd[1]);
-	while (len + 1 < sizeof out && (got = read(fd[0], out + len, sizeof out - 1 - len)) > 0)
-		len += (size_t)got;
-	out[len] = '\0';
-	close(fd[0]);
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	json_t *o = json_loads(out, 0, NULL);
-	assert_non_null(o);
-	return o;
-}
 
 static double
 dp_tool_epsilon(double q, double sigma, uint32_t steps, double delta)
@@ -719,7 +679,7 @@ dp_tool_epsilon(double q, double sigma, uint32_t steps, double delta)
 	snprintf(ds, sizeof ds, "%.17g", delta);
 	const char *args[] = {"epsilon", "--q", qs, "--sigma", ss, "--steps", ts, "--delta", ds,
 	                      NULL};
-	json_t *o = run_shoal_dp(args);
+	json_t *o = dptool_json(args);
 	double e = json_real_value(json_object_get(o, "epsilon"));
 	json_decref(o);
 	return e;
@@ -786,7 +746,7 @@ test_target_epsilon_calibrates_for_all_rounds(void **state)
 	double z = srv_dp_noise_multiplier(srv_core_dp(w.s));
 	const char *args[] = {"calibrate", "--q", "0.5", "--steps", "6", "--delta", "1e-5",
 	                      "--epsilon", "4", NULL};
-	json_t *o = run_shoal_dp(args);
+	json_t *o = dptool_json(args);
 	assert_true(fabs(z - json_real_value(json_object_get(o, "sigma"))) < 1e-12);
 	json_decref(o);
 	double eps = srv_core_epsilon(w.s);
