@@ -10,7 +10,7 @@
  *   rss_start         VmRSS when the program starts (under qemu-user: the
  *                     emulator's own memory, which every figure includes)
  *   rss_peak_process  the most VmHWM before and during the round: the whole life,
- *                     including reading the full MNIST training files
+ *                     including reading the partition's rows of MNIST
  *   rss_peak_round    VmHWM of the round alone (reset through
  *                     /proc/self/clear_refs once the data is ready)
  *   own_rss_peak_round  the most resident bytes of the process's own
@@ -28,8 +28,8 @@
  *                     every buffer the client holds for the round
  *   goal_bytes        3 x model + local data + 8 MiB (issue 9), and
  *   goal_fraction     own_rss_peak_round / goal_bytes (<= 1 meets it).
- * The data are compacted to the partition before the round, as
- * shoal-client does. */
+ * Only the partition's rows are read from the IDX files (the labels decide
+ * the partition), as shoal-client does. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -251,26 +251,6 @@ fp_on_ack(void *user, uint32_t round)
 	sample(user);
 }
 
-/* The partition's examples copied out of ds into local (0..n-1 in idx). */
-static shoal_err
-compact(const ml_dataset *ds, uint32_t *idx, size_t n, ml_dataset *local)
-{
-	local->n = n;
-	local->images = malloc(n * ML_IMAGE_PIXELS);
-	local->labels = malloc(n);
-	if (local->images == NULL || local->labels == NULL) {
-		ml_dataset_fini(local);
-		return SHOAL_ENOMEM;
-	}
-	for (size_t i = 0; i < n; i++) {
-		memcpy(local->images + i * ML_IMAGE_PIXELS,
-		       ds->images + (size_t)idx[i] * ML_IMAGE_PIXELS, ML_IMAGE_PIXELS);
-		local->labels[i] = ds->labels[idx[i]];
-		idx[i] = (uint32_t)i;
-	}
-	return SHOAL_OK;
-}
-
 /* Path of a file beside /proc/self/exe. */
 static void
 beside_self(const char *name, char *out, size_t cap)
@@ -380,17 +360,17 @@ bench_footprint(int argc, char **argv)
 	emit("rss_start", base, rss_start, "bytes");
 
 	/* The client's data: its partition only. */
-	if (ml_mnist_load(dir, "train", &full) != SHOAL_OK ||
+	if (ml_mnist_load_labels(dir, "train", &full) != SHOAL_OK ||
 	    ml_partition_make("iid", &full, parts, 1, &pt) != SHOAL_OK)
 		goto done;
 	n = pt.start[part + 1] - pt.start[part];
-	if ((idx = malloc(n * sizeof *idx)) == NULL)
-		goto done;
-	memcpy(idx, pt.idx + pt.start[part], n * sizeof *idx);
-	ml_partition_fini(&pt);
-	if (compact(&full, idx, n, &local) != SHOAL_OK)
-		goto done;
 	ml_dataset_fini(&full);
+	if (n == 0 || (idx = malloc(n * sizeof *idx)) == NULL ||
+	    ml_mnist_load_rows(dir, "train", pt.idx + pt.start[part], n, &local) != SHOAL_OK)
+		goto done;
+	ml_partition_fini(&pt);
+	for (size_t i = 0; i < n; i++)
+		idx[i] = (uint32_t)i;
 
 	/* The server, with the client's round as its only round. */
 	if (mkdtemp(sock_dir) == NULL)

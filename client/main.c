@@ -380,32 +380,6 @@ parse_args(int argc, char **argv, options *o)
 
 /* ---- training -------------------------------------------------------- */
 
-/* Keeps only examples idx[0..n) of *ds, in that order, and renumbers idx to
- * 0..n-1: training gathers the same rows, and the rest of the training set
- * (47 MB for all of MNIST) does not stay resident for the whole run.
- * Errors: SHOAL_ENOMEM (*ds untouched). */
-static shoal_err
-keep_partition(ml_dataset *ds, uint32_t *idx, size_t n)
-{
-	ml_dataset local = {.n = n};
-
-	local.images = malloc(n * ML_IMAGE_PIXELS);
-	local.labels = malloc(n);
-	if (local.images == NULL || local.labels == NULL) {
-		ml_dataset_fini(&local);
-		return SHOAL_ENOMEM;
-	}
-	for (size_t i = 0; i < n; i++) {
-		memcpy(local.images + i * ML_IMAGE_PIXELS,
-		       ds->images + (size_t)idx[i] * ML_IMAGE_PIXELS, ML_IMAGE_PIXELS);
-		local.labels[i] = ds->labels[idx[i]];
-		idx[i] = (uint32_t)i;
-	}
-	ml_dataset_fini(ds);
-	*ds = local;
-	return SHOAL_OK;
-}
-
 typedef struct trainer {
 	const ml_dataset *ds;
 	const uint32_t *idx;   /* this client's examples */
@@ -589,7 +563,10 @@ main(int argc, char **argv)
 	memset(&st, 0, sizeof st);
 	rc = EXIT_RUNTIME;
 
-	err = ml_mnist_load(o.data_dir, "train", &ds);
+	/* Only the labels decide the partition; then only this client's rows
+	 * are read, so the rest of the training set (47 MB) never enters
+	 * memory. idx is renumbered to 0..n-1 over the rows kept. */
+	err = ml_mnist_load_labels(o.data_dir, "train", &ds);
 	if (err != SHOAL_OK) {
 		log_error(PROG ": cannot load the MNIST training set from '%s': %s", o.data_dir,
 		          shoal_strerror(err));
@@ -601,20 +578,27 @@ main(int argc, char **argv)
 		          o.n_parts, o.split, shoal_strerror(err));
 		goto out;
 	}
-	/* Keep only this client's index list. */
 	n = part.start[o.part + 1] - part.start[o.part];
-	if (n > 0 && (idx = malloc(n * sizeof *idx)) != NULL)
-		memcpy(idx, part.idx + part.start[o.part], n * sizeof *idx);
-	ml_partition_fini(&part);
+	ml_dataset_fini(&ds);
 	if (n == 0) {
 		log_error(PROG ": partition %" PRIu32 "/%" PRIu32 " (%s, seed %" PRIu64 ") is empty; "
 		          "use fewer parts", o.part, o.n_parts, o.split, o.seed);
+		ml_partition_fini(&part);
 		goto out;
 	}
-	if (idx == NULL || keep_partition(&ds, idx, n) != SHOAL_OK) {
+	err = ml_mnist_load_rows(o.data_dir, "train", part.idx + part.start[o.part], n, &ds);
+	ml_partition_fini(&part);
+	if (err != SHOAL_OK) {
+		log_error(PROG ": cannot read partition %" PRIu32 " of the MNIST training set "
+		          "from '%s': %s", o.part, o.data_dir, shoal_strerror(err));
+		goto out;
+	}
+	if ((idx = malloc(n * sizeof *idx)) == NULL) {
 		log_error(PROG ": out of memory");
 		goto out;
 	}
+	for (size_t i = 0; i < n; i++)
+		idx[i] = (uint32_t)i;
 	log_info(PROG ": %s holds %zu examples (partition %" PRIu32 "/%" PRIu32 ", %s, seed %"
 	         PRIu64 "); connecting to %s", o.name, n, o.part, o.n_parts, o.split, o.seed,
 	         o.url);

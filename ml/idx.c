@@ -30,15 +30,16 @@ be32(const uint8_t *p)
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-shoal_err
-ml_idx_parse(const uint8_t *buf, size_t len, ml_idx *out)
+/* Checks the header in buf[0..len) and the body length the file has in
+ * all, total (>= len): everything ml_idx_parse checks, without needing
+ * the body in memory. Fills r's dims and count, *hdr the body's offset. */
+static shoal_err
+parse_header(const uint8_t *buf, size_t len, uint64_t total, ml_idx *r, size_t *hdr)
 {
 	static const uint8_t magic_prefix[3] = {0x00, 0x00, IDX_TYPE_U8};
-	ml_idx r = {0};
-	size_t hdr, count = 1;
+	size_t count = 1;
 	uint32_t ndims;
 
-	memset(out, 0, sizeof *out);
 	/* Judge the magic on the bytes we have, so a wrong file is EFORMAT
 	 * and a cut-off good file is ETRUNC whatever its length. */
 	for (size_t i = 0; i < 3 && i < len; i++)
@@ -49,23 +50,37 @@ ml_idx_parse(const uint8_t *buf, size_t len, ml_idx *out)
 	ndims = buf[3];
 	if (ndims < 1 || ndims > ML_IDX_MAX_DIMS)
 		return SHOAL_EFORMAT;
-	hdr = 4 + 4 * (size_t)ndims;
-	if (len < hdr)
+	*hdr = 4 + 4 * (size_t)ndims;
+	if (len < *hdr)
 		return SHOAL_ETRUNC;
 	for (uint32_t i = 0; i < ndims; i++) {
 		uint32_t d = be32(buf + 4 + 4 * i);
 
-		if (d == 0 || count > (SIZE_MAX - hdr) / d)
+		if (d == 0 || count > (SIZE_MAX - *hdr) / d)
 			return SHOAL_EINVAL;
 		count *= d;
-		r.dims[i] = d;
+		r->dims[i] = d;
 	}
-	if (len - hdr < count)
+	if (total - *hdr < count)
 		return SHOAL_ETRUNC;
-	if (len - hdr > count)
+	if (total - *hdr > count)
 		return SHOAL_EINVAL;
-	r.ndims = ndims;
-	r.count = count;
+	r->ndims = ndims;
+	r->count = count;
+	return SHOAL_OK;
+}
+
+shoal_err
+ml_idx_parse(const uint8_t *buf, size_t len, ml_idx *out)
+{
+	ml_idx r = {0};
+	size_t hdr;
+	shoal_err err;
+
+	memset(out, 0, sizeof *out);
+	err = parse_header(buf, len, len, &r, &hdr);
+	if (err != SHOAL_OK)
+		return err;
 	r.data = buf + hdr;
 	*out = r;
 	return SHOAL_OK;
@@ -131,21 +146,64 @@ ml_idx_fini(ml_idx *idx)
 	memset(idx, 0, sizeof *idx);
 }
 
-shoal_err
-ml_mnist_load(const char *dir, const char *split, ml_dataset *out)
+/* Opens an IDX file of unsigned bytes and checks its header against its
+ * size without reading the body: *hdr_len is the body's offset. Messages
+ * as ml_idx_read's. */
+static shoal_err
+idx_open(const char *path, FILE **fp, ml_idx *h, size_t *hdr_len)
 {
-	ml_idx img = {0}, lab = {0};
+	uint8_t head[4 + 4 * ML_IDX_MAX_DIMS];
+	struct stat st;
+	shoal_err err;
+	size_t got;
+	FILE *f;
+
+	*fp = NULL;
+	memset(h, 0, sizeof *h);
+	f = fopen(path, "rb");
+	if (f == NULL) {
+		if (errno == ENOENT)
+			log_error("%s: not found; run scripts/setup.sh to download MNIST", path);
+		else
+			log_error("%s: %s", path, strerror(errno));
+		return SHOAL_EIO;
+	}
+	if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0) {
+		log_error("%s: not a readable regular file", path);
+		fclose(f);
+		return SHOAL_EIO;
+	}
+	got = fread(head, 1, sizeof head, f);
+	err = parse_header(head, got, (uint64_t)st.st_size, h, hdr_len);
+	if (err != SHOAL_OK) {
+		log_error("%s: not a valid IDX file (%s); run scripts/setup.sh to fetch it again",
+		          path, shoal_strerror(err));
+		fclose(f);
+		return err;
+	}
+	*fp = f;
+	return SHOAL_OK;
+}
+
+/* Labels in full (checked), the image file open at its validated header. */
+static shoal_err
+mnist_open(const char *dir, const char *split, ml_dataset *labels, FILE **images,
+           size_t *hdr_len)
+{
+	ml_idx img, lab = {0};
 	char path[4096];
 	shoal_err err;
+	FILE *f = NULL;
 
-	memset(out, 0, sizeof *out);
+	memset(labels, 0, sizeof *labels);
+	*images = NULL;
 	if (dir == NULL || split == NULL)
 		return SHOAL_EINVAL;
 	if (snprintf(path, sizeof path, "%s/%s-images-idx3-ubyte", dir, split) >= (int)sizeof path)
 		return SHOAL_EINVAL;
-	err = ml_idx_read(path, &img);
+	err = idx_open(path, &f, &img, hdr_len);
 	if (err != SHOAL_OK)
-		goto fail;
+		return err;
 	if (img.ndims != 3 || img.dims[1] != 28 || img.dims[2] != 28) {
 		log_error("%s: expected n x 28 x 28 images", path);
 		err = SHOAL_EFORMAT;
@@ -170,13 +228,95 @@ ml_mnist_load(const char *dir, const char *split, ml_dataset *out)
 			goto fail;
 		}
 	}
-	out->n = img.dims[0];
-	out->images = img.owned;
-	out->labels = lab.owned;
+	labels->n = lab.count;
+	labels->labels = lab.owned;
+	*images = f;
 	return SHOAL_OK;
 fail:
-	ml_idx_fini(&img);
 	ml_idx_fini(&lab);
+	fclose(f);
+	return err;
+}
+
+shoal_err
+ml_mnist_load(const char *dir, const char *split, ml_dataset *out)
+{
+	size_t hdr, len;
+	shoal_err err;
+	FILE *f;
+
+	err = mnist_open(dir, split, out, &f, &hdr);
+	if (err != SHOAL_OK)
+		return err;
+	len = out->n * ML_IMAGE_PIXELS;
+	out->images = malloc(len);
+	if (out->images == NULL) {
+		err = SHOAL_ENOMEM;
+	} else if (fseeko(f, (off_t)hdr, SEEK_SET) != 0 || fread(out->images, 1, len, f) != len) {
+		log_error("%s/%s-images-idx3-ubyte: read failed", dir, split);
+		err = SHOAL_EIO;
+	}
+	fclose(f);
+	if (err != SHOAL_OK)
+		ml_dataset_fini(out);
+	return err;
+}
+
+shoal_err
+ml_mnist_load_labels(const char *dir, const char *split, ml_dataset *out)
+{
+	size_t hdr;
+	FILE *f;
+	shoal_err err = mnist_open(dir, split, out, &f, &hdr);
+
+	if (err == SHOAL_OK)
+		fclose(f);
+	return err;
+}
+
+shoal_err
+ml_mnist_load_rows(const char *dir, const char *split, const uint32_t *rows, size_t n,
+                   ml_dataset *out)
+{
+	ml_dataset all;
+	size_t hdr;
+	shoal_err err;
+	FILE *f;
+
+	memset(out, 0, sizeof *out);
+	if (rows == NULL || n == 0)
+		return SHOAL_EINVAL;
+	err = mnist_open(dir, split, &all, &f, &hdr);
+	if (err != SHOAL_OK)
+		return err;
+	err = SHOAL_ENOMEM;
+	if (n > SIZE_MAX / ML_IMAGE_PIXELS || (out->images = malloc(n * ML_IMAGE_PIXELS)) == NULL ||
+	    (out->labels = malloc(n)) == NULL)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		if (rows[i] >= all.n) {
+			log_error("%s/%s: example %u is beyond the %zu in the file", dir, split,
+			          rows[i], all.n);
+			err = SHOAL_EINVAL;
+			goto fail;
+		}
+		if (fseeko(f, (off_t)(hdr + (size_t)rows[i] * ML_IMAGE_PIXELS), SEEK_SET) != 0 ||
+		    fread(out->images + i * ML_IMAGE_PIXELS, 1, ML_IMAGE_PIXELS, f) !=
+		        ML_IMAGE_PIXELS) {
+			log_error("%s/%s-images-idx3-ubyte: read failed", dir, split);
+			err = SHOAL_EIO;
+			goto fail;
+		}
+		out->labels[i] = all.labels[rows[i]];
+	}
+	out->n = n;
+	fclose(f);
+	ml_dataset_fini(&all);
+	return SHOAL_OK;
+fail:
+	fclose(f);
+	ml_dataset_fini(&all);
+	ml_dataset_fini(out);
 	return err;
 }
 

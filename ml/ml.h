@@ -56,6 +56,19 @@ typedef struct ml_dataset {
 shoal_err ml_mnist_load(const char *dir, const char *split, ml_dataset *out);
 void ml_dataset_fini(ml_dataset *ds);
 
+/* The same files, without holding the whole training set (47 MB) in memory
+ * (for edge clients):
+ * - ml_mnist_load_labels reads the labels (n bytes) and checks that the
+ *   image file's header and size match them; out->images is NULL. Enough
+ *   for ml_partition_make.
+ * - ml_mnist_load_rows reads only examples rows[0..n) (each < the file's
+ *   count), in that order, with positioned reads: out->n == n.
+ * Errors as ml_mnist_load, plus SHOAL_EINVAL for n == 0 or a row out of
+ * range. */
+shoal_err ml_mnist_load_labels(const char *dir, const char *split, ml_dataset *out);
+shoal_err ml_mnist_load_rows(const char *dir, const char *split, const uint32_t *rows,
+                             size_t n, ml_dataset *out);
+
 /* Gather examples idx[0..n) as floats (n x 784, value = pixel/255) and
  * labels. */
 void ml_gather(const ml_dataset *ds, const uint32_t *idx, size_t n, float *x, uint8_t *y);

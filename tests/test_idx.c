@@ -286,6 +286,74 @@ test_mnist_bad_shapes(void **state)
 	rmdir(dir);
 }
 
+/* The partial loaders give the same bytes as the full one, read only the
+ * rows asked for, and refuse what ml_mnist_load refuses. */
+static void
+test_mnist_rows_and_labels(void **state)
+{
+	static const uint32_t rows[] = {59999, 0, 31337, 7, 7, 12000};
+	ml_dataset all, lab, sub;
+
+	assert_int_equal(ml_mnist_load(SHOAL_DATA_DIR, "train", &all), SHOAL_OK);
+	assert_int_equal(ml_mnist_load_labels(SHOAL_DATA_DIR, "train", &lab), SHOAL_OK);
+	assert_int_equal(lab.n, all.n);
+	assert_null(lab.images);
+	assert_memory_equal(lab.labels, all.labels, all.n);
+	assert_int_equal(ml_mnist_load_rows(SHOAL_DATA_DIR, "train", rows, 6, &sub), SHOAL_OK);
+	assert_int_equal(sub.n, 6);
+	for (size_t i = 0; i < 6; i++) {
+		assert_int_equal(sub.labels[i], all.labels[rows[i]]);
+		assert_memory_equal(sub.images + i * ML_IMAGE_PIXELS,
+		                    all.images + (size_t)rows[i] * ML_IMAGE_PIXELS, ML_IMAGE_PIXELS);
+	}
+	ml_dataset_fini(&sub);
+	ml_dataset_fini(&lab);
+	ml_dataset_fini(&all);
+}
+
+static void
+test_mnist_rows_bad_input(void **state)
+{
+	static const uint32_t good[3] = {2, 28, 28}, narrow[3] = {2, 28, 27};
+	static const uint8_t ok_labels[2] = {3, 9}, bad_labels[2] = {3, 10};
+	static const uint32_t in[2] = {1, 0}, out_of_range[2] = {0, 2};
+	char dir[] = "/tmp/shoal_mnist_XXXXXX", path[256];
+	ml_dataset ds;
+	FILE *f;
+
+	assert_non_null(mkdtemp(dir));
+	write_dataset(dir, good, 2, ok_labels);
+	assert_int_equal(ml_mnist_load_rows(dir, "x", in, 2, &ds), SHOAL_OK);
+	assert_int_equal(ds.n, 2);
+	assert_int_equal(ds.labels[0], 9);
+	ml_dataset_fini(&ds);
+	assert_int_equal(ml_mnist_load_rows(dir, "x", out_of_range, 2, &ds), SHOAL_EINVAL);
+	assert_null(ds.images);
+	assert_int_equal(ml_mnist_load_rows(dir, "x", in, 0, &ds), SHOAL_EINVAL);
+	/* A body one byte short or long, read without loading it. */
+	snprintf(path, sizeof path, "%s/x-images-idx3-ubyte", dir);
+	assert_int_equal(truncate(path, 4 + 12 + 2 * 784 - 1), 0);
+	assert_int_equal(ml_mnist_load_labels(dir, "x", &ds), SHOAL_ETRUNC);
+	assert_int_equal(ml_mnist_load(dir, "x", &ds), SHOAL_ETRUNC);
+	assert_int_equal(truncate(path, 4 + 12 + 2 * 784 + 1), 0);
+	assert_int_equal(ml_mnist_load_rows(dir, "x", in, 2, &ds), SHOAL_EINVAL);
+	f = fopen(path, "r+b");
+	assert_non_null(f);
+	assert_int_equal(fputc(0x09, f), 0x09); /* wrong magic */
+	fclose(f);
+	assert_int_equal(ml_mnist_load_labels(dir, "x", &ds), SHOAL_EFORMAT);
+	write_dataset(dir, narrow, 2, ok_labels);
+	assert_int_equal(ml_mnist_load_labels(dir, "x", &ds), SHOAL_EFORMAT);
+	write_dataset(dir, good, 2, bad_labels);
+	assert_int_equal(ml_mnist_load_rows(dir, "x", in, 2, &ds), SHOAL_EFORMAT);
+	assert_null(ds.labels);
+	unlink(path);
+	assert_int_equal(ml_mnist_load_labels(dir, "x", &ds), SHOAL_EIO);
+	snprintf(path, sizeof path, "%s/x-labels-idx1-ubyte", dir);
+	unlink(path);
+	rmdir(dir);
+}
+
 static void
 test_gather(void **state)
 {
@@ -320,6 +388,8 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_mnist_test),
 	cmocka_unit_test(test_mnist_missing_file),
 	cmocka_unit_test(test_mnist_bad_shapes),
+	cmocka_unit_test(test_mnist_rows_and_labels),
+	cmocka_unit_test(test_mnist_rows_bad_input),
 	cmocka_unit_test(test_gather),
 };
 
