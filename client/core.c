@@ -516,10 +516,8 @@ encode_update(cli_core *c, uint8_t **out, size_t *len)
 			return SHOAL_ENOMEM;
 		residual = c->residual;
 	}
-	/* Without error feedback the residual is a scratch of zeros, dropped. */
-	if (residual == NULL && (residual = calloc(dim, sizeof *residual)) == NULL)
-		return SHOAL_ENOMEM;
-	if ((*out = malloc(cap)) == NULL || (e = cx_work_init(&w, dim)) != SHOAL_OK) {
+	if ((*out = malloc(cap)) == NULL ||
+	    (e = cx_work_init(&w, (uint32_t)cx_work_entries(dim, &c->up))) != SHOAL_OK) {
 		e = SHOAL_ENOMEM;
 		goto done;
 	}
@@ -528,8 +526,6 @@ encode_update(cli_core *c, uint8_t **out, size_t *len)
 	*len = n < 0 ? 0 : (size_t)n;
 done:
 	cx_work_fini(&w);
-	if (residual != c->residual)
-		free(residual);
 	if (e != SHOAL_OK) {
 		free(*out);
 		*out = NULL;

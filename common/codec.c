@@ -388,8 +388,13 @@ cx_encoded_size_max(uint32_t dim, uint32_t k, const cx_config *cfg)
 
 /* ---- selection -------------------------------------------------------------- */
 
-shoal_err
-cx_topk(const float *x, uint32_t dim, uint32_t k, uint32_t *idx)
+#define U(i) (r != NULL ? x[i] + r[i] : x[i])
+/* The selection of cx_topk on u = x + r, element-wise (float32 sums, the
+ * same as computing u first), when r is not NULL: u is never stored, so
+ * error feedback needs no dim-sized copy. always_inline so that the r ==
+ * NULL caller is compiled without the additions. */
+static inline __attribute__((always_inline)) shoal_err
+topk_select(const float *x, const float *r, uint32_t dim, uint32_t k, uint32_t *idx)
 {
 	static const unsigned shift[3] = { 20, 10, 0 }, width[3] = { 11, 10, 10 };
 	uint32_t hist[1u << 11], h4[4][1u << 11];
@@ -398,7 +403,9 @@ cx_topk(const float *x, uint32_t dim, uint32_t k, uint32_t *idx)
 	if (k > dim || (dim > 0 && x == NULL) || (k > 0 && idx == NULL))
 		return SHOAL_EINVAL;
 	if (k == dim || k == 0) {
-		if (!all_finite(x, dim))
+		for (uint32_t i = 0; i < dim; i++)
+			bad |= (uint32_t)(abs_key(U(i)) >= NONFINITE_KEY);
+		if (bad)
 			return SHOAL_ENONFINITE;
 		for (uint32_t i = 0; i < k; i++)
 			idx[i] = i;
@@ -420,12 +427,12 @@ cx_topk(const float *x, uint32_t dim, uint32_t k, uint32_t *idx)
 			memset(h4, 0, sizeof h4);
 			for (; i + 4 <= dim; i += 4)
 				for (unsigned t = 0; t < 4; t++) {
-					uint32_t key = abs_key(x[i + t]);
+					uint32_t key = abs_key(U(i + t));
 					bad |= (uint32_t)(key >= NONFINITE_KEY);
 					h4[t][key >> 20]++;
 				}
 			for (; i < dim; i++) {
-				uint32_t key = abs_key(x[i]);
+				uint32_t key = abs_key(U(i));
 				bad |= (uint32_t)(key >= NONFINITE_KEY);
 				h4[0][key >> 20]++;
 			}
@@ -435,7 +442,7 @@ cx_topk(const float *x, uint32_t dim, uint32_t k, uint32_t *idx)
 				hist[t] = h4[0][t] + h4[1][t] + h4[2][t] + h4[3][t];
 		} else {
 			for (uint32_t i = 0; i < dim; i++) {
-				uint32_t key = abs_key(x[i]);
+				uint32_t key = abs_key(U(i));
 				if ((key & mask) == prefix)
 					hist[(key >> shift[lv]) & (nb - 1)]++;
 			}
@@ -449,13 +456,21 @@ cx_topk(const float *x, uint32_t dim, uint32_t k, uint32_t *idx)
 	}
 	/* Keys above the threshold, then the lowest-index `need` equal ones. */
 	for (uint32_t i = 0; i < dim; i++) {
-		uint32_t hi = abs_key(x[i]) & mask;
+		uint32_t hi = abs_key(U(i)) & mask;
 		if (hi > prefix || (hi == prefix && eq < need)) {
 			eq += hi == prefix;
 			idx[n++] = i;
 		}
 	}
 	return n == k ? SHOAL_OK : SHOAL_EINVAL; /* n != k cannot happen */
+}
+
+#undef U
+
+shoal_err
+cx_topk(const float *x, uint32_t dim, uint32_t k, uint32_t *idx)
+{
+	return topk_select(x, NULL, dim, k, idx);
 }
 
 static int
@@ -787,6 +802,14 @@ cx_work_fini(cx_work *w)
 	memset(w, 0, sizeof *w);
 }
 
+size_t
+cx_work_entries(uint32_t dim, const cx_config *cfg)
+{
+	if (!cfg_ok(cfg) || dim == 0)
+		return 0;
+	return cfg->select == CX_SELECT_TOPK ? cx_k_for_ratio(dim, cfg->ratio) : dim;
+}
+
 long
 cx_encode_ef(const cx_config *cfg, const float *x, float *residual, uint32_t dim,
              cx_rand_fn rnd, void *ctx, cx_work *w, uint8_t *out, size_t cap)
@@ -796,26 +819,31 @@ cx_encode_ef(const cx_config *cfg, const float *x, float *residual, uint32_t dim
 	shoal_err err;
 	long len;
 
-	if (k == 0 || x == NULL || residual == NULL || w == NULL || w->dim < dim ||
+	if (k == 0 || x == NULL || w == NULL ||
 	    (cfg->select != CX_SELECT_TOPK && cfg->select != CX_SELECT_RANDK) ||
-	    (cfg->select == CX_SELECT_RANDK && rnd == NULL))
+	    w->dim < cx_work_entries(dim, cfg) || (cfg->select == CX_SELECT_RANDK && rnd == NULL))
 		return SHOAL_EINVAL;
 	u = w->val;
-	for (uint32_t i = 0; i < dim; i++)
-		u[i] = x[i] + residual[i];
-	if (!all_finite(u, dim))
-		return SHOAL_ENONFINITE;
 	if (cfg->select == CX_SELECT_TOPK) {
-		if ((err = cx_topk(u, dim, k, w->idx)) != SHOAL_OK)
+		/* Streamed: select on x + residual without storing the sum, and
+		 * gather only the k chosen sums. */
+		err = residual != NULL ? topk_select(x, residual, dim, k, w->idx)
+		                       : topk_select(x, NULL, dim, k, w->idx);
+		if (err != SHOAL_OK)
 			return err;
-		for (uint32_t j = 0; j < k; j++) /* idx[j] >= j: in-place gather */
-			u[j] = u[w->idx[j]];
+		for (uint32_t j = 0; j < k; j++)
+			u[j] = residual != NULL ? x[w->idx[j]] + residual[w->idx[j]] : x[w->idx[j]];
 		n = k;
-	} else if ((err = cx_randk(u, dim, k, rnd, ctx, w->idx, u, &n)) != SHOAL_OK) {
-		return err;
+	} else {
+		for (uint32_t i = 0; i < dim; i++)
+			u[i] = residual != NULL ? x[i] + residual[i] : x[i];
+		if (!all_finite(u, dim))
+			return SHOAL_ENONFINITE;
+		if ((err = cx_randk(u, dim, k, rnd, ctx, w->idx, u, &n)) != SHOAL_OK)
+			return err;
 	}
 	len = cx_encode(dim, n, w->idx, u, cfg, rnd, ctx, out, cap, u);
-	if (len < 0)
+	if (len < 0 || residual == NULL)
 		return len;
 	/* residual = u - v. u is recomputed with the same float addition; the
 	 * subtraction is its own statement so it cannot be fused. */

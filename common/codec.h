@@ -160,13 +160,18 @@ long cx_encode(uint32_t dim, uint32_t k, const uint32_t *idx, const float *val,
                const cx_config *cfg, cx_rand_fn rnd, void *ctx, uint8_t *out, size_t cap,
                float *deq);
 
-/* Scratch of an encoding client: idx and val of dim entries each. */
+/* Scratch of an encoding client: idx and val of `dim` entries each (a
+ * capacity: cx_work_entries says how many an encoding needs). */
 typedef struct cx_work {
 	uint32_t dim;
 	uint32_t *idx;
 	float *val;
 } cx_work;
 
+/* Entries of cx_work that cx_encode_ef needs for a dim-vector under cfg:
+ * k for top-k (the selection is streamed, so a client holds no dim-sized
+ * copy), dim for rand-k; 0 for a bad cfg or dim 0. */
+size_t cx_work_entries(uint32_t dim, const cx_config *cfg);
 /* Errors: SHOAL_EINVAL (dim 0), SHOAL_ENOMEM. */
 shoal_err cx_work_init(cx_work *w, uint32_t dim);
 void cx_work_fini(cx_work *w);
@@ -178,7 +183,10 @@ void cx_work_fini(cx_work *w);
  * x + residual_old == v + residual_new up to the two float32 roundings of
  * u = fl(x + r) and fl(u - v). On error residual is unchanged.
  * Returns the bytes written, or SHOAL_EINVAL, SHOAL_ENONFINITE (x + r not
- * finite), SHOAL_ETOOBIG (cap too small: cx_encoded_size_max is enough). */
+ * finite), SHOAL_ETOOBIG (cap too small: cx_encoded_size_max is enough).
+ * w needs cx_work_entries(dim, cfg) entries: top-k streams the selection
+ * over x + residual and gathers only the k sums, so it holds no dim-sized
+ * copy of u. residual NULL: no error feedback (u = x, nothing kept). */
 long cx_encode_ef(const cx_config *cfg, const float *x, float *residual, uint32_t dim,
                   cx_rand_fn rnd, void *ctx, cx_work *w, uint8_t *out, size_t cap);
 

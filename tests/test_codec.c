@@ -630,6 +630,75 @@ test_residual_identity(void **state)
 	free(scratch);
 }
 
+/* Top-k error feedback is streamed: with a scratch of only k entries it
+ * writes the same bytes and leaves the same residual as the definition
+ * (u = x + r stored, cx_topk on u, cx_encode of the k values); without a
+ * residual it encodes x itself. Too small a scratch is refused. */
+static void
+test_ef_streamed_matches_definition(void **state)
+{
+	enum { D = 5000 };
+	float *x = xmalloc(D * sizeof *x), *r = xmalloc(D * sizeof *r), *u = xmalloc(D * sizeof *u);
+	float *want_r = xmalloc(D * sizeof *want_r), val[100], deq[100];
+	uint32_t idx[100];
+	cx_config cfg = cx_config_default(0.02); /* k = 100 */
+	size_t cap = cx_encoded_size_max(D, 100, &cfg);
+	uint8_t *got = xmalloc(cap), *want = xmalloc(cap);
+	uint64_t s1, s2;
+	cx_work w, small;
+	long n, m;
+
+	(void)state;
+	assert_int_equal(cx_work_entries(D, &cfg), 100);
+	assert_int_equal(cx_work_init(&w, 100), SHOAL_OK);
+	assert_int_equal(cx_work_init(&small, 99), SHOAL_OK);
+	fill_laplace(r, D, 0.02, 5);
+	for (int step = 0; step < 3; step++) {
+		fill_laplace(x, D, 0.01, 40 + step);
+		for (int i = 0; i < D; i++)
+			u[i] = x[i] + r[i];
+		assert_int_equal(cx_topk(u, D, 100, idx), SHOAL_OK);
+		for (int j = 0; j < 100; j++)
+			val[j] = u[idx[j]];
+		s1 = s2 = 99 + (uint64_t)step;
+		m = cx_encode(D, 100, idx, val, &cfg, sm64, &s1, want, cap, deq);
+		assert_true(m > 0);
+		memcpy(want_r, u, D * sizeof *u);
+		for (int j = 0; j < 100; j++)
+			want_r[idx[j]] = u[idx[j]] - deq[j];
+		assert_int_equal(cx_encode_ef(&cfg, x, r, D, sm64, &s2, &small, got, cap),
+		                 SHOAL_EINVAL);
+		n = cx_encode_ef(&cfg, x, r, D, sm64, &s2, &w, got, cap);
+		assert_int_equal(n, m);
+		assert_memory_equal(got, want, (size_t)m);
+		assert_memory_equal(r, want_r, D * sizeof *r);
+	}
+	/* No residual: the encoding of x alone. */
+	assert_int_equal(cx_topk(x, D, 100, idx), SHOAL_OK);
+	for (int j = 0; j < 100; j++)
+		val[j] = x[idx[j]];
+	s1 = s2 = 7;
+	m = cx_encode(D, 100, idx, val, &cfg, sm64, &s1, want, cap, NULL);
+	n = cx_encode_ef(&cfg, x, NULL, D, sm64, &s2, &w, got, cap);
+	assert_int_equal(n, m);
+	assert_memory_equal(got, want, (size_t)m);
+	/* A non-finite sum is found without storing it; r is untouched. */
+	memcpy(want_r, r, D * sizeof *r);
+	r[D - 1] = INFINITY;
+	x[D - 1] = -1.0f;
+	want_r[D - 1] = INFINITY;
+	assert_int_equal(cx_encode_ef(&cfg, x, r, D, sm64, &s2, &w, got, cap), SHOAL_ENONFINITE);
+	assert_memory_equal(r, want_r, D * sizeof *r);
+	cx_work_fini(&w);
+	cx_work_fini(&small);
+	free(x);
+	free(r);
+	free(u);
+	free(want_r);
+	free(got);
+	free(want);
+}
+
 /* ---- index coding ------------------------------------------------------------------ */
 
 /* d = 1e6, rho = 0.01: the Rice index is within 5% of log2 C(d, k), and
@@ -1136,6 +1205,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_randk_unbiased),
 		cmocka_unit_test(test_roundtrip_densities),
 		cmocka_unit_test(test_residual_identity),
+	cmocka_unit_test(test_ef_streamed_matches_definition),
 		cmocka_unit_test(test_index_near_bound),
 		cmocka_unit_test(test_index_mode_choice),
 		cmocka_unit_test(test_reject_truncation),
