@@ -1228,8 +1228,11 @@ cx_decode_add(const uint8_t *buf, size_t len, uint32_t expected_dim, float *para
 
 /* The server's dense hot loop is compute-bound with baseline x86-64 (SSE2:
  * two doubles per instruction); an AVX2 clone, picked at load time, doubles
- * the width. Other targets (aarch64: NEON) build the one portable loop. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+ * the width. Other targets (aarch64: NEON) build the one portable loop.
+ * GCC only: clang 14 names the dispatcher "cx_accumulate_dense.ifunc", so
+ * callers fail to link (and it does not define __SANITIZE_ADDRESS__). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__)
 #define DENSE_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define DENSE_CLONES
