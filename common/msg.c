@@ -359,8 +359,10 @@ keys_ok(const msgpack_object_map *m)
 			return false;
 		for (uint32_t j = 0; j < i; j++) {
 			const msgpack_object *b = &m->ptr[j].key;
+			/* msgpack-c gives an empty str a NULL ptr: no memcmp then */
 			if (a->via.str.size == b->via.str.size &&
-			    memcmp(a->via.str.ptr, b->via.str.ptr, a->via.str.size) == 0)
+			    (a->via.str.size == 0 ||
+			     memcmp(a->via.str.ptr, b->via.str.ptr, a->via.str.size) == 0))
 				return false;
 		}
 	}

@@ -601,6 +601,22 @@ test_duplicate_key_per_type(void **state)
 	assert_int_equal(msg_decode(twice, sizeof(twice), &d), SHOAL_EMALFORMED);
 }
 
+/* Two empty keys are a duplicate too (found by tests/fuzz/fuzz_msg: the
+ * check compared them with memcmp(NULL, NULL, 0), undefined behaviour that
+ * UBSan reports, because msgpack-c gives an empty str a NULL pointer). */
+static void
+test_empty_key_twice(void **state)
+{
+	msg d;
+	static const uint8_t twice[] = { 0x85, 0xa0, 1, 0xa0, 2, 0xa1, 'v', 1, 0xa1, 't', 6,
+	                                 0xa5, 'r', 'o', 'u', 'n', 'd', 1 };
+	assert_int_equal(msg_decode(twice, sizeof(twice), &d), SHOAL_EMALFORMED);
+	/* one empty key is just an unknown key */
+	static const uint8_t once[] = { 0x84, 0xa0, 1, 0xa1, 'v', 1, 0xa1, 't', 6,
+	                                0xa5, 'r', 'o', 'u', 'n', 'd', 1 };
+	assert_int_equal(msg_decode(once, sizeof(once), &d), (long)sizeof(once));
+}
+
 /* One edited value and the verdict. */
 typedef struct vcase {
 	msg_type type;
@@ -1122,6 +1138,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_keys_in_table_order),
 	cmocka_unit_test(test_missing_key_per_type),
 	cmocka_unit_test(test_duplicate_key_per_type),
+	cmocka_unit_test(test_empty_key_twice),
 	cmocka_unit_test(test_wrong_version),
 	cmocka_unit_test(test_unknown_type),
 	cmocka_unit_test(test_wrong_value_family),
