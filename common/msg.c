@@ -698,13 +698,14 @@ validate(const msg *m, const layout **lp)
 static size_t
 layout_size(const msg *m, const layout *l)
 {
-	/* fixmap header, "v" -> 1, "t" -> 1..9 */
-	size_t sz = 1 + 2 + 1 + 2 + 1;
+	/* "v" -> 1, "t" -> 1..9, then the keys present */
+	size_t sz = 2 + 1 + 2 + 1, entries = 2;
 	for (size_t i = 0; i < l->n; i++) {
 		const field *f = &l->f[i];
 		const char *base = (const char *)m;
 		if (omitted(m, f))
 			continue;
+		entries++;
 		sz += str_size(strlen(f->key));
 		switch (f->kind) {
 		case F_U32: sz += uint_size(get_u32(m, f->off)); break;
@@ -717,7 +718,9 @@ layout_size(const msg *m, const layout *l)
 		case F_SA: sz += bin_size(m->sa_len); break;
 		}
 	}
-	return sz;
+	/* the map header: fixmap up to 15 entries, else map16 (a TASK with
+	 * most optional keys has more) */
+	return sz + (entries <= 15 ? 1 : 3);
 }
 
 size_t

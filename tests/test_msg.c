@@ -1008,6 +1008,41 @@ test_random_byte_flips(void **state)
 
 /* TASK's optional keys: omitted when 0 (so plain FedAvg TASKs are
  * unchanged), decoded when present, refused when negative. */
+/* A TASK with most optional keys has more than 15 entries: a map16 header
+ * (msg_encode sized every map as a fixmap and refused these with
+ * SHOAL_EINVAL; found by tests/fuzz: fuzz_seeds encoding such a TASK, and
+ * fuzz_msg re-encoding a decoded 16-entry one). */
+static void
+test_task_every_key(void **state)
+{
+	(void)state;
+	static const uint8_t dq[3] = {1, 2, 3}, sa[2] = {4, 5};
+	msg t = {.type = MSG_TASK, .round = 3, .epochs = 1, .batch = 10, .lr = 0.1f,
+	         .deadline_ms = 1000, .seed = 9, .momentum = 0.9f, .weight_decay = 1e-4f,
+	         .prox_mu = 0.01f, .model_ver = 5, .base = 4, .blob = dq, .blob_len = sizeof dq,
+	         .sa = sa, .sa_len = sizeof sa, .has_sa = true, .clip = 1.5f};
+	strcpy(t.model, "2nn");
+	strcpy(t.up, "topk:0.1,q8");
+	uint8_t *b;
+	size_t n;
+	assert_int_equal(msg_encode(&t, &b, &n), SHOAL_OK);
+	assert_int_equal(msg_encoded_size(&t), n);
+	assert_true(b[0] == 0xde && b[1] == 0 && b[2] == 18); /* map16: v, t + 16 keys */
+	msg d;
+	assert_int_equal(msg_decode(b, n, &d), (long)n);
+	assert_true(d.clip == 1.5f && d.base == 4 && d.blob_len == 3 && d.sa_len == 2);
+	assert_string_equal(d.up, "topk:0.1,q8");
+	free(b);
+	/* 15 entries are still a fixmap */
+	t.clip = 0.0f;
+	t.base = 0;
+	t.model_ver = 0;
+	assert_int_equal(msg_encode(&t, &b, &n), SHOAL_OK);
+	assert_true(b[0] == 0x8f);
+	assert_int_equal(msg_decode(b, n, &d), (long)n);
+	free(b);
+}
+
 static void
 test_task_optional_keys(void **state)
 {
@@ -1123,6 +1158,7 @@ test_compression_keys(void **state)
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_round_trip_every_type),
 	cmocka_unit_test(test_task_optional_keys),
+	cmocka_unit_test(test_task_every_key),
 	cmocka_unit_test(test_compression_keys),
 	cmocka_unit_test(test_vector_zero_copy),
 	cmocka_unit_test(test_large_vector_round_trip),
