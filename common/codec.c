@@ -1064,9 +1064,11 @@ parse(const uint8_t *buf, size_t len, uint32_t expected_dim, uint32_t *scratch, 
 	}
 	p += ib;
 	v->scales = p;
+	/* a scale so large that qmax * scale overflows would send Inf */
+	float qmax = vmb == CX_VALUES_Q8 ? (float)CX_Q8_MAX : (float)CX_Q4_MAX;
 	for (uint64_t i = 0; i < nblk; i++) {
 		float s = getf(p + 4 * i);
-		if (abs_key(s) >= NONFINITE_KEY)
+		if (abs_key(s) >= NONFINITE_KEY || abs_key(qmax * s) >= NONFINITE_KEY)
 			return SHOAL_ENONFINITE;
 		if (s < 0.0f)
 			return SHOAL_EMALFORMED;

@@ -213,7 +213,8 @@ long cx_encode_downlink(const float *x, uint32_t dim, uint32_t block, uint8_t *o
  *                    trailing bytes after the declared sections
  *   SHOAL_EDIM       dim != expected_dim
  *   SHOAL_ETOOBIG    k > dim, or an index >= dim
- *   SHOAL_ENONFINITE NaN/Inf in a scale or an f32 value
+ *   SHOAL_ENONFINITE NaN/Inf in a scale or an f32 value, or a scale so
+ *                    large that a value (q * scale) would be Inf
  *   SHOAL_EINVAL     NULL output, weight not finite, scratch NULL when the
  *                    encoding has an index
  * scratch: expected_dim uint32 for the decoded indices (may be NULL for a

@@ -6,6 +6,7 @@
  * accumulator untouched), plus seeded garbage. No timing here. */
 #include "tests/testutil.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -890,6 +891,35 @@ test_reject_non_increasing(void **state)
 	expect_reject(buf, n, 50, SHOAL_EMALFORMED);
 }
 
+/* A finite scale so large that q * scale overflows float32 would put Inf
+ * into the sum (found by tests/fuzz/fuzz_codec: a q8 update whose scale
+ * 0x7d20eb10 = 1.3e37 times q = 127 is Inf). Refused; the largest scales
+ * whose products stay finite are accepted, and every value is finite. */
+static void
+test_reject_scale_overflow(void **state)
+{
+	enum { D = 200 };
+	uint8_t buf[2048];
+	float out[D];
+	uint32_t scratch[D];
+
+	(void)state;
+	static const struct {
+		cx_values vm;
+		float bad, good;
+	} c[] = { { CX_VALUES_Q8, 1.3e37f, FLT_MAX / 128 }, { CX_VALUES_Q4, 1e38f, FLT_MAX / 8 } };
+	for (int i = 0; i < 2; i++) {
+		long n = make_update(D, 40, c[i].vm, 16, CX_INDEX_AUTO, 6, buf, sizeof buf);
+		uint8_t *scale = buf + CX_HEADER_BYTES + rd32(buf + 14); /* the first block's */
+		wrf(scale, c[i].bad);
+		expect_reject(buf, (size_t)n, D, SHOAL_ENONFINITE);
+		wrf(scale, c[i].good);
+		assert_int_equal(cx_decode(buf, (size_t)n, D, out, scratch), n);
+		for (int j = 0; j < D; j++)
+			assert_true(isfinite(out[j]));
+	}
+}
+
 /* NaN, +Inf, -Inf in a scale or an f32 value; a negative scale. */
 static void
 test_reject_nonfinite(void **state)
@@ -1215,6 +1245,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_reject_index_out_of_range),
 		cmocka_unit_test(test_reject_non_increasing),
 		cmocka_unit_test(test_reject_nonfinite),
+		cmocka_unit_test(test_reject_scale_overflow),
 		cmocka_unit_test(test_reject_bad_fields),
 		cmocka_unit_test(test_reject_rice_stream),
 		cmocka_unit_test(test_reject_garbage),
