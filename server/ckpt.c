@@ -564,8 +564,10 @@ parse_section(int t, rbuf *r, srv_ckpt *c, bool *oom, char *why, size_t why_len)
 			return false;
 		}
 		c->acc_delta = r_f64(r);
-		if (r->bad || 24 * (size_t)n > r->len - r->off)
+		if (r->bad || 24 * (size_t)n > r->len - r->off) {
+			r->bad = true; /* more orders than the section holds */
 			break;
+		}
 		if ((c->acc_orders = malloc(3 * (size_t)n * sizeof(double))) == NULL) {
 			*oom = true;
 			break;
@@ -596,8 +598,10 @@ parse_section(int t, rbuf *r, srv_ckpt *c, bool *oom, char *why, size_t why_len)
 			return false;
 		}
 		/* each entry takes at least 10 bytes: no allocation beyond the file */
-		if (r->bad || 10 * (size_t)n > r->len - r->off)
+		if (r->bad || 10 * (size_t)n > r->len - r->off) {
+			r->bad = true; /* more clients than the section holds */
 			break;
+		}
 		if (n > 0 && (c->clients = calloc(n, sizeof *c->clients)) == NULL) {
 			*oom = true;
 			break;

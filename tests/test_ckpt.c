@@ -424,6 +424,46 @@ find_section(const uint8_t *buf, size_t len, const char *tag)
 	return 0;
 }
 
+/* A section that ends right after its count: CLNT saying 3 clients, PRIV
+ * saying 3 orders, with nothing after. The reader accepted both as empty
+ * (no clients; DP with no accountant, which srv_ckpt_encode then refused).
+ * Found by tests/fuzz/fuzz_ckpt (a 200-byte body whose CLNT is u32 64512
+ * and nothing more). */
+static void
+counts_beyond_the_section_refused(void **state)
+{
+	uint8_t *buf, *b2;
+	size_t len, off, end, n;
+	srv_ckpt back;
+	char why[256];
+
+	(void)state;
+	encode_full(&buf, &len);
+	b2 = malloc(len);
+
+	off = find_section(buf, len, "CLNT");
+	assert_true(off > 0 && buf[off + 8] == 3);
+	memcpy(b2, buf, off + 12);
+	b2[off + 4] = 4, b2[off + 5] = b2[off + 6] = b2[off + 7] = 0;
+	n = off + 12 + SRV_CKPT_HASH_BYTES;
+	rehash(b2, n);
+	assert_int_equal(srv_ckpt_decode(b2, n, &back, why, sizeof why), SHOAL_EMALFORMED);
+	assert_non_null(strstr(why, "section CLNT"));
+
+	off = find_section(buf, len, "PRIV");
+	end = find_section(buf, len, "CLNT");
+	assert_true(off > 0 && end > off);
+	memcpy(b2, buf, off + 28); /* steps u64, n u32, delta f64 */
+	b2[off + 4] = 20, b2[off + 5] = b2[off + 6] = b2[off + 7] = 0;
+	memcpy(b2 + off + 28, buf + end, len - end);
+	n = off + 28 + len - end;
+	rehash(b2, n);
+	assert_int_equal(srv_ckpt_decode(b2, n, &back, why, sizeof why), SHOAL_EMALFORMED);
+	assert_non_null(strstr(why, "section PRIV"));
+	free(b2);
+	free(buf);
+}
+
 /* Sections with a valid checksum but wrong content: a writer bug, or a
  * later format this build half understands. */
 static void
@@ -1692,6 +1732,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(every_truncation_refused),
 	cmocka_unit_test(every_flipped_byte_refused),
 	cmocka_unit_test(bad_sections_refused),
+	cmocka_unit_test(counts_beyond_the_section_refused),
 	cmocka_unit_test(check_run_names_the_difference),
 	cmocka_unit_test(files_keep_the_previous_one),
 	cmocka_unit_test(write_fails_cleanly_when_the_disk_is_full),
