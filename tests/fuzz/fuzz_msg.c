@@ -32,7 +32,9 @@ same_bytes(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 	CHECK(alen == 0 || memcmp(a, b, alen) == 0);
 }
 
-/* Every field of a decoded message, payloads by content. */
+/* Every field of a decoded message, payloads by content. Floats compare
+ * by value: an optional float given as -0.0 is written back as absent,
+ * which decodes as 0.0, the same value (they are finite: no NaN). */
 static void
 same_msg(const msg *a, const msg *b)
 {
@@ -40,13 +42,11 @@ same_msg(const msg *a, const msg *b)
 	CHECK(a->client_id == b->client_id && a->round == b->round);
 	CHECK(a->n_examples == b->n_examples && a->dim == b->dim);
 	CHECK(a->epochs == b->epochs && a->batch == b->batch);
-	CHECK(memcmp(&a->lr, &b->lr, sizeof a->lr) == 0);
+	CHECK(a->lr == b->lr);
 	CHECK(a->deadline_ms == b->deadline_ms && a->hold_ms == b->hold_ms);
 	CHECK(a->retry_ms == b->retry_ms && a->seed == b->seed);
-	CHECK(memcmp(&a->momentum, &b->momentum, 4) == 0);
-	CHECK(memcmp(&a->weight_decay, &b->weight_decay, 4) == 0);
-	CHECK(memcmp(&a->prox_mu, &b->prox_mu, 4) == 0);
-	CHECK(memcmp(&a->clip, &b->clip, 4) == 0);
+	CHECK(a->momentum == b->momentum && a->weight_decay == b->weight_decay);
+	CHECK(a->prox_mu == b->prox_mu && a->clip == b->clip);
 	CHECK(memcmp(&a->loss, &b->loss, 4) == 0);
 	CHECK(a->cx_caps == b->cx_caps && a->model_ver == b->model_ver && a->base == b->base);
 	CHECK(a->code == b->code && a->phase == b->phase);
