@@ -29,7 +29,7 @@ usage(FILE *f)
 	        "\n"
 	        "subcommands:\n"
 	        "  train   minibatch SGD on real MNIST; reports samples/s, model GFLOP/s\n"
-	        "          (see train_flops in bench.c) and, measured in the same run, the\n"
+	        "          (see ml_model_train_flops in ml/ml.h) and, measured in the same run, the\n"
 	        "          one-thread sgemm peak and train GFLOP/s as a fraction of it\n"
 	        "    --model NAME     %s (default 2nn)\n"
 	        "    --batch B        minibatch size (default 10)\n"
@@ -180,41 +180,6 @@ sgemm_peak(const int *sizes, size_t n, long reps, int emit_each, long threads)
 	return peak;
 }
 
-/* FLOPs per training sample, counted from the model's dense products:
- * 2 per multiply-accumulate of every conv and fc layer's forward, the same
- * again for its weight gradient (dW), and again for its input gradient
- * (dX) except the first layer, whose input needs none (no code computes
- * it) - so ~3x forward. Biases, ReLU, pooling, im2col/col2im and the
- * softmax are O(activations) and not counted. Per sample:
- *   logreg  784x10                                 -> 4 x 7,840 = 31,360
- *   2nn     784x200, 200x200, 200x10               -> 879,200
- *   cnn     conv1 28*28 px x 25 taps x 32 ch = 627,200 MACs,
- *           conv2 14*14 px x 800 x 64 = 10,035,200, fc1 3136x512 =
- *           1,605,632, fc2 512x10 = 5,120; forward 24,546,304 flops,
- *           backward 2 x forward - 2 x 627,200 -> 72,384,512 (72.4 MFLOP).
- * These are the model's flops: the MLPs' first layer skips the blank
- * border columns of each batch (exact zeros), and that saved work is still
- * counted, as model-flops utilisation does. 0 for an unknown model. */
-static double
-train_flops(const char *model)
-{
-	static const struct { const char *name; size_t n; double macs[4]; } t[] = {
-		{"logreg", 1, {784.0 * 10}},
-		{"2nn", 3, {784.0 * 200, 200.0 * 200, 200.0 * 10}},
-		{"cnn", 4, {28.0 * 28 * 25 * 32, 14.0 * 14 * 800 * 64, 3136.0 * 512, 512.0 * 10}},
-	};
-
-	for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-		if (strcmp(t[i].name, model) == 0) {
-			double f = 0.0;
-
-			for (size_t l = 0; l < t[i].n; l++)
-				f += (l == 0 ? 4.0 : 6.0) * t[i].macs[l];
-			return f;
-		}
-	return 0.0;
-}
-
 static int
 bench_gemm(int argc, char **argv)
 {
@@ -349,7 +314,7 @@ bench_train(int argc, char **argv)
 	dim = ml_model_dim_of(model);
 	if (steps == 0)
 		steps = strcmp(model, "cnn") == 0 ? 200 : 2000;
-	if (dim == 0 || train_flops(model) == 0.0) {
+	if (dim == 0 || ml_model_train_flops(model) == 0.0) {
 		fprintf(stderr, "shoal-bench: unknown model '%s' (have %s)\n", model,
 		        ml_model_names());
 		return 2;
@@ -388,7 +353,7 @@ bench_train(int argc, char **argv)
 		}
 	}
 	med = bench_median(rate, reps);
-	gflops = med * train_flops(model) / 1e9;
+	gflops = med * ml_model_train_flops(model) / 1e9;
 	/* The yardstick, in the same run: one-thread sgemm at its best. */
 	ml_gemm_set_threads(1);
 	peak = sgemm_peak(default_sizes, sizeof default_sizes / sizeof default_sizes[0], reps, 0, 1);

@@ -103,6 +103,23 @@ typedef struct ml_model ml_model;
  * "logreg": 784x10 + 10 = 7850. "2nn": 784-200-200-10 ReLU = 199210. "cnn": McMahan et al. 2017,
  * conv5x5x32-pool-conv5x5x64-pool-fc512-fc10 = 1663370. */
 size_t ml_model_dim_of(const char *name);
+/* FLOPs of one training example (forward and backward) of a built-in
+ * model, counted from its dense products: 2 per multiply-accumulate of
+ * every conv and fc layer's forward, the same again for the weight
+ * gradient, and again for the input gradient except the first layer's
+ * (none is computed) - so ~3x forward. Biases, ReLU, pooling,
+ * im2col/col2im and the softmax are O(activations) and not counted:
+ *   logreg  784x10                                 -> 4 x 7,840 = 31,360
+ *   2nn     784x200, 200x200, 200x10               -> 879,200
+ *   cnn     conv1 28*28 px x 25 taps x 32 ch = 627,200 MACs,
+ *           conv2 14*14 px x 800 x 64 = 10,035,200, fc1 3136x512 =
+ *           1,605,632, fc2 512x10 = 5,120; forward 24,546,304 flops,
+ *           backward 2 x forward - 2 x 627,200 -> 72,384,512 (72.4 MFLOP).
+ * These are the model's flops: the MLPs' first layer skips the blank
+ * border columns of each batch (exact zeros), and that saved work is
+ * still counted, as model-flops utilisation does. shoal-bench train and
+ * the simulator's virtual clock use it. 0 for an unknown model. */
+double ml_model_train_flops(const char *name);
 /* Comma-separated list of built-in model names, for --help. */
 const char *ml_model_names(void);
 

@@ -235,6 +235,26 @@ ml_model_dim_of(const char *name)
 	return ops != NULL ? ops->dim : 0;
 }
 
+double
+ml_model_train_flops(const char *name)
+{
+	static const struct { const char *name; size_t n; double macs[4]; } t[] = {
+		{"logreg", 1, {784.0 * 10}},
+		{"2nn", 3, {784.0 * 200, 200.0 * 200, 200.0 * 10}},
+		{"cnn", 4, {28.0 * 28 * 25 * 32, 14.0 * 14 * 800 * 64, 3136.0 * 512, 512.0 * 10}},
+	};
+
+	for (size_t i = 0; name != NULL && i < sizeof t / sizeof t[0]; i++)
+		if (strcmp(t[i].name, name) == 0) {
+			double f = 0.0;
+
+			for (size_t l = 0; l < t[i].n; l++)
+				f += (l == 0 ? 4.0 : 6.0) * t[i].macs[l];
+			return f;
+		}
+	return 0.0;
+}
+
 const char *
 ml_model_names(void)
 {

@@ -38,6 +38,11 @@ test_dims(void **state)
 
 	assert_int_equal(ml_model_dim_of("cnn9"), 0);
 	assert_int_equal(ml_model_dim_of(NULL), 0);
+	/* Training FLOPs per example, counted by hand in ml/ml.h. */
+	assert_true(ml_model_train_flops("logreg") == 31360.0);
+	assert_true(ml_model_train_flops("2nn") == 879200.0);
+	assert_true(ml_model_train_flops("cnn") == 72384512.0);
+	assert_true(ml_model_train_flops("cnn9") == 0.0 && ml_model_train_flops(NULL) == 0.0);
 	assert_non_null(strstr(ml_model_names(), "2nn"));
 	for (size_t i = 0; i < 2; i++) {
 		ml_model *m;
