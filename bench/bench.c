@@ -50,7 +50,10 @@ usage(FILE *f)
 	        "  secagg  secure aggregation: client key sharing and masking, server unmask\n"
 	        "          with dropouts (shoal-bench secagg --help)\n"
 	        "  footprint  the edge client: stripped size, peak RSS of one round, bytes\n"
-	        "          of model, residual and buffers (shoal-bench footprint --help)\n",
+	        "          of model, residual and buffers (shoal-bench footprint --help)\n"
+	        "  load    N concurrent clients against a real shoal-server: updates counted\n"
+	        "          once, no client starved, server peak RSS and CPU per round\n"
+	        "          (shoal-bench load --help)\n",
 	        ml_model_names());
 }
 
@@ -412,6 +415,8 @@ main(int argc, char **argv)
 		return bench_secagg(argc - 1, argv + 1);
 	if (strcmp(argv[1], "footprint") == 0)
 		return bench_footprint(argc - 1, argv + 1);
+	if (strcmp(argv[1], "load") == 0)
+		return bench_load(argc - 1, argv + 1);
 	fprintf(stderr, "shoal-bench: unknown subcommand '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;

@@ -34,6 +34,7 @@ struct cli_core {
 	uint32_t hold_ms;
 	uint64_t wake;      /* send nothing before this time */
 	uint32_t backoff;   /* current backoff in ms, 0 when healthy */
+	uint32_t rate_backoff; /* backoff while the server answers ERATE, 0: none */
 	bool unreachable;   /* logged "not answering" already */
 	float *global;      /* last global model (dim) */
 	float *work;        /* local model during TRAIN, then the delta */
@@ -356,6 +357,17 @@ on_error(cli_core *c, const msg *m, uint64_t now)
 {
 	shoal_err code = m->code;
 
+	if (code == SHOAL_ERATE) {
+		/* The server did not look at the request: the same one again
+		 * after a backoff that grows while it keeps refusing. */
+		c->backoff = c->rate_backoff;
+		back_off(c, now);
+		c->rate_backoff = c->backoff;
+		if (c->backoff == c->cfg.backoff_min_ms)
+			log_info("client %s: server says too many requests (rate limit); backing off",
+			         c->name);
+		return;
+	}
 	if (c->state == ST_SECAGG && code != SHOAL_EUNKNOWN && code != SHOAL_EMODEL &&
 	    code != SHOAL_ECAPS) {
 		/* Whether the sum will hold my input: not if the round aborted; not
@@ -434,6 +446,8 @@ cli_core_on_reply(cli_core *c, const uint8_t *buf, size_t len, uint64_t now)
 		return;
 	}
 	healthy(c);
+	if (m.type != MSG_ERROR || m.code != SHOAL_ERATE)
+		c->rate_backoff = 0;
 	switch (m.type) {
 	case MSG_WELCOME:
 		if (c->state != ST_HELLO)

@@ -135,6 +135,15 @@ validate(const shoal_client_options *o)
 		          o->max_message);
 		return SHOAL_EINVAL;
 	}
+	if (tp_url_is_tls(o->url) && o->tls_ca == NULL) {
+		log_error("client option tls_ca is needed for %s: the CA certificate that signed the "
+		          "server's certificate", o->url);
+		return SHOAL_EINVAL;
+	}
+	if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+		log_error("client options tls_cert and tls_key go together");
+		return SHOAL_EINVAL;
+	}
 	return SHOAL_OK;
 }
 
@@ -164,7 +173,7 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 	tp_client *tp = NULL;
 	cli_step st;
 	shoal_err e;
-	bool unreachable = false;
+	bool unreachable = false, answered = false;
 
 	fill_stats(NULL, stats);
 	if ((e = validate(o)) != SHOAL_OK)
@@ -192,7 +201,10 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 		cli_core_free(core);
 		return e;
 	}
-	if ((e = tp_client_open(&tp, o->url, o->max_message)) != SHOAL_OK) {
+	tp_tls tls = {.cert = o->tls_cert, .key = o->tls_key, .ca = o->tls_ca,
+	              .server_name = o->tls_server_name};
+	if ((e = tp_client_open_tls(&tp, o->url, o->max_message,
+	                            tp_url_is_tls(o->url) ? &tls : NULL)) != SHOAL_OK) {
 		cli_core_free(core);
 		return e;
 	}
@@ -216,6 +228,7 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 			e = tp_client_request_stop(tp, st.buf, st.len,
 			                           (int)cli_core_request_timeout_ms(core), o->stop, &reply);
 			if (e == SHOAL_OK) {
+				answered = true;
 				if (unreachable) {
 					log_info("client %s: server at %s is answering again", o->name, o->url);
 					unreachable = false;
@@ -233,6 +246,15 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 					log_info("client %s: server at %s not answering (%s); retrying with "
 					         "backoff",
 					         o->name, o->url, shoal_strerror(e));
+					/* nng does not report failed handshakes: say what to check. */
+					if (tp_url_is_tls(o->url) && e == SHOAL_ETIMEDOUT && !answered)
+						log_warn("client %s: no answer over TLS yet; if the server is up, "
+						         "check that its certificate is signed by the CA in %s "
+						         "and names '%s', and that it accepts this client's "
+						         "certificate (%s)", o->name, o->tls_ca,
+						         o->tls_server_name != NULL ? o->tls_server_name
+						                                    : "the URL's host",
+						         o->tls_cert != NULL ? o->tls_cert : "none given");
 					unreachable = true;
 				}
 				cli_core_on_transport_error(core, e, clock_now_ms());

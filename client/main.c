@@ -23,6 +23,7 @@
 #include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "common/transport.h"
 #include "client/dump.h"
 #include "client/state.h"
 #include "common/codec.h"
@@ -104,6 +105,7 @@ typedef struct options {
 	const char *state_dir; /* residual persistence, or NULL */
 	const char *dump_dir;  /* --dump-train, or NULL */
 	const char *replay;    /* --replay FILE, or NULL */
+	const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
 	int verbosity;
 } options;
 
@@ -130,14 +132,26 @@ print_help(FILE *f)
 	    "                            them) [default: " DEFAULT_DATA_DIR "]\n"
 	    "\n"
 	    "Server:\n"
-	    "      --connect URL         server address (tcp://HOST:PORT, ipc:///PATH);\n"
-	    "                            the client keeps retrying until the server is up\n"
+	    "      --connect URL         server address (tcp://HOST:PORT,\n"
+	    "                            tls+tcp://HOST:PORT, ipc:///PATH); the client\n"
+	    "                            keeps retrying until the server is up\n"
 	    "                            [default: " DEFAULT_CONNECT "]\n"
 	    "      --model NAME          model to train: %s; must match the server's\n"
 	    "                            --model [default: " DEFAULT_MODEL "]\n"
 	    "      --name NAME           stable client name, 1..%u printable characters\n"
 	    "                            without spaces; a restarted client should keep\n"
 	    "                            its name [default: HOSTNAME-I-of-N]\n"
+	    "\n"
+	    "TLS (tls+tcp:// URLs; PROTOCOL.md section 1.1):\n"
+	    "      --tls-ca FILE         CA certificate(s) (PEM) that the server's\n"
+	    "                            certificate must be signed by; required with\n"
+	    "                            tls+tcp://\n"
+	    "      --tls-server-name NAME\n"
+	    "                            the name the server's certificate must carry\n"
+	    "                            [default: the host of --connect]\n"
+	    "      --tls-cert FILE       this client's certificate (PEM), for servers that\n"
+	    "                            require one (shoal-server --tls-ca)\n"
+	    "      --tls-key FILE        its private key (PEM, unencrypted)\n"
 	    "\n"
 	    "Compression (the server picks; PROTOCOL.md section 12):\n"
 	    "      --compress SPEC       update encodings to offer: topk:RATIO or\n"
@@ -190,7 +204,7 @@ print_help(FILE *f)
 enum {
 	OPT_CONNECT = 256, OPT_DATA_DIR, OPT_PARTITION, OPT_SPLIT, OPT_SEED, OPT_MODEL,
 	OPT_NAME, OPT_TRAIN_DELAY, OPT_COMPRESS, OPT_EF, OPT_DOWNLINK, OPT_STATE_DIR,
-	OPT_DUMP_TRAIN, OPT_REPLAY,
+	OPT_DUMP_TRAIN, OPT_REPLAY, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_NAME,
 };
 
 static const struct option long_options[] = {
@@ -208,6 +222,10 @@ static const struct option long_options[] = {
 	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
 	{"dump-train", required_argument, NULL, OPT_DUMP_TRAIN},
 	{"replay", required_argument, NULL, OPT_REPLAY},
+	{"tls-ca", required_argument, NULL, OPT_TLS_CA},
+	{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+	{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+	{"tls-server-name", required_argument, NULL, OPT_TLS_NAME},
 	{"quiet", no_argument, NULL, 'q'},
 	{"verbose", no_argument, NULL, 'v'},
 	{"help", no_argument, NULL, 'h'},
@@ -338,6 +356,19 @@ parse_args(int argc, char **argv, options *o)
 				return cli_usage_error(PROG, "--replay must name a file");
 			o->replay = a;
 			break;
+		case OPT_TLS_CA:
+		case OPT_TLS_CERT:
+		case OPT_TLS_KEY:
+			if (*a == '\0')
+				return cli_usage_error(PROG, "%s must name a PEM file", argv[optind - 1]);
+			*(c == OPT_TLS_CA ? &o->tls_ca : c == OPT_TLS_CERT ? &o->tls_cert
+			                                                   : &o->tls_key) = a;
+			break;
+		case OPT_TLS_NAME:
+			if (*a == '\0' || strlen(a) > 253)
+				return cli_usage_error(PROG, "--tls-server-name '%s': expected a host name", a);
+			o->tls_server_name = a;
+			break;
 		case OPT_TRAIN_DELAY:
 			if (!cli_parse_u64(a, 0, MAX_TRAIN_DELAY_MS, &u64))
 				return cli_usage_error(PROG, "--train-delay '%s': expected milliseconds in 0..%u",
@@ -375,6 +406,19 @@ parse_args(int argc, char **argv, options *o)
 	o->verbosity = quiet ? -1 : verbose ? 1 : 0;
 	if (o->name == NULL)
 		default_name(o);
+	if (strncmp(o->url, "tls+", 4) == 0) {
+		if (o->tls_ca == NULL)
+			return cli_usage_error(PROG, "--connect %s needs --tls-ca FILE: the CA certificate "
+			                   "that signed the server's certificate", o->url);
+		if ((o->tls_cert == NULL) != (o->tls_key == NULL))
+			return cli_usage_error(PROG, "--tls-cert and --tls-key go together: the "
+			                   "certificate and its private key");
+	} else if (o->tls_ca != NULL || o->tls_cert != NULL || o->tls_key != NULL ||
+	           o->tls_server_name != NULL) {
+		return cli_usage_error(PROG, "the --tls-* flags are for tls+tcp:// servers, and "
+		                   "--connect %s is not one (use --connect tls+tcp://HOST:PORT)",
+		                   o->url);
+	}
 	return -1;
 }
 
@@ -563,6 +607,15 @@ main(int argc, char **argv)
 	memset(&st, 0, sizeof st);
 	rc = EXIT_RUNTIME;
 
+	/* Certificates first: a bad file should not wait for the data. */
+	if (o.tls_ca != NULL && o.replay == NULL) {
+		tp_tls tls = {.cert = o.tls_cert, .key = o.tls_key, .ca = o.tls_ca};
+		if (tp_tls_check(&tls, false) != SHOAL_OK) {
+			log_error(PROG ": cannot connect to %s with these files (see above)", o.url);
+			return EXIT_RUNTIME;
+		}
+	}
+
 	/* Only the labels decide the partition; then only this client's rows
 	 * are read, so the rest of the training set (47 MB) never enters
 	 * memory. idx is renumbered to 0..n-1 over the rows kept. */
@@ -631,6 +684,10 @@ main(int argc, char **argv)
 	co.compress = o.compress;
 	co.error_feedback = o.error_feedback;
 	co.downlink_q8 = o.downlink_q8;
+	co.tls_ca = o.tls_ca;
+	co.tls_cert = o.tls_cert;
+	co.tls_key = o.tls_key;
+	co.tls_server_name = o.tls_server_name;
 	if (o.state_dir != NULL && o.error_feedback) {
 		if (mkdir(o.state_dir, 0700) != 0 && errno != EEXIST) {
 			log_error(PROG ": cannot create --state-dir '%s': %s", o.state_dir,

@@ -30,6 +30,7 @@ shoal_strerror(shoal_err err)
 	case SHOAL_EABORTED: return "secure aggregation round aborted";
 	case SHOAL_ECRYPTO: return "decryption or signature check failed";
 	case SHOAL_ECAPS: return "client lacks a required capability";
+	case SHOAL_ERATE: return "too many requests: rate limit";
 	}
 	return "unknown error";
 }

@@ -10,18 +10,38 @@
  * so tp_server_reply finds the context in O(1) and a stale id (already
  * answered) is refused. Completed requests go to one mutex/condvar queue read
  * by tp_server_recv. All nng callbacks take s->mu; nng operations are started
- * outside it, counted in cb_active so that close can wait for them. */
+ * outside it, counted in cb_active so that close can wait for them.
+ *
+ * Connections: a pipe-notify callback keeps one tp_peer per open connection
+ * (nng pipe) in a hash table: it closes connections beyond max_conns before
+ * they are added to the socket, and holds the connection's token bucket for
+ * the rate limit (tp_server_set_rate), taken when a request arrives.
+ *
+ * TLS (tls+tcp://): nng's TLS transport with an nng_tls_config built from
+ * PEM files. The files are checked with mbedtls (nng's TLS engine) first,
+ * because nng reports a key that does not match its certificate, or an
+ * expired certificate, only as failed handshakes, which it does not report
+ * at all. */
 #include "common/transport.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <mbedtls/error.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/version.h>
+#include <mbedtls/x509_crt.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
 #include <nng/supplemental/util/platform.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "common/clock.h"
@@ -34,6 +54,7 @@ enum {
 	TP_RECONN_MAX_MS = 5000,
 	/* REQ resend: the client core retries itself; nng must not duplicate. */
 	TP_RESEND_MS = 24 * 3600 * 1000,
+	TP_PEM_MAX = 1 << 20,    /* larger "certificate files" are refused */
 };
 
 struct tp_msg {
@@ -101,8 +122,9 @@ hint_for(int rv)
 		       "choose another with --listen";
 	case NNG_EADDRINVAL:
 	case NNG_EINVAL:
-		return "malformed address: use tcp://HOST:PORT, ipc:///PATH or inproc://NAME";
-	case NNG_ENOTSUP: return "unsupported scheme: use tcp://, ipc:// or inproc://";
+		return "malformed address: use tcp://HOST:PORT, tls+tcp://HOST:PORT, ipc:///PATH or "
+		       "inproc://NAME";
+	case NNG_ENOTSUP: return "unsupported scheme: use tcp://, tls+tcp://, ipc:// or inproc://";
 	case NNG_EPERM:
 		return "permission denied: ports below 1024 need privileges; for ipc:// "
 		       "check the directory";
@@ -140,6 +162,303 @@ cond_init_mono(pthread_cond_t *cv)
 	return rc;
 }
 
+/* --------------------------------------------------------------------- TLS */
+
+bool
+tp_url_is_tls(const char *url)
+{
+	return url != NULL && strncmp(url, "tls+", 4) == 0;
+}
+
+/* The PEM files of a tp_tls, read and checked; NUL-terminated (mbedtls
+ * counts the NUL in a PEM buffer's length). */
+typedef struct tls_files {
+	char *cert, *key, *ca;
+	size_t cert_len, key_len, ca_len;
+} tls_files;
+
+static void
+tls_files_fini(tls_files *f)
+{
+	free(f->cert);
+	free(f->ca);
+	if (f->key != NULL) {
+		mbedtls_platform_zeroize(f->key, f->key_len);
+		free(f->key);
+	}
+	memset(f, 0, sizeof *f);
+}
+
+/* The whole file as a NUL-terminated string (*len counts the NUL), or NULL
+ * after a log line. what: "certificate", "key", "CA certificate". */
+static char *
+tls_read(const char *what, const char *path, size_t *len)
+{
+	struct stat st;
+	FILE *f;
+	char *buf = NULL;
+	size_t n;
+
+	if ((f = fopen(path, "rb")) == NULL) {
+		log_error("TLS %s file '%s': %s", what, path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+		log_error("TLS %s file '%s': not a regular file", what, path);
+		goto out;
+	}
+	if (st.st_size == 0 || st.st_size > TP_PEM_MAX) {
+		log_error("TLS %s file '%s': %s", what, path,
+		          st.st_size == 0 ? "empty" : "larger than 1 MiB, so not a PEM file");
+		goto out;
+	}
+	if ((buf = malloc((size_t)st.st_size + 1)) == NULL) {
+		log_error("TLS %s file '%s': out of memory", what, path);
+		goto out;
+	}
+	n = fread(buf, 1, (size_t)st.st_size, f);
+	if (n != (size_t)st.st_size || ferror(f)) {
+		log_error("TLS %s file '%s': read failed: %s", what, path,
+		          ferror(f) ? strerror(errno) : "file changed while read");
+		goto bad;
+	}
+	buf[n] = '\0';
+	if (memchr(buf, '\0', n) != NULL || strstr(buf, "-----BEGIN ") == NULL) {
+		log_error("TLS %s file '%s': not PEM (no '-----BEGIN' line); convert DER with "
+		          "'openssl x509 -inform DER -in FILE -out FILE.pem' (certificates) or "
+		          "'openssl pkey -inform DER -in FILE -out FILE.pem' (keys)", what, path);
+		goto bad;
+	}
+	*len = n + 1;
+	fclose(f);
+	return buf;
+bad:
+	mbedtls_platform_zeroize(buf, (size_t)st.st_size + 1);
+	free(buf);
+	buf = NULL;
+out:
+	fclose(f);
+	return NULL;
+}
+
+static void
+tls_why(int rv, char *out, size_t n)
+{
+	mbedtls_strerror(rv, out, n);
+}
+
+#if MBEDTLS_VERSION_MAJOR >= 3
+/* mbedtls 3 wants randomness for key parsing and pair checks (blinding). */
+static int
+tls_rng(void *ctx, unsigned char *buf, size_t n)
+{
+	(void)ctx;
+	while (n > 0) {
+		ssize_t got = getrandom(buf, n, 0);
+		if (got < 0 && errno != EINTR)
+			return -1;
+		if (got > 0) {
+			buf += got;
+			n -= (size_t)got;
+		}
+	}
+	return 0;
+}
+#endif
+
+/* "2026-05-01" */
+static void
+tls_date(const mbedtls_x509_time *t, char *out, size_t n)
+{
+	snprintf(out, n, "%04d-%02d-%02d %02d:%02d UTC", t->year, t->mon, t->day, t->hour, t->min);
+}
+
+/* Certificate and key: parse both, the key must be the certificate's, the
+ * certificate valid now. */
+static shoal_err
+tls_check_own(const tp_tls *t, const tls_files *f)
+{
+	mbedtls_x509_crt crt;
+	mbedtls_pk_context pk;
+	char why[160], from[40], to[40];
+	shoal_err e = SHOAL_EINVAL;
+	int rv;
+
+	mbedtls_x509_crt_init(&crt);
+	mbedtls_pk_init(&pk);
+	if ((rv = mbedtls_x509_crt_parse(&crt, (const unsigned char *)f->cert, f->cert_len)) < 0 ||
+	    crt.raw.p == NULL) {
+		tls_why(rv, why, sizeof why);
+		log_error("TLS certificate file '%s': no certificate could be read (%s)", t->cert, why);
+		goto out;
+	}
+#if MBEDTLS_VERSION_MAJOR >= 3
+	rv = mbedtls_pk_parse_key(&pk, (const unsigned char *)f->key, f->key_len, NULL, 0, tls_rng,
+	                          NULL);
+#else
+	rv = mbedtls_pk_parse_key(&pk, (const unsigned char *)f->key, f->key_len, NULL, 0);
+#endif
+	if (rv == MBEDTLS_ERR_PK_PASSWORD_REQUIRED || rv == MBEDTLS_ERR_PK_PASSWORD_MISMATCH) {
+		log_error("TLS key file '%s': the key is encrypted; shoal needs it unencrypted in a "
+		          "file only its user can read ('openssl pkey -in KEY -out PLAIN', then "
+		          "chmod 600 PLAIN)", t->key);
+		goto out;
+	}
+	if (rv != 0) {
+		tls_why(rv, why, sizeof why);
+		log_error("TLS key file '%s': no private key could be read (%s)", t->key, why);
+		goto out;
+	}
+#if MBEDTLS_VERSION_MAJOR >= 3
+	rv = mbedtls_pk_check_pair(&crt.pk, &pk, tls_rng, NULL);
+#else
+	rv = mbedtls_pk_check_pair(&crt.pk, &pk);
+#endif
+	if (rv != 0) {
+		log_error("TLS key file '%s' does not belong to certificate '%s' (the key of a "
+		          "certificate is the one its request was made with)", t->key, t->cert);
+		goto out;
+	}
+	tls_date(&crt.valid_from, from, sizeof from);
+	tls_date(&crt.valid_to, to, sizeof to);
+	if (mbedtls_x509_time_is_past(&crt.valid_to)) {
+		log_error("TLS certificate '%s' expired on %s: renew it", t->cert, to);
+		goto out;
+	}
+	if (mbedtls_x509_time_is_future(&crt.valid_from)) {
+		log_error("TLS certificate '%s' is not valid before %s (is this machine's clock "
+		          "right?)", t->cert, from);
+		goto out;
+	}
+	e = SHOAL_OK;
+out:
+	mbedtls_pk_free(&pk);
+	mbedtls_x509_crt_free(&crt);
+	return e;
+}
+
+/* CA file: every certificate in it must parse; at least one. */
+static shoal_err
+tls_check_ca(const tp_tls *t, const tls_files *f)
+{
+	mbedtls_x509_crt ca;
+	char why[160];
+	shoal_err e = SHOAL_OK;
+	int rv;
+
+	mbedtls_x509_crt_init(&ca);
+	rv = mbedtls_x509_crt_parse(&ca, (const unsigned char *)f->ca, f->ca_len);
+	if (rv != 0 || ca.raw.p == NULL) {
+		if (rv > 0)
+			snprintf(why, sizeof why, "%d certificate(s) in it are damaged", rv);
+		else
+			tls_why(rv, why, sizeof why);
+		log_error("TLS CA certificate file '%s': %s", t->ca, why);
+		e = SHOAL_EINVAL;
+	}
+	mbedtls_x509_crt_free(&ca);
+	return e;
+}
+
+/* Read and check the files of t (see tp_tls_check); warn: about a key
+ * file others can read (once, when the configuration is made). */
+static shoal_err
+tls_load(const tp_tls *t, bool server, bool warn, tls_files *f)
+{
+	static const tp_tls none;
+
+	memset(f, 0, sizeof *f);
+	if (t == NULL)
+		t = &none;
+	if (server && (t->cert == NULL || t->key == NULL)) {
+		log_error("a TLS listener needs a certificate and its private key "
+		          "(shoal-server --tls-cert FILE --tls-key FILE)");
+		return SHOAL_EINVAL;
+	}
+	if (!server && t->ca == NULL) {
+		log_error("a TLS client needs the CA certificate that signed the server's "
+		          "certificate, to check whom it talks to (shoal-client --tls-ca FILE)");
+		return SHOAL_EINVAL;
+	}
+	if ((t->cert == NULL) != (t->key == NULL)) {
+		log_error("a TLS certificate needs its private key and a key its certificate "
+		          "(--tls-cert and --tls-key together)");
+		return SHOAL_EINVAL;
+	}
+	if (strcmp(nng_tls_engine_name(), "none") == 0) {
+		log_error("this nng library was built without TLS: tls+tcp:// is not available "
+		          "(Debian's libnng1 has it, through mbedtls)");
+		return SHOAL_EINVAL;
+	}
+	if (t->cert != NULL) {
+		if ((f->cert = tls_read("certificate", t->cert, &f->cert_len)) == NULL ||
+		    (f->key = tls_read("key", t->key, &f->key_len)) == NULL ||
+		    tls_check_own(t, f) != SHOAL_OK)
+			goto fail;
+		struct stat st;
+		if (warn && stat(t->key, &st) == 0 && (st.st_mode & 077) != 0)
+			log_warn("TLS key file '%s' can be read by other users (mode %03o): chmod 600 it",
+			         t->key, (unsigned)(st.st_mode & 0777));
+	}
+	if (t->ca != NULL &&
+	    ((f->ca = tls_read("CA certificate", t->ca, &f->ca_len)) == NULL ||
+	     tls_check_ca(t, f) != SHOAL_OK))
+		goto fail;
+	return SHOAL_OK;
+fail:
+	tls_files_fini(f);
+	return SHOAL_EINVAL;
+}
+
+shoal_err
+tp_tls_check(const tp_tls *t, bool server)
+{
+	tls_files f;
+	shoal_err e = tls_load(t, server, false, &f);
+
+	tls_files_fini(&f);
+	return e;
+}
+
+/* An nng TLS configuration from t. Server: its certificate; with a CA,
+ * client certificates are required and must chain to it. Client: verifies
+ * the server's certificate against the CA and server_name; presents its
+ * own certificate if it has one. */
+static shoal_err
+tls_config_new(const tp_tls *t, bool server, const char *server_name, nng_tls_config **out)
+{
+	tls_files f;
+	nng_tls_config *cfg = NULL;
+	shoal_err e;
+	int rv;
+
+	*out = NULL;
+	if ((e = tls_load(t, server, true, &f)) != SHOAL_OK)
+		return e;
+	if ((rv = nng_tls_config_alloc(&cfg, server ? NNG_TLS_MODE_SERVER : NNG_TLS_MODE_CLIENT)) != 0) {
+		log_error("transport: cannot set up TLS: %s", nng_strerror(rv));
+		tls_files_fini(&f);
+		return map_err(rv) == SHOAL_ENOMEM ? SHOAL_ENOMEM : SHOAL_EINVAL;
+	}
+	rv = nng_tls_config_auth_mode(cfg, !server || f.ca != NULL ? NNG_TLS_AUTH_MODE_REQUIRED
+	                                                        : NNG_TLS_AUTH_MODE_NONE);
+	if (rv == 0 && f.cert != NULL)
+		rv = nng_tls_config_own_cert(cfg, f.cert, f.key, NULL);
+	if (rv == 0 && f.ca != NULL)
+		rv = nng_tls_config_ca_chain(cfg, f.ca,
+		                             strstr(f.ca, "-----BEGIN X509 CRL-----") ? f.ca : NULL);
+	if (rv == 0 && !server && server_name != NULL)
+		rv = nng_tls_config_server_name(cfg, server_name);
+	tls_files_fini(&f);
+	if (rv != 0) {
+		log_error("transport: TLS configuration refused by nng: %s", nng_strerror(rv));
+		nng_tls_config_free(cfg);
+		return SHOAL_EINVAL;
+	}
+	*out = cfg;
+	return SHOAL_OK;
+}
+
 /* ------------------------------------------------------------------ server */
 
 typedef enum {
@@ -158,9 +477,17 @@ typedef struct tp_ctx {
 	nng_aio *aio;
 	tc_state st;
 	nng_pipe pipe;     /* peer of the held request */
+	bool limited;      /* the held request exceeded its connection's rate */
 	bool close_after;  /* drop the peer once the reply is sent */
 	struct tp_ctx *next_idle;
 } tp_ctx;
+
+/* One open connection: its nng pipe id and token bucket. */
+typedef struct tp_peer {
+	uint32_t id;      /* nng pipe id, 0 for an empty slot */
+	float tokens;
+	uint64_t last_ms; /* when tokens was last brought up to date */
+} tp_peer;
 
 typedef struct tp_item {
 	uint64_t req;
@@ -183,9 +510,141 @@ struct tp_server {
 	tp_item *qhead, *qtail;
 	uint64_t received;
 	int bound_port;
+	nng_tls_config *tls;  /* for tls+tcp:// listeners, or NULL */
+	/* open connections (see the top of this file) */
+	tp_peer *peers;       /* open addressing, id 0 = empty */
+	uint32_t peer_mask;   /* capacity - 1 (capacity a power of two) */
+	uint32_t n_peers, peak_peers, max_conns;
+	uint64_t conns_refused;
+	double rate_per_ms;   /* token bucket refill; 0: no rate limit */
+	double burst;         /* bucket size */
 };
 
 static void srv_ctx_cb(void *arg);
+
+/* ---- open connections ---- */
+
+static uint32_t
+peer_slot(uint32_t id, uint32_t mask)
+{
+	return (id * 2654435761u) & mask; /* Knuth's multiplicative hash */
+}
+
+/* Under mu. The peer with this pipe id, or NULL. */
+static tp_peer *
+peer_find(tp_server *s, uint32_t id)
+{
+	if (s->peers == NULL || id == 0)
+		return NULL;
+	for (uint32_t i = peer_slot(id, s->peer_mask);; i = (i + 1) & s->peer_mask) {
+		if (s->peers[i].id == id)
+			return &s->peers[i];
+		if (s->peers[i].id == 0)
+			return NULL;
+	}
+}
+
+/* Under mu. Adds pipe id with a full bucket; false when out of memory. */
+static bool
+peer_add(tp_server *s, uint32_t id, uint64_t now)
+{
+	if (s->peers == NULL || 2 * (s->n_peers + 1) > s->peer_mask + 1) {
+		uint32_t cap = s->peers == NULL ? 64 : 2 * (s->peer_mask + 1);
+		tp_peer *old = s->peers, *v = calloc(cap, sizeof *v);
+		uint32_t old_cap = old == NULL ? 0 : s->peer_mask + 1;
+		if (v == NULL)
+			return false;
+		s->peers = v;
+		s->peer_mask = cap - 1;
+		for (uint32_t j = 0; j < old_cap; j++) {
+			if (old[j].id == 0)
+				continue;
+			uint32_t i = peer_slot(old[j].id, s->peer_mask);
+			while (v[i].id != 0)
+				i = (i + 1) & s->peer_mask;
+			v[i] = old[j];
+		}
+		free(old);
+	}
+	uint32_t i = peer_slot(id, s->peer_mask);
+	while (s->peers[i].id != 0)
+		i = (i + 1) & s->peer_mask;
+	s->peers[i] = (tp_peer){.id = id, .tokens = (float)s->burst, .last_ms = now};
+	s->n_peers++;
+	if (s->n_peers > s->peak_peers)
+		s->peak_peers = s->n_peers;
+	return true;
+}
+
+/* Under mu. Removes pipe id (backward-shift deletion: no tombstones). */
+static void
+peer_remove(tp_server *s, uint32_t id)
+{
+	tp_peer *p = peer_find(s, id);
+	uint32_t i, j;
+
+	if (p == NULL)
+		return;
+	i = (uint32_t)(p - s->peers);
+	s->peers[i].id = 0;
+	s->n_peers--;
+	for (j = (i + 1) & s->peer_mask; s->peers[j].id != 0; j = (j + 1) & s->peer_mask) {
+		uint32_t home = peer_slot(s->peers[j].id, s->peer_mask);
+		/* Move j into the hole at i unless its home lies cyclically in (i, j]. */
+		bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+		if (!stays) {
+			s->peers[i] = s->peers[j];
+			s->peers[j].id = 0;
+			i = j;
+		}
+	}
+}
+
+/* Under mu. Takes a token from the connection's bucket; false when it is
+ * empty (the request exceeds the rate). Unknown connections (inproc pipes
+ * race their notification) are let through. */
+static bool
+peer_take(tp_server *s, uint32_t id, uint64_t now)
+{
+	tp_peer *p;
+	double t;
+
+	if (s->rate_per_ms <= 0 || (p = peer_find(s, id)) == NULL)
+		return true;
+	t = p->tokens + (double)(now - p->last_ms) * s->rate_per_ms;
+	p->last_ms = now;
+	if (t > s->burst)
+		t = s->burst;
+	if (t < 1.0) {
+		p->tokens = (float)t;
+		return false;
+	}
+	p->tokens = (float)(t - 1.0);
+	return true;
+}
+
+/* nng pipe events: admit or refuse a new connection, forget a closed one. */
+static void
+srv_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	tp_server *s = arg;
+	uint32_t id = (uint32_t)nng_pipe_id(p);
+	bool refuse = false;
+
+	pthread_mutex_lock(&s->mu);
+	if (ev == NNG_PIPE_EV_ADD_PRE) {
+		if ((s->max_conns > 0 && s->n_peers >= s->max_conns) ||
+		    !peer_add(s, id, clock_now_ms())) {
+			s->conns_refused++;
+			refuse = true;
+		}
+	} else if (ev == NNG_PIPE_EV_REM_POST) {
+		peer_remove(s, id);
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (refuse)
+		nng_pipe_close(p); /* never added: the peer's dialer retries later */
+}
 
 /* Make a context (not yet receiving) and register it. Called without mu.
  * Returns NULL on failure (logged) or when the server is closing. */
@@ -347,6 +806,7 @@ srv_ctx_cb(void *arg)
 		c->gen++;
 		c->st = TC_HOLD;
 		c->pipe = nng_msg_get_pipe(m);
+		c->limited = !peer_take(s, (uint32_t)nng_pipe_id(c->pipe), clock_now_ms());
 		it->req = ((uint64_t)c->gen << 32) | ((uint64_t)c->idx + 1);
 		it->m = m;
 		it->next = NULL;
@@ -452,6 +912,12 @@ tp_server_open(tp_server **out, size_t max_msg)
 		nng_close(s->sock);
 		goto fail;
 	}
+	if ((rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_PRE, srv_pipe_cb, s)) != 0 ||
+	    (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, srv_pipe_cb, s)) != 0) {
+		log_error("transport: cannot watch connections: %s", nng_strerror(rv));
+		nng_close(s->sock);
+		goto fail;
+	}
 	/* Fill the receive pool. */
 	for (unsigned i = 0; i < TP_RECV_POOL; i++) {
 		tp_ctx *c = srv_ctx_new(s);
@@ -490,30 +956,77 @@ url_with_port(const char *url, int port, char *out, size_t n)
 }
 
 shoal_err
+tp_server_set_tls(tp_server *s, const tp_tls *t)
+{
+	nng_tls_config *cfg;
+	shoal_err e = tls_config_new(t, true, NULL, &cfg);
+
+	if (e != SHOAL_OK)
+		return e;
+	pthread_mutex_lock(&s->mu);
+	if (s->tls != NULL)
+		nng_tls_config_free(s->tls);
+	s->tls = cfg;
+	pthread_mutex_unlock(&s->mu);
+	return SHOAL_OK;
+}
+
+void
+tp_server_set_max_conns(tp_server *s, uint32_t max)
+{
+	pthread_mutex_lock(&s->mu);
+	s->max_conns = max;
+	pthread_mutex_unlock(&s->mu);
+}
+
+void
+tp_server_set_rate(tp_server *s, double per_s, double burst)
+{
+	pthread_mutex_lock(&s->mu);
+	s->rate_per_ms = per_s > 0 ? per_s / 1000.0 : 0.0;
+	s->burst = burst >= 1.0 ? burst : 1.0;
+	pthread_mutex_unlock(&s->mu);
+}
+
+shoal_err
 tp_server_listen(tp_server *s, const char *url)
 {
 	nng_listener l;
 	int rv, port = 0;
 	char shown[512];
+	bool tls = tp_url_is_tls(url);
 
 	if (url == NULL || *url == '\0') {
 		log_error("transport: empty listen URL");
 		return SHOAL_EINVAL;
 	}
-	if ((rv = nng_listen(s->sock, url, &l, 0)) != 0) {
+	if (tls && s->tls == NULL) {
+		log_error("transport: cannot listen on %s: a TLS URL needs a certificate and its key "
+		          "(shoal-server --tls-cert FILE --tls-key FILE)", url);
+		return SHOAL_EINVAL;
+	}
+	if (!tls) {
+		rv = nng_listen(s->sock, url, &l, 0);
+	} else if ((rv = nng_listener_create(&l, s->sock, url)) == 0) {
+		/* The listener holds its own reference to the configuration. */
+		if ((rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, s->tls)) != 0 ||
+		    (rv = nng_listener_start(l, 0)) != 0)
+			nng_listener_close(l);
+	}
+	if (rv != 0) {
 		const char *h = hint_for(rv);
 		log_error("transport: cannot listen on %s: %s%s%s", url, nng_strerror(rv),
 		          *h ? "; " : "", h);
 		return map_err(rv) == SHOAL_EINVAL ? SHOAL_EINVAL : SHOAL_ETRANSPORT;
 	}
-	if (strncmp(url, "tcp", 3) == 0 &&
+	if ((strncmp(url, "tcp", 3) == 0 || strncmp(url, "tls+tcp", 7) == 0) &&
 	    nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0) {
 		pthread_mutex_lock(&s->mu);
 		s->bound_port = port;
 		pthread_mutex_unlock(&s->mu);
 	}
 	url_with_port(url, port, shown, sizeof shown);
-	log_info("listening on %s", shown);
+	log_info("listening on %s%s", shown, tls ? " (TLS)" : "");
 	return SHOAL_OK;
 }
 
@@ -641,6 +1154,9 @@ tp_server_close(tp_server *s)
 		free(c);
 	}
 	free(s->ctx);
+	free(s->peers);
+	if (s->tls != NULL)
+		nng_tls_config_free(s->tls);
 	while (s->qhead != NULL) {
 		tp_item *it = s->qhead;
 		s->qhead = it->next;
@@ -661,6 +1177,90 @@ tp_server_received(const tp_server *s)
 	n = s->received;
 	pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
 	return n;
+}
+
+/* Under mu: the context holding request req, or NULL. */
+static tp_ctx *
+held_ctx(tp_server *s, uint64_t req)
+{
+	uint32_t idx = (uint32_t)(req & 0xffffffffu), gen = (uint32_t)(req >> 32);
+	tp_ctx *c;
+
+	if (idx == 0 || idx > s->n_ctx)
+		return NULL;
+	c = s->ctx[idx - 1];
+	return c->st == TC_HOLD && c->gen == gen ? c : NULL;
+}
+
+uint32_t
+tp_server_peer(tp_server *s, uint64_t req)
+{
+	tp_ctx *c;
+	uint32_t id = 0;
+
+	pthread_mutex_lock(&s->mu);
+	if ((c = held_ctx(s, req)) != NULL)
+		id = (uint32_t)nng_pipe_id(c->pipe);
+	pthread_mutex_unlock(&s->mu);
+	return id > 0 ? id : 0;
+}
+
+bool
+tp_server_limited(tp_server *s, uint64_t req)
+{
+	tp_ctx *c;
+	bool lim = false;
+
+	pthread_mutex_lock(&s->mu);
+	if ((c = held_ctx(s, req)) != NULL)
+		lim = c->limited;
+	pthread_mutex_unlock(&s->mu);
+	return lim;
+}
+
+void
+tp_server_peer_addr(tp_server *s, uint64_t req, char *out, size_t n)
+{
+	nng_sockaddr sa;
+	nng_pipe p = NNG_PIPE_INITIALIZER;
+	tp_ctx *c;
+	char ip[64];
+
+	snprintf(out, n, "?");
+	pthread_mutex_lock(&s->mu);
+	if ((c = held_ctx(s, req)) != NULL)
+		p = c->pipe;
+	pthread_mutex_unlock(&s->mu);
+	if (nng_pipe_id(p) <= 0 || nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) != 0)
+		return;
+	switch (sa.s_family) {
+	case NNG_AF_INET:
+		inet_ntop(AF_INET, &sa.s_in.sa_addr, ip, sizeof ip);
+		snprintf(out, n, "%s:%u", ip, (unsigned)ntohs(sa.s_in.sa_port));
+		break;
+	case NNG_AF_INET6:
+		inet_ntop(AF_INET6, sa.s_in6.sa_addr, ip, sizeof ip);
+		snprintf(out, n, "[%s]:%u", ip, (unsigned)ntohs(sa.s_in6.sa_port));
+		break;
+	case NNG_AF_IPC:
+		snprintf(out, n, "ipc");
+		break;
+	case NNG_AF_INPROC:
+		snprintf(out, n, "inproc");
+		break;
+	default:
+		break;
+	}
+}
+
+void
+tp_server_conns(tp_server *s, tp_conn_stats *out)
+{
+	pthread_mutex_lock(&s->mu);
+	out->open = s->n_peers;
+	out->peak = s->peak_peers;
+	out->refused = s->conns_refused;
+	pthread_mutex_unlock(&s->mu);
 }
 
 /* ------------------------------------------------------------------ client */
@@ -684,8 +1284,51 @@ cli_aio_cb(void *arg)
 	pthread_mutex_unlock(&c->mu);
 }
 
+/* Dial url on c->sock without blocking, with TLS for tls+tcp:// URLs.
+ * Returns the nng error, or -1 after logging a TLS setup failure. */
+static int
+cli_dial(tp_client *c, const char *url, const tp_tls *tls)
+{
+	nng_tls_config *cfg = NULL;
+	nng_dialer d;
+	nng_url *u = NULL;
+	const char *name;
+	int rv;
+
+	if (!tp_url_is_tls(url))
+		return nng_dial(c->sock, url, NULL, NNG_FLAG_NONBLOCK);
+	if ((rv = nng_url_parse(&u, url)) != 0)
+		return rv;
+	name = tls != NULL && tls->server_name != NULL ? tls->server_name : u->u_hostname;
+	if (name == NULL || *name == '\0') {
+		log_error("transport: %s names no host to check the server's certificate against; "
+		          "give the server's name (--tls-server-name)", url);
+		nng_url_free(u);
+		return -1;
+	}
+	if (tls_config_new(tls, false, name, &cfg) != SHOAL_OK) {
+		nng_url_free(u);
+		return -1;
+	}
+	nng_url_free(u);
+	if ((rv = nng_dialer_create(&d, c->sock, url)) == 0) {
+		/* The dialer holds its own reference to the configuration. */
+		if ((rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cfg)) != 0 ||
+		    (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0)
+			nng_dialer_close(d);
+	}
+	nng_tls_config_free(cfg);
+	return rv;
+}
+
 shoal_err
 tp_client_open(tp_client **out, const char *url, size_t max_msg)
+{
+	return tp_client_open_tls(out, url, max_msg, NULL);
+}
+
+shoal_err
+tp_client_open_tls(tp_client **out, const char *url, size_t max_msg, const tp_tls *tls)
 {
 	tp_client *c;
 	int rv;
@@ -724,7 +1367,11 @@ tp_client_open(tp_client **out, const char *url, size_t max_msg)
 		goto fail;
 	}
 	/* Non-blocking: the client may start before the server. */
-	if ((rv = nng_dial(c->sock, url, NULL, NNG_FLAG_NONBLOCK)) != 0) {
+	if ((rv = cli_dial(c, url, tls)) == -1) {
+		err = SHOAL_EINVAL;
+		goto fail;
+	}
+	if (rv != 0) {
 		const char *h = hint_for(rv);
 		log_error("transport: cannot dial %s: %s%s%s", url, nng_strerror(rv), *h ? "; " : "",
 		          h);

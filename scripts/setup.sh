@@ -23,8 +23,10 @@ as_root() {
 }
 
 # 1. Debian packages ---------------------------------------------------------
+# libmbedtls-dev: nng's TLS engine, which the transport also uses to check
+# certificates; openssl: tests/tls_e2e.sh makes its certificates with it.
 packages="build-essential cmake pkg-config libsodium-dev libnng-dev libmsgpack-dev
-libcmocka-dev libopenblas-dev libjansson-dev ca-certificates"
+libcmocka-dev libopenblas-dev libjansson-dev libmbedtls-dev openssl ca-certificates"
 missing=""
 for p in $packages; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -98,6 +98,7 @@ struct srv_core {
 	slot *slots;
 	uint32_t n_slots, n_reported, n_declined;
 	srv_round_stats st;
+	uint32_t refused[SRV_CODES]; /* error replies since the last round ended */
 	srv_dp *dp;         /* central DP (server/dp.h), NULL when off */
 	bool ckpt_on;       /* encode a checkpoint at every round boundary */
 	uint8_t *ckpt;      /* the newest one not yet taken, or NULL */
@@ -229,6 +230,8 @@ reply_error(srv_core *s, uint64_t req, shoal_err code, bool close, const char *t
 
 	if (s->phase == PH_RUNNING)
 		s->st.rejected++;
+	if (code < 0 && code > -SRV_CODES)
+		s->refused[-code]++;
 	if (msg_encode_error(code, text, &buf, &len) != SHOAL_OK)
 		return;
 	push_reply(s, req, buf, len, close);
@@ -479,6 +482,8 @@ close_round(srv_core *s, uint64_t now)
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		s->clients[s->slots[i].client].selected_round = 0;
 	free_slots(s);
+	memcpy(st->refused, s->refused, sizeof st->refused);
+	memset(s->refused, 0, sizeof s->refused);
 	push_event(s, SRV_EV_ROUND_END);
 	if (s->round >= s->cfg.rounds) {
 		finish(s);

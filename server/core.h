@@ -125,6 +125,9 @@ typedef struct srv_config {
  * (delta 1e-5 when on). */
 void srv_config_defaults(srv_config *c);
 
+/* Error codes counted in srv_round_stats.refused: -1 .. -(SRV_CODES-1). */
+#define SRV_CODES 48
+
 typedef struct srv_round_stats {
 	uint32_t round;
 	uint32_t selected;    /* TASKs sent */
@@ -141,6 +144,15 @@ typedef struct srv_round_stats {
 	uint32_t sa_threshold; /* secure mode: Shamir threshold t, else 0 */
 	double epsilon;       /* DP: epsilon spent after this round; NaN if off */
 	uint64_t start_ms, end_ms;
+	/* ERROR replies by code, refused[-code], since the previous round
+	 * ended, in any phase (every limit and bad input is counted here; the
+	 * driver adds the requests it refuses itself, -25 over the rate
+	 * limit). */
+	uint32_t refused[SRV_CODES];
+	/* Filled in by the driver: connections open when the round ended, and
+	 * connections closed at once over its limit since the previous round. */
+	uint32_t conns_open;
+	uint32_t conns_refused;
 } srv_round_stats;
 
 typedef enum {
@@ -221,8 +233,10 @@ shoal_err srv_core_restore_clients(srv_core *s, const struct srv_ckpt_client *cl
 
 /* One JSON object per line with the shared metrics keys (round, accuracy,
  * loss, clients, dropped, bytes_up, bytes_down), plus abandoned, rejected,
- * train_loss, epsilon when DP is on (st->epsilon not NaN), and virtual_s
- * when virtual_s >= 0. Flushes f. */
+ * train_loss, refused (an object: error name -> count, non-zero counts
+ * only; "connections" for connections refused), connections (open at the
+ * round's end, when the driver counts them), epsilon when DP is on
+ * (st->epsilon not NaN), and virtual_s when virtual_s >= 0. Flushes f. */
 void srv_metrics_write(FILE *f, const srv_round_stats *st, double virtual_s);
 
 #endif

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -24,6 +25,7 @@
 #include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "common/transport.h"
 #include "ml/ml.h"
 #include "server/ckpt.h"
 #include "server/core.h"
@@ -43,6 +45,16 @@
 #define MAX_HOLD_MS 600000u     /* 10 min */
 #define MAX_LINGER_MS 600000u   /* 10 min */
 #define MAX_TIMEOUT_S 86400.0   /* 1 day */
+/* --rate-limit default: requests a second per connection, and the bucket.
+ * A client sends at most about 2 requests a round (6 in secure rounds) and
+ * a check-in per --hold: far below this; the burst covers a secure round's
+ * phases and reconnections. */
+#define DEFAULT_RATE 100.0
+#define DEFAULT_BURST 200.0
+#define MAX_RATE 1e6
+/* File descriptors kept for files and nng's own use, below RLIMIT_NOFILE,
+ * when --max-connections is computed. */
+#define FD_RESERVE 64u
 
 /* Exit statuses (documented in --help). */
 enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
@@ -94,6 +106,40 @@ parse_bytes(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 	return true;
 }
 
+/* --rate-limit: "off", "N/s" or "N/s:BURST" (N > 0, BURST >= 1); "/s" may
+ * be left out. */
+static bool
+parse_rate(const char *s, double *rate, double *burst)
+{
+	char buf[64];
+	char *colon, *per;
+	double r, b;
+
+	if (strcmp(s, "off") == 0 || strcmp(s, "0") == 0) {
+		*rate = 0;
+		*burst = 0;
+		return true;
+	}
+	if (strlen(s) >= sizeof buf)
+		return false;
+	strcpy(buf, s);
+	if ((colon = strchr(buf, ':')) != NULL)
+		*colon++ = '\0';
+	if ((per = strstr(buf, "/s")) != NULL) {
+		if (per[2] != '\0')
+			return false;
+		*per = '\0';
+	}
+	if (!cli_parse_number(buf, 0, MAX_RATE, false, &r) || r <= 0)
+		return false;
+	b = 2 * r;
+	if (colon != NULL && (!cli_parse_number(colon, 1, 100 * MAX_RATE, false, &b) || b < 1))
+		return false;
+	*rate = r;
+	*burst = b < 1 ? 1 : b;
+	return true;
+}
+
 typedef struct options {
 	srv_config cfg;
 	const char *listen[MAX_LISTEN];
@@ -104,6 +150,9 @@ typedef struct options {
 	const char *state_dir; /* --state-dir: checkpoints, or NULL */
 	bool resume;
 	uint32_t linger_ms;
+	tp_tls tls;            /* --tls-cert, --tls-key, --tls-ca */
+	double rate, burst;    /* --rate-limit; rate 0: off */
+	uint32_t max_conns;    /* --max-connections; 0: from RLIMIT_NOFILE */
 	int verbosity; /* -1 quiet, 0 normal, 1 verbose */
 } options;
 
@@ -122,11 +171,29 @@ print_help(FILE *f)
 	    "\n"
 	    "Network:\n"
 	    "      --listen URL          listen on URL; repeat to listen on several\n"
-	    "                            (tcp://HOST:PORT, ipc:///PATH, inproc://NAME)\n"
-	    "                            [default: " DEFAULT_LISTEN "]\n"
+	    "                            (tcp://HOST:PORT, tls+tcp://HOST:PORT, ipc:///PATH,\n"
+	    "                            inproc://NAME) [default: " DEFAULT_LISTEN "]\n"
 	    "      --max-clients N       most clients that may register [default: %" PRIu32 "]\n"
 	    "      --max-message BYTES   largest request accepted, suffix K, M or G allowed;\n"
 	    "                            must hold a whole model [default: %zu]\n"
+	    "      --max-connections N   most connections open at once; more are closed as\n"
+	    "                            they arrive and their clients retry later\n"
+	    "                            [default: the open-file limit minus %u, after\n"
+	    "                            raising the soft limit to the hard one]\n"
+	    "      --rate-limit R        requests a second per connection, as N/s or\n"
+	    "                            N/s:BURST (BURST requests at once, then N a\n"
+	    "                            second); a request over it is answered ERROR -25\n"
+	    "                            and the client resends it after a backoff; 'off'\n"
+	    "                            disables it [default: %g/s:%g]\n"
+	    "\n"
+	    "TLS (tls+tcp:// URLs; PROTOCOL.md section 1.1):\n"
+	    "      --tls-cert FILE       this server's certificate (PEM, optionally followed\n"
+	    "                            by its chain); required with a tls+tcp:// URL\n"
+	    "      --tls-key FILE        the certificate's private key (PEM, unencrypted;\n"
+	    "                            keep it readable by this user only)\n"
+	    "      --tls-ca FILE         CA certificate(s) (PEM): every client must present a\n"
+	    "                            certificate signed by one of them (mutual TLS);\n"
+	    "                            without it, any client may connect\n"
 	    "      --hold MS             longest a check-in is parked before the client is\n"
 	    "                            told to retry (long polling) [default: %" PRIu32 "]\n"
 	    "      --linger MS           after the last round, keep answering DONE this long\n"
@@ -199,8 +266,14 @@ print_help(FILE *f)
 	    "  " PROG " --listen tcp://0.0.0.0:7000 --model logreg --rounds 20 \\\n"
 	    "      --clients-per-round 10 --min-clients 10 --metrics run.jsonl\n"
 	    "and on each client machine (i = 0..9, same --split and --seed everywhere):\n"
-	    "  shoal-client --connect tcp://SERVER:7000 --model logreg --partition i/10\n",
-	    d.max_clients, d.max_message, d.hold_ms, DEFAULT_LINGER_MS,
+	    "  shoal-client --connect tcp://SERVER:7000 --model logreg --partition i/10\n"
+	    "Over TLS with client certificates (docs/raspberry-pi.md shows how to make them):\n"
+	    "  " PROG " --listen tls+tcp://0.0.0.0:7000 --tls-cert server.crt \\\n"
+	    "      --tls-key server.key --tls-ca ca.crt ...\n"
+	    "  shoal-client --connect tls+tcp://SERVER:7000 --tls-ca ca.crt \\\n"
+	    "      --tls-cert client.crt --tls-key client.key ...\n",
+	    d.max_clients, d.max_message, FD_RESERVE, DEFAULT_RATE, DEFAULT_BURST,
+	    d.hold_ms, DEFAULT_LINGER_MS,
 	    d.rounds, d.clients_per_round, d.min_clients, d.min_reports,
 	    d.round_timeout_ms / 1000.0,
 	    ml_model_names(), d.model,
@@ -213,7 +286,7 @@ enum {
 	OPT_LISTEN = 256, OPT_ROUNDS, OPT_K, OPT_M, OPT_MIN_REPORTS, OPT_MODEL,
 	OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_TIMEOUT, OPT_HOLD, OPT_MAX_CLIENTS,
 	OPT_MAX_MESSAGE, OPT_DATA_DIR, OPT_METRICS, OPT_SEED, OPT_LINGER, OPT_STATE_DIR,
-	OPT_RESUME,
+	OPT_RESUME, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_RATE_LIMIT, OPT_MAX_CONNS,
 };
 
 static const struct option long_options[] = {
@@ -236,6 +309,11 @@ static const struct option long_options[] = {
 	{"linger", required_argument, NULL, OPT_LINGER},
 	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
 	{"resume", no_argument, NULL, OPT_RESUME},
+	{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+	{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+	{"tls-ca", required_argument, NULL, OPT_TLS_CA},
+	{"rate-limit", required_argument, NULL, OPT_RATE_LIMIT},
+	{"max-connections", required_argument, NULL, OPT_MAX_CONNS},
 	{"quiet", no_argument, NULL, 'q'},
 	{"verbose", no_argument, NULL, 'v'},
 	{"help", no_argument, NULL, 'h'},
@@ -257,6 +335,8 @@ parse_args(int argc, char **argv, options *o)
 	srv_config_defaults(&o->cfg);
 	o->data_dir = DEFAULT_DATA_DIR;
 	o->linger_ms = DEFAULT_LINGER_MS;
+	o->rate = DEFAULT_RATE;
+	o->burst = DEFAULT_BURST;
 
 	enum { NOWN = sizeof long_options / sizeof long_options[0] - 1 };
 	struct option all[NOWN + SRV_FLAG_COUNT + 1];
@@ -361,6 +441,25 @@ parse_args(int argc, char **argv, options *o)
 		case OPT_RESUME:
 			o->resume = true;
 			break;
+		case OPT_TLS_CERT:
+		case OPT_TLS_KEY:
+		case OPT_TLS_CA:
+			if (*a == '\0')
+				return cli_usage_error(PROG, "%s must name a PEM file", argv[optind - 1]);
+			*(c == OPT_TLS_CERT ? &o->tls.cert : c == OPT_TLS_KEY ? &o->tls.key
+			                                                     : &o->tls.ca) = a;
+			break;
+		case OPT_RATE_LIMIT:
+			if (!parse_rate(a, &o->rate, &o->burst))
+				return cli_usage_error(PROG, "--rate-limit '%s': expected N/s or N/s:BURST "
+				                   "(requests a second per connection, e.g. 100/s:200), "
+				                   "or off", a);
+			break;
+		case OPT_MAX_CONNS:
+			if (!cli_parse_u32(a, 1, UINT32_MAX, &o->max_conns))
+				return cli_usage_error(PROG, "--max-connections '%s': expected a whole number "
+				                   ">= 1", a);
+			break;
 		case 'q':
 			quiet = true;
 			break;
@@ -398,6 +497,16 @@ parse_args(int argc, char **argv, options *o)
 		                   "give --state-dir too");
 	if (o->n_listen == 0)
 		o->listen[o->n_listen++] = DEFAULT_LISTEN;
+	bool any_tls = false;
+	for (size_t i = 0; i < o->n_listen; i++)
+		any_tls |= tp_url_is_tls(o->listen[i]);
+	if (any_tls && (o->tls.cert == NULL || o->tls.key == NULL))
+		return cli_usage_error(PROG, "--listen tls+tcp://... needs this server's certificate "
+		                   "and its key: --tls-cert FILE --tls-key FILE");
+	if (!any_tls && (o->tls.cert != NULL || o->tls.key != NULL || o->tls.ca != NULL))
+		return cli_usage_error(PROG, "--tls-cert, --tls-key and --tls-ca are for tls+tcp:// "
+		                   "URLs, and no --listen URL is one (e.g. --listen "
+		                   "tls+tcp://0.0.0.0:7000)");
 
 	/* Cross-flag checks. */
 	if (o->cfg.min_reports > o->cfg.clients_per_round)
@@ -581,6 +690,33 @@ open_state(const options *o, srv_ckpt *ck, bool *have)
 	return false;
 }
 
+/* ---- connections ----------------------------------------------------- */
+
+/* Raise the soft open-file limit to the hard one (each connection is a file
+ * descriptor; 1024, a common soft default, is about 960 clients), and
+ * return the default --max-connections: the limit less FD_RESERVE. */
+static uint32_t
+conn_limit(void)
+{
+	struct rlimit rl;
+	rlim_t n;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return 0;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t want = rl.rlim_max;
+		rl.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+		else
+			log_debug(PROG ": open-file limit raised to %llu", (unsigned long long)want);
+	}
+	n = rl.rlim_cur == RLIM_INFINITY ? UINT32_MAX : rl.rlim_cur;
+	if (n <= 2 * FD_RESERVE)
+		return (uint32_t)(n / 2);
+	return n - FD_RESERVE > UINT32_MAX ? UINT32_MAX : (uint32_t)(n - FD_RESERVE);
+}
+
 /* ---- main ------------------------------------------------------------ */
 
 static const options *g_opts; /* for on_listening's log line */
@@ -595,6 +731,13 @@ on_listening(void *user)
 	         " waiting, aggregate with >= %" PRIu32 " updates)",
 	         o->cfg.model, o->cfg.rounds, o->cfg.clients_per_round, o->cfg.min_clients,
 	         o->cfg.min_reports);
+	if (o->tls.cert != NULL)
+		log_info(PROG ": TLS with %s; %s", o->tls.cert,
+		         o->tls.ca != NULL ? "clients must present a certificate signed by --tls-ca"
+		                           : "clients need no certificate (no --tls-ca)");
+	if (o->rate > 0)
+		log_debug(PROG ": limits: %g requests/s per connection (burst %g), %" PRIu32
+		          " connections", o->rate, o->burst, o->max_conns);
 }
 
 int
@@ -621,6 +764,28 @@ main(int argc, char **argv)
 	memset(&test, 0, sizeof test);
 	memset(&ck, 0, sizeof ck);
 	rc = EXIT_RUNTIME;
+	/* Certificates first: a bad file should not wait for the test set. */
+	if (o.tls.cert != NULL && tp_tls_check(&o.tls, true) != SHOAL_OK) {
+		log_error(PROG ": cannot serve tls+tcp:// with these files (see above)");
+		goto out;
+	}
+	for (size_t i = 0; o.tls.cert != NULL && i < o.n_listen; i++)
+		if (strncmp(o.listen[i], "tcp", 3) == 0)
+			log_warn(PROG ": %s is plain TCP next to TLS: what its clients send is not "
+			         "encrypted", o.listen[i]);
+	{
+		uint32_t fd_conns = conn_limit();
+		if (o.max_conns == 0)
+			o.max_conns = fd_conns;
+		else if (fd_conns > 0 && o.max_conns > fd_conns)
+			log_warn(PROG ": --max-connections %" PRIu32 " is above what the open-file limit "
+			         "allows (about %" PRIu32 "); raise it (ulimit -n) or connections will "
+			         "fail", o.max_conns, fd_conns);
+		if (o.max_conns < o.cfg.min_clients)
+			log_warn(PROG ": at most %" PRIu32 " connections (--max-connections or the "
+			         "open-file limit), fewer than --min-clients %" PRIu32 ": no round may "
+			         "start", o.max_conns, o.cfg.min_clients);
+	}
 	if (o.state_dir != NULL && !open_state(&o, &ck, &resumed))
 		goto out;
 
@@ -701,6 +866,11 @@ main(int argc, char **argv)
 		so.on_round = on_round;
 		so.before_send = before_send;
 		so.user = &sum;
+		so.tls = o.tls.cert != NULL ? &o.tls : NULL;
+		so.rate_limit = o.rate;
+		so.rate_burst = o.burst;
+		so.max_conns = o.max_conns;
+		so.report_conns = true;
 		g_opts = &o;
 		err = srv_serve(core, &so);
 	}

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "common/transport.h"
 #include "server/core.h"
 
 typedef struct srv_serve_opts {
@@ -29,6 +30,16 @@ typedef struct srv_serve_opts {
 	void *user;
 	uint32_t rounds;             /* total rounds for progress lines
 	                                ("round 3/20"); 0: not shown */
+	const tp_tls *tls;           /* certificates for tls+tcp:// URLs, or NULL */
+	/* Limits (PROTOCOL.md section 5.1). A request over its connection's
+	 * rate gets ERROR -25 from the driver without reaching the core. */
+	double rate_limit;           /* requests a second per connection; 0: none */
+	double rate_burst;           /* bucket size; 0: 2 x rate_limit */
+	uint32_t max_conns;          /* open connections; 0: no limit */
+	bool report_conns;           /* metrics lines say how many connections
+	                                were open at the round's end (timing-
+	                                dependent: shoal-sim leaves it off, so its
+	                                metrics replay exactly from the seed) */
 } srv_serve_opts;
 
 /* Run the core until it finishes (returns SHOAL_OK) or *stop is set

@@ -523,6 +523,58 @@ test_randk_skips_error_feedback(void **state)
 	cli_core_free(c);
 }
 
+/* ERROR -25 (rate limit): the server did not look at the request, so the
+ * same bytes go again after a backoff that doubles while it keeps
+ * refusing (never dropping the update), and resets once it answers. */
+static void
+test_rate_limited_update_resent(void **state)
+{
+	cli_core *c = make_client();
+	register_client(c);
+	give_task(c, 2);
+	cli_step st;
+	cli_core_step(c, 0, &st);
+	st.params[1] = 7;
+	assert_int_equal(cli_core_submit(c, 3, 0.5f, 0), SHOAL_OK);
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_SEND);
+	size_t len = st.len;
+	uint8_t *first = malloc(len);
+	memcpy(first, st.buf, len);
+	uint64_t now = 0;
+	msg e = {.type = MSG_ERROR, .code = SHOAL_ERATE};
+	strcpy(e.text, "too many requests");
+	for (int i = 0; i < 5; i++) {
+		reply(c, &e, now);
+		cli_core_step(c, now, &st);
+		assert_int_equal(st.action, CLI_SLEEP);
+		uint64_t wait = st.until_ms - now, cap = 100u << i;
+		if (cap > 1000)
+			cap = 1000;
+		assert_true(wait >= cap / 2 && wait <= cap);
+		now = st.until_ms;
+		cli_core_step(c, now, &st);
+		assert_int_equal(st.action, CLI_SEND);
+		assert_int_equal(st.len, len);
+		assert_memory_equal(st.buf, first, len);
+	}
+	assert_int_equal(cli_core_stats(c)->updates_late, 0);
+	msg ack = {.type = MSG_ACK, .round = 2};
+	reply(c, &ack, now);
+	assert_int_equal(cli_core_stats(c)->updates_acked, 1);
+	/* Answered again: the next refusal starts from the shortest backoff. */
+	msg m;
+	uint8_t *k;
+	expect_send(c, now, MSG_CHECKIN, &m, &k);
+	free(k);
+	reply(c, &e, now);
+	cli_core_step(c, now, &st);
+	assert_int_equal(st.action, CLI_SLEEP);
+	assert_true(st.until_ms - now >= 50 && st.until_ms - now <= 100);
+	free(first);
+	cli_core_free(c);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -530,6 +582,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_register_then_checkin),
 		cmocka_unit_test(test_task_train_submit_uploads_delta),
 		cmocka_unit_test(test_retry_resends_identical_update),
+		cmocka_unit_test(test_rate_limited_update_resent),
 		cmocka_unit_test(test_backoff_doubles_and_caps),
 		cmocka_unit_test(test_wait_sleeps_retry_ms),
 		cmocka_unit_test(test_stale_update_counts_late),

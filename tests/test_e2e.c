@@ -1030,6 +1030,113 @@ e2e_compressed_rounds(void **state)
 	e2e_end();
 }
 
+/* Sum of "refused" -> key over every metrics line (key NULL: all keys). */
+static long
+metrics_refused(const char *key)
+{
+	char *s = slurp(E.metrics), *save = NULL, *line;
+	long total = 0;
+
+	CHECK(s != NULL, "no metrics file %s", E.metrics);
+	for (line = strtok_r(s, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+		json_t *o = json_loads(line, 0, NULL), *r = json_object_get(o, "refused"), *v;
+		const char *k;
+
+		CHECK(json_is_object(r), "metrics line without a 'refused' object: %s", line);
+		json_object_foreach(r, k, v)
+			if (key == NULL || strcmp(k, key) == 0)
+				total += (long)json_integer_value(v);
+		json_decref(o);
+	}
+	free(s);
+	return total;
+}
+
+/* --rate-limit: one connection that floods CHECKINs gets ERROR -25 for all
+ * but its burst, each counted in the metrics ("refused": {"rate": N}) and
+ * logged; real clients under the same tight limit back off, resend and
+ * still deliver every update once. */
+static void
+e2e_rate_limit_counted(void **state)
+{
+	args a;
+	proc *server, *clients[3];
+	round_line r[MAX_ROUNDS];
+	nng_socket sock;
+	uint8_t *req;
+	size_t req_len, n;
+	msg m;
+	int rv, limited = 0, others = 0;
+	const int flood = 40;
+
+	(void)state;
+	e2e_begin();
+	server_args(&a);
+	args_add(&a, "--rounds");
+	args_add(&a, "3");
+	args_add(&a, "--clients-per-round");
+	args_add(&a, "3");
+	args_add(&a, "--min-clients");
+	args_add(&a, "3");
+	args_add(&a, "--rate-limit");
+	args_add(&a, "4/s:4");
+	server = spawn("server", &a);
+	wait_listening(server);
+
+	/* The flood, before any client: every reply lands in round 1's line. */
+	memset(&m, 0, sizeof m);
+	m.type = MSG_CHECKIN;
+	m.client_id = 4242;
+	CHECK(msg_encode(&m, &req, &req_len) == SHOAL_OK, "cannot encode a CHECKIN");
+	CHECK(nng_req0_open(&sock) == 0, "nng_req0_open failed");
+	nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, 20000);
+	CHECK((rv = nng_dial(sock, E.url, NULL, 0)) == 0, "dial: %s", nng_strerror(rv));
+	for (int i = 0; i < flood; i++) {
+		void *rbuf = NULL;
+		size_t rlen = 0;
+		msg rep;
+
+		rv = nng_send(sock, req, req_len, 0);
+		if (rv == 0)
+			rv = nng_recv(sock, &rbuf, &rlen, NNG_FLAG_ALLOC);
+		CHECK(rv == 0, "flood request %d: %s", i, nng_strerror(rv));
+		CHECK(msg_decode(rbuf, rlen, &rep) == (long)rlen && rep.type == MSG_ERROR,
+		      "flood request %d: the reply is not an ERROR", i);
+		rep.code == SHOAL_ERATE ? limited++ : others++;
+		nng_free(rbuf, rlen);
+	}
+	nng_close(sock);
+	free(req);
+	CHECK(others >= 4 && limited > 0 && limited + others == flood,
+	      "flood: %d rate-limited and %d other replies", limited, others);
+
+	for (int i = 0; i < 3; i++) {
+		char label[16];
+
+		snprintf(label, sizeof label, "client%d", i);
+		clients[i] = start_client(label, i, 3, 0);
+	}
+	expect_exit_code(server, 0);
+	for (int i = 0; i < 3; i++) {
+		client_stats st = client_result(clients[i]);
+
+		CHECK(st.acked == 3 && st.trained == 3 && st.late == 0,
+		      "client%d: trained %u acked %u late %u, expected 3/3/0", i, st.trained,
+		      st.acked, st.late);
+	}
+	n = read_metrics(r, MAX_ROUNDS);
+	CHECK(n == 3, "%zu metrics lines, expected 3", n);
+	for (size_t i = 0; i < n; i++)
+		check_full_round(&r[i], (long)i + 1, 3);
+	/* Clients may have been slowed too: at least the flood's refusals. */
+	CHECK(metrics_refused("rate") >= limited, "metrics count %ld rate refusals, the flood "
+	      "alone got %d", metrics_refused("rate"), limited);
+	CHECK(metrics_refused(NULL) >= flood, "metrics count %ld refusals, the flood got %d "
+	      "errors", metrics_refused(NULL), flood);
+	CHECK(file_contains(server->err, "rate limit: refused"), "no rate-limit warning logged");
+	e2e_end();
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(e2e_five_clients_three_rounds),
 	cmocka_unit_test(e2e_compressed_rounds),
@@ -1039,6 +1146,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(e2e_secure_client_killed_round_completes),
 	cmocka_unit_test(e2e_garbage_to_port_server_keeps_serving),
 	cmocka_unit_test(e2e_sigterm_stops_server_cleanly),
+	cmocka_unit_test(e2e_rate_limit_counted),
 };
 
 SHOAL_TEST_MAIN(tests)

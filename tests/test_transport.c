@@ -1,6 +1,7 @@
 /* test_transport.c - the nng adapter (common/transport.c) over real nng
  * sockets: inproc, ipc and tcp round trips, many parked requests, reply
- * with close, size limit, client timeout and reconnection, bad URLs.
+ * with close, size limit, client timeout and reconnection, bad URLs, the
+ * rate limit per connection, the connection limit, TLS without certificates.
  * Time limits here are liveness bounds only, never assertions on speed. */
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -515,6 +516,183 @@ test_close_with_parked(void **state)
 	}
 }
 
+/* ---- limits: rate per connection, connection count ---- */
+
+/* Replies "limited" or "ok" (with the peer's address) to every request. */
+typedef struct limit_srv {
+	tp_server *s;
+	pthread_t thr;
+	atomic_int stop;
+	atomic_uint peer[2]; /* connection ids seen, first two */
+	char addr[64];
+} limit_srv;
+
+static void *
+limit_main(void *arg)
+{
+	limit_srv *e = arg;
+	while (!atomic_load(&e->stop)) {
+		uint64_t req;
+		tp_msg *m;
+		if (tp_server_recv(e->s, 20, &req, &m) != SHOAL_OK)
+			continue;
+		bool lim = tp_server_limited(e->s, req);
+		unsigned id = tp_server_peer(e->s, req), none = 0;
+		if (!atomic_compare_exchange_strong(&e->peer[0], &none, id) && id != e->peer[0]) {
+			none = 0;
+			atomic_compare_exchange_strong(&e->peer[1], &none, id);
+		}
+		tp_server_peer_addr(e->s, req, e->addr, sizeof e->addr);
+		const char *r = lim ? "limited" : "ok";
+		tp_server_reply(e->s, req, (const uint8_t *)r, strlen(r), false);
+		tp_msg_free(m);
+	}
+	return NULL;
+}
+
+/* true if the server marked the request as over the rate */
+static bool
+limited(tp_client *c)
+{
+	tp_msg *r = NULL;
+	assert_int_equal(tp_client_request(c, (const uint8_t *)"x", 1, 10000, &r), SHOAL_OK);
+	bool lim = tp_msg_len(r) == 7 && memcmp(tp_msg_data(r), "limited", 7) == 0;
+	tp_msg_free(r);
+	return lim;
+}
+
+static double
+mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A token bucket per connection: the burst passes, then about rate a
+ * second; another connection has its own full bucket; a pause refills. */
+static void
+test_rate_limit_per_connection(void **state)
+{
+	tp_server *s;
+	tp_client *a, *b;
+	limit_srv e;
+	char url[64];
+	(void)state;
+
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	tp_server_set_rate(s, 5.0, 3.0);
+	listen_tcp(s, url, sizeof url);
+	memset(&e, 0, sizeof e);
+	e.s = s;
+	assert_int_equal(pthread_create(&e.thr, NULL, limit_main, &e), 0);
+	assert_int_equal(tp_client_open(&a, url, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_client_open(&b, url, MAX_MSG), SHOAL_OK);
+
+	double t0 = mono_s();
+	int passed = 0, refused = 0;
+	for (int i = 0; i < 3; i++)
+		assert_false(limited(a)); /* the burst */
+	for (int i = 0; i < 20; i++)
+		limited(a) ? refused++ : passed++;
+	double secs = mono_s() - t0;
+	/* At most what refilled meanwhile (5 a second) passed after the burst. */
+	assert_true(passed <= 1 + (int)(secs * 5.0));
+	assert_true(refused >= 20 - 1 - (int)(secs * 5.0));
+	assert_true(refused > 0);
+	/* b's bucket is its own. */
+	for (int i = 0; i < 3; i++)
+		assert_false(limited(b));
+	/* 0.5 s refill 2.5 tokens: a passes again. */
+	sleep_ms(500);
+	assert_false(limited(a));
+	assert_false(limited(a));
+	atomic_store(&e.stop, 1);
+	pthread_join(e.thr, NULL);
+	assert_true(e.peer[0] > 0 && e.peer[1] > 0 && e.peer[0] != e.peer[1]);
+	assert_true(strncmp(e.addr, "127.0.0.1:", 10) == 0);
+	tp_conn_stats cs;
+	tp_server_conns(s, &cs);
+	assert_int_equal(cs.open, 2);
+	assert_int_equal(cs.peak, 2);
+	assert_int_equal(cs.refused, 0);
+	tp_client_close(a);
+	tp_client_close(b);
+	tp_server_close(s);
+}
+
+/* Connections beyond the limit are closed before they can send; one slot
+ * freed lets a waiting client in; closed connections are forgotten. */
+static void
+test_max_connections(void **state)
+{
+	tp_server *s;
+	tp_client *c[3];
+	echo_srv e;
+	char url[64];
+	tp_msg *r = NULL;
+	tp_conn_stats cs;
+	(void)state;
+
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	tp_server_set_max_conns(s, 2);
+	listen_tcp(s, url, sizeof url);
+	echo_start(&e, s);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(tp_client_open(&c[i], url, MAX_MSG), SHOAL_OK);
+		expect_echo(c[i], "in");
+	}
+	assert_int_equal(tp_client_open(&c[2], url, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_client_request(c[2], (const uint8_t *)"out", 3, 500, &r),
+	                 SHOAL_ETIMEDOUT);
+	tp_server_conns(s, &cs);
+	assert_int_equal(cs.open, 2);
+	assert_true(cs.refused >= 1);
+	tp_client_close(c[0]);
+	/* The third one's dialer retries (backoff up to 5 s) and gets in. */
+	expect_echo(c[2], "in at last");
+	tp_client_close(c[1]);
+	tp_client_close(c[2]);
+	for (int i = 0; i < 500; i++) {
+		tp_server_conns(s, &cs);
+		if (cs.open == 0)
+			break;
+		sleep_ms(10);
+	}
+	assert_int_equal(cs.open, 0);
+	assert_int_equal(cs.peak, 2);
+	echo_stop(&e);
+	tp_server_close(s);
+}
+
+/* tls+tcp:// refuses to listen without certificates, and a client without
+ * a CA; bad files are refused by tp_tls_check (the programs' messages are
+ * tested by tests/tls_e2e.sh, with real certificates). */
+static void
+test_tls_needs_certificates(void **state)
+{
+	tp_server *s;
+	tp_client *c = NULL;
+	tp_tls none = {0}, missing = {.cert = "/nonexistent.crt", .key = "/nonexistent.key"};
+	(void)state;
+
+	assert_true(tp_url_is_tls("tls+tcp://127.0.0.1:1"));
+	assert_false(tp_url_is_tls("tcp://127.0.0.1:1"));
+	assert_int_equal(tp_server_open(&s, MAX_MSG), SHOAL_OK);
+	assert_int_equal(tp_server_listen(s, "tls+tcp://127.0.0.1:0"), SHOAL_EINVAL);
+	assert_int_equal(tp_server_set_tls(s, &missing), SHOAL_EINVAL);
+	assert_int_equal(tp_server_set_tls(s, &none), SHOAL_EINVAL);
+	tp_server_close(s);
+	assert_int_equal(tp_tls_check(&none, true), SHOAL_EINVAL);
+	assert_int_equal(tp_tls_check(&none, false), SHOAL_EINVAL);
+	assert_int_equal(tp_tls_check(&missing, true), SHOAL_EINVAL);
+	assert_int_equal(tp_client_open(&c, "tls+tcp://127.0.0.1:1", MAX_MSG), SHOAL_EINVAL);
+	assert_null(c);
+	assert_int_equal(tp_client_open_tls(&c, "tls+tcp://127.0.0.1:1", MAX_MSG, &none),
+	                 SHOAL_EINVAL);
+	assert_null(c);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_reqrep_inproc),
 	cmocka_unit_test(test_reqrep_ipc),
@@ -529,6 +707,9 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_bad_url),
 	cmocka_unit_test(test_address_in_use),
 	cmocka_unit_test(test_close_with_parked),
+	cmocka_unit_test(test_rate_limit_per_connection),
+	cmocka_unit_test(test_max_connections),
+	cmocka_unit_test(test_tls_needs_certificates),
 };
 
 SHOAL_TEST_MAIN(tests)

@@ -14,6 +14,7 @@
  *   shoal_client_options o;
  *   shoal_client_options_init(&o);
  *   o.url = "tcp://server:7000"; o.name = "pi-kitchen";
+ *   (or o.url = "tls+tcp://server:7000"; o.tls_ca = "ca.crt";)
  *   o.model = "logreg"; o.dim = 7850; o.n_examples = 600;
  *   o.train = train;
  *   shoal_err e = shoal_client_run(&o, NULL);
@@ -83,6 +84,14 @@ typedef struct shoal_client_options {
 	                           drawn from the OS CSPRNG; 1: from `seed`
 	                           (simulations: reproducible, and anyone who
 	                           knows the seed can subtract the noise) */
+	/* TLS, for a tls+tcp:// url (PEM files; PROTOCOL.md section 1.1): the
+	   client checks the server's certificate against tls_ca and the name
+	   tls_server_name (NULL: the url's host), and presents tls_cert with
+	   tls_key when both are set (servers with --tls-ca require it). */
+	const char *tls_ca;          /* required for tls+tcp:// */
+	const char *tls_cert;
+	const char *tls_key;
+	const char *tls_server_name;
 } shoal_client_options;
 
 typedef struct shoal_client_stats {

@@ -42,6 +42,8 @@ enum {
 	SHOAL_ECRYPTO = -23,    /* decryption or signature check failed */
 	SHOAL_ECAPS = -24,      /* the client lacks a capability the server
 	                           requires (e.g. secure aggregation) */
+	SHOAL_ERATE = -25,      /* too many requests on one connection: resend
+	                           the same request after a backoff */
 };
 
 /* A short, static, human-readable name for err; never NULL. */
