@@ -1,0 +1,460 @@
+/* engine.c - the simulator's discrete-event loop over the real protocol
+ * cores (sim/engine.h): a binary heap of timed events, the virtual
+ * network's delays, availability and failures, and training on a pool of
+ * threads with results handed back in client order. */
+#include "sim/engine.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/msg.h"
+
+enum { EV_WAKE = 1, EV_TO_SERVER, EV_TO_CLIENT, EV_TRAIN_DONE, EV_DROP, EV_TIMER };
+
+typedef struct ev {
+	uint64_t t, seq;
+	uint32_t kind, client, gen, cause;
+	uint8_t *buf;
+	size_t len;
+} ev;
+
+typedef struct heap {
+	ev *a;
+	size_t n, cap;
+	uint64_t seq;
+} heap;
+
+static bool
+ev_less(const ev *x, const ev *y)
+{
+	return x->t < y->t || (x->t == y->t && x->seq < y->seq);
+}
+
+static shoal_err
+heap_push(heap *h, ev e)
+{
+	size_t i;
+
+	if (h->n == h->cap) {
+		size_t cap = h->cap ? 2 * h->cap : 1024;
+		ev *a = realloc(h->a, cap * sizeof *a);
+		if (a == NULL)
+			return SHOAL_ENOMEM;
+		h->a = a;
+		h->cap = cap;
+	}
+	e.seq = h->seq++;
+	for (i = h->n++; i > 0 && ev_less(&e, &h->a[(i - 1) / 2]); i = (i - 1) / 2)
+		h->a[i] = h->a[(i - 1) / 2];
+	h->a[i] = e;
+	return SHOAL_OK;
+}
+
+static ev
+heap_pop(heap *h)
+{
+	ev top = h->a[0], last = h->a[--h->n];
+	size_t i = 0;
+
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= h->n)
+			break;
+		if (c + 1 < h->n && ev_less(&h->a[c + 1], &h->a[c]))
+			c++;
+		if (!ev_less(&h->a[c], &last))
+			break;
+		h->a[i] = h->a[c];
+		i = c;
+	}
+	if (h->n > 0)
+		h->a[i] = last;
+	return top;
+}
+
+typedef struct client {
+	cli_core *core;
+	uint32_t gen;         /* bumped when the client drops: older events die */
+	sim_avail av;
+	bool training, ready, done;
+	cli_step st;          /* the CLI_TRAIN step being trained */
+	uint32_t n_out;
+	float loss_out;
+	int rc;
+} client;
+
+typedef struct engine {
+	const sim_engine_config *cfg;
+	sim_engine_stats *st;
+	client *c;
+	heap h;
+	uint64_t now, timer_at;
+	uint32_t live;        /* clients not yet DONE */
+	bool finished;
+	shoal_err err;
+	char name_buf[24];
+} engine;
+
+/* Delays in virtual ms, rounded up so that a positive delay stays one. */
+static uint64_t
+ms_after(double seconds)
+{
+	return seconds > 0.0 ? (uint64_t)ceil(seconds * 1e3) : 0;
+}
+
+static const sim_device *
+dev_of(const engine *e, uint32_t i)
+{
+	return e->cfg->dev != NULL ? e->cfg->dev[i] : NULL;
+}
+
+static shoal_err
+push(engine *e, uint64_t t, uint32_t kind, uint32_t i, uint8_t *buf, size_t len, uint32_t cause)
+{
+	ev x = {.t = t > e->now ? t : e->now, .kind = kind, .client = i, .gen = kind == EV_TIMER ? 0 : e->c[i].gen,
+	        .cause = cause, .buf = buf, .len = len};
+	shoal_err err = heap_push(&e->h, x);
+
+	if (err != SHOAL_OK)
+		free(buf);
+	return err;
+}
+
+/* Whether client i is available now (always, without a device or when
+ * availability is off). */
+static bool
+online(engine *e, uint32_t i)
+{
+	const sim_device *d = dev_of(e, i);
+
+	return d == NULL || !e->cfg->availability ||
+	       sim_avail_at(&e->c[i].av, d, e->cfg->seed, i, (double)e->now / 1e3);
+}
+
+static shoal_err
+new_core(engine *e, uint32_t i)
+{
+	cli_config cc = e->cfg->client;
+
+	snprintf(e->name_buf, sizeof e->name_buf, "c%u", i);
+	cc.name = e->name_buf;
+	cc.seed = e->cfg->client.seed + i;
+	cc.n_examples = e->cfg->n_examples[i];
+	return cli_core_new(&cc, &e->c[i].core);
+}
+
+/* Server side ------------------------------------------------------------- */
+
+static shoal_err
+drain_server(engine *e)
+{
+	srv_reply r;
+	srv_event sev;
+	shoal_err err = SHOAL_OK;
+	uint64_t next;
+
+	while (srv_core_pop_reply(e->cfg->server, &r)) {
+		uint32_t i = (uint32_t)r.req, gen = (uint32_t)(r.req >> 32);
+		const sim_device *d = dev_of(e, i);
+
+		e->st->bytes_down += r.len;
+		if (i >= e->cfg->n_clients || gen != e->c[i].gen) {
+			free(r.buf); /* the client dropped: the reply is lost */
+			continue;
+		}
+		uint64_t t = e->now + (d != NULL ? ms_after((double)r.len / d->down_Bps + d->rtt_s / 2)
+		                                 : 0);
+		if (err == SHOAL_OK)
+			err = push(e, t, EV_TO_CLIENT, i, r.buf, r.len, 0);
+		else
+			free(r.buf);
+	}
+	while (srv_core_pop_event(e->cfg->server, &sev))
+		if (sev.kind == SRV_EV_ROUND_END && e->cfg->on_round != NULL)
+			e->cfg->on_round(e->cfg->user, &sev.stats, (double)e->now / 1e3);
+	if (!e->finished && srv_core_finished(e->cfg->server)) {
+		e->finished = true;
+		e->st->virtual_s = (double)e->now / 1e3;
+		srv_core_release_all(e->cfg->server, e->now);
+		return drain_server(e);
+	}
+	next = srv_core_next_deadline(e->cfg->server);
+	if (err == SHOAL_OK && next != UINT64_MAX && next < e->timer_at) {
+		e->timer_at = next > e->now ? next : e->now;
+		err = push(e, e->timer_at, EV_TIMER, 0, NULL, 0, 0);
+	}
+	return err;
+}
+
+/* Training ------------------------------------------------------------------ */
+
+typedef struct pool_job {
+	engine *e;
+	uint32_t *list;
+	size_t n;
+	size_t next;
+	pthread_mutex_t mu;
+} pool_job;
+
+static void *
+pool_worker(void *arg)
+{
+	pool_job *j = arg;
+
+	for (;;) {
+		size_t k;
+		pthread_mutex_lock(&j->mu);
+		k = j->next++;
+		pthread_mutex_unlock(&j->mu);
+		if (k >= j->n)
+			return NULL;
+		uint32_t i = j->list[k];
+		client *c = &j->e->c[i];
+		c->n_out = j->e->cfg->n_examples[i];
+		c->loss_out = 0.0f;
+		c->rc = j->e->cfg->train(j->e->cfg->user, i, c->st.params, c->st.dim, &c->st,
+		                         &c->n_out, &c->loss_out);
+	}
+}
+
+/* Trains every client whose training has started and is not done, at once
+ * on the pool: which clients that is depends only on the event order. */
+static shoal_err
+train_pending(engine *e)
+{
+	pool_job j = {.e = e};
+	pthread_t th[64];
+	unsigned nt = e->cfg->threads, started = 0;
+
+	j.list = malloc((size_t)e->cfg->n_clients * sizeof *j.list);
+	if (j.list == NULL)
+		return SHOAL_ENOMEM;
+	for (uint32_t i = 0; i < e->cfg->n_clients; i++)
+		if (e->c[i].training && !e->c[i].ready)
+			j.list[j.n++] = i;
+	if (nt > 64)
+		nt = 64;
+	if (nt > j.n)
+		nt = (unsigned)j.n;
+	pthread_mutex_init(&j.mu, NULL);
+	for (unsigned t = 1; t < nt; t++)
+		if (pthread_create(&th[started], NULL, pool_worker, &j) == 0)
+			started++;
+	pool_worker(&j);
+	for (unsigned t = 0; t < started; t++)
+		pthread_join(th[t], NULL);
+	pthread_mutex_destroy(&j.mu);
+	for (size_t k = 0; k < j.n; k++)
+		e->c[j.list[k]].ready = true;
+	e->st->trained += (uint32_t)j.n;
+	free(j.list);
+	return SHOAL_OK;
+}
+
+/* Client side --------------------------------------------------------------- */
+
+/* Steps client i until it waits for something. */
+static shoal_err
+run_client(engine *e, uint32_t i)
+{
+	client *c = &e->c[i];
+	const sim_device *d = dev_of(e, i);
+	cli_step s;
+
+	if (c->done || c->training)
+		return SHOAL_OK;
+	cli_core_step(c->core, e->now, &s);
+	switch (s.action) {
+	case CLI_SEND: {
+		uint8_t *copy = malloc(s.len > 0 ? s.len : 1);
+		uint64_t t;
+
+		if (copy == NULL)
+			return SHOAL_ENOMEM;
+		memcpy(copy, s.buf, s.len);
+		e->st->bytes_up += s.len;
+		t = e->now + (d != NULL ? ms_after((double)s.len / d->up_Bps + d->rtt_s / 2) : 0);
+		return push(e, t, EV_TO_SERVER, i, copy, s.len, 0);
+	}
+	case CLI_SLEEP:
+		return push(e, s.until_ms > e->now ? s.until_ms : e->now, EV_WAKE, i, NULL, 0, 0);
+	case CLI_TRAIN: {
+		double flops = e->cfg->flops_per_example * e->cfg->n_examples[i] * s.epochs;
+		uint64_t train_ms = d != NULL ? ms_after(flops / d->flops) : 0, end = e->now + train_ms;
+		double at;
+		shoal_err err;
+
+		c->st = s;
+		c->training = true;
+		c->ready = false;
+		if ((err = push(e, end, EV_TRAIN_DONE, i, NULL, 0, 0)) != SHOAL_OK)
+			return err;
+		/* A failure strikes at a uniform point of the training; going
+		 * offline before it ends is a dropout too. */
+		if (d != NULL && e->cfg->failures &&
+		    sim_device_fails(d, e->cfg->seed, i, s.round, &at))
+			return push(e, e->now + (uint64_t)(at * (double)train_ms), EV_DROP, i, NULL, 0,
+			            SIM_DROP_FAILED);
+		if (d != NULL && e->cfg->availability && sim_avail_until(&c->av) <= (double)end / 1e3)
+			return push(e, (uint64_t)ceil(sim_avail_until(&c->av) * 1e3), EV_DROP, i, NULL, 0,
+			            SIM_DROP_OFFLINE);
+		return SHOAL_OK;
+	}
+	case CLI_DONE:
+		c->done = true;
+		e->live--;
+		if (s.err != SHOAL_OK && e->err == SHOAL_OK) {
+			log_error("sim: client c%u gave up: %s", i, shoal_strerror(s.err));
+			e->err = s.err;
+		}
+		return SHOAL_OK;
+	}
+	return SHOAL_EINVAL;
+}
+
+/* The client's process died (or its device went offline): lose everything
+ * in flight, restart it with its residual (as --state-dir keeps it).
+ * cause SIM_DROP_CAUSES: not in a round, not counted. */
+static shoal_err
+drop_client(engine *e, uint32_t i, uint32_t cause)
+{
+	client *c = &e->c[i];
+	const float *r = cli_core_residual(c->core);
+	float *keep = NULL;
+	shoal_err err;
+
+	if (cause < SIM_DROP_CAUSES)
+		e->st->dropped[cause]++;
+	if (r != NULL) {
+		keep = malloc((size_t)e->cfg->client.dim * sizeof *keep);
+		if (keep == NULL)
+			return SHOAL_ENOMEM;
+		memcpy(keep, r, (size_t)e->cfg->client.dim * sizeof *keep);
+	}
+	cli_core_free(c->core);
+	c->core = NULL;
+	c->gen++;
+	c->training = c->ready = false;
+	err = new_core(e, i);
+	if (err == SHOAL_OK && keep != NULL)
+		err = cli_core_set_residual(c->core, keep);
+	free(keep);
+	if (err != SHOAL_OK)
+		return err;
+	/* Back when next available (offline), or after a restart (failed). */
+	return push(e, e->now + (cause == SIM_DROP_FAILED ? 10000 : 0), EV_WAKE, i, NULL, 0, 0);
+}
+
+static shoal_err
+handle(engine *e, const ev *x)
+{
+	client *c = x->kind != EV_TIMER ? &e->c[x->client] : NULL;
+	shoal_err err;
+	msg m;
+
+	if (x->kind == EV_TIMER) {
+		if (x->t == e->timer_at)
+			e->timer_at = UINT64_MAX;
+		srv_core_on_timer(e->cfg->server, e->now);
+		return drain_server(e);
+	}
+	if (x->gen != c->gen) {
+		free(x->buf);
+		return SHOAL_OK; /* from before the client dropped */
+	}
+	switch (x->kind) {
+	case EV_WAKE:
+		if (!online(e, x->client))
+			return push(e, (uint64_t)ceil(sim_avail_until(&c->av) * 1e3), EV_WAKE, x->client,
+			            NULL, 0, 0);
+		return run_client(e, x->client);
+	case EV_TO_SERVER:
+		srv_core_on_request(e->cfg->server, (uint64_t)x->gen << 32 | x->client, x->buf, x->len,
+		                    e->now);
+		free(x->buf);
+		return drain_server(e);
+	case EV_TO_CLIENT:
+		if (!online(e, x->client)) {
+			/* Gone offline while waiting (e.g. parked in CHECKIN): the
+			 * reply is lost. It is a dropout if it carried a round's work. */
+			bool work = msg_decode(x->buf, x->len, &m) > 0 &&
+			            (m.type == MSG_TASK || m.type == MSG_SA_REPLY);
+			free(x->buf);
+			return drop_client(e, x->client, work ? SIM_DROP_OFFLINE : SIM_DROP_CAUSES);
+		}
+		cli_core_on_reply(c->core, x->buf, x->len, e->now);
+		free(x->buf);
+		return run_client(e, x->client);
+	case EV_TRAIN_DONE:
+		if (!c->ready && (err = train_pending(e)) != SHOAL_OK)
+			return err;
+		c->training = c->ready = false;
+		if (c->rc != 0) {
+			cli_core_abort_train(c->core, e->now);
+		} else if ((err = cli_core_submit(c->core, c->n_out, c->loss_out, e->now)) !=
+		           SHOAL_OK) {
+			log_warn("sim: client c%u: update for round %u not sent: %s", x->client,
+			         c->st.round, shoal_strerror(err));
+		}
+		return run_client(e, x->client);
+	case EV_DROP:
+		return drop_client(e, x->client, x->cause);
+	}
+	return SHOAL_EINVAL;
+}
+
+shoal_err
+sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
+{
+	engine e = {.cfg = cfg, .st = st, .timer_at = UINT64_MAX};
+	shoal_err err = SHOAL_OK;
+
+	memset(st, 0, sizeof *st);
+	if (cfg->server == NULL || cfg->n_clients == 0 || cfg->n_examples == NULL ||
+	    cfg->train == NULL || cfg->threads == 0)
+		return SHOAL_EINVAL;
+	e.c = calloc(cfg->n_clients, sizeof *e.c);
+	if (e.c == NULL)
+		return SHOAL_ENOMEM;
+	e.live = cfg->n_clients;
+	for (uint32_t i = 0; i < cfg->n_clients && err == SHOAL_OK; i++) {
+		const sim_device *d = dev_of(&e, i);
+
+		if (d != NULL)
+			sim_avail_init(&e.c[i].av, d, cfg->seed, i);
+		if ((err = new_core(&e, i)) == SHOAL_OK)
+			err = push(&e, 0, EV_WAKE, i, NULL, 0, 0);
+	}
+	if (err == SHOAL_OK) {
+		srv_core_on_timer(cfg->server, 0);
+		err = drain_server(&e);
+	}
+	while (err == SHOAL_OK && e.err == SHOAL_OK && e.h.n > 0 && e.live > 0) {
+		ev x = heap_pop(&e.h);
+
+		if (cfg->stop != NULL && *cfg->stop) {
+			free(x.buf);
+			err = SHOAL_ECLOSED;
+			break;
+		}
+		e.now = x.t;
+		st->events++;
+		err = handle(&e, &x);
+	}
+	if (err == SHOAL_OK)
+		err = e.err;
+	if (err == SHOAL_OK && !e.finished)
+		err = SHOAL_ESTATE; /* nothing left to happen, server not done */
+	while (e.h.n > 0) {
+		ev x = heap_pop(&e.h);
+		free(x.buf);
+	}
+	free(e.h.a);
+	for (uint32_t i = 0; i < cfg->n_clients; i++)
+		cli_core_free(e.c[i].core);
+	free(e.c);
+	return err;
+}

@@ -1,0 +1,81 @@
+/* engine.h - the simulator's event loop: the real server core and N real
+ * client cores (DESIGN.md section 2) exchange their real messages through
+ * a virtual network on a virtual clock, so that each client's round takes
+ * the time its device would need (sim/device.h) while training really
+ * runs.
+ *
+ * Time is virtual milliseconds from 0. A request of b bytes sent by a
+ * client at t reaches the server at t + b / up + rtt / 2; a reply of b bytes
+ * sent by the server at t reaches the client at t + b / down + rtt / 2; a
+ * training of F FLOPs that starts at t ends at t + F / compute. A client
+ * acts only while available (its on/off periods); one that fails mid-round
+ * (its failure probability) or goes offline during a round is gone for the
+ * rest of that round: its in-flight messages are lost, and it comes back
+ * as a restarted process (a new client core, its error-feedback residual
+ * kept, as shoal-client --state-dir keeps it) when it is next available.
+ *
+ * Events are ordered by (time, sequence number); the sequence follows the
+ * order in which events are created, which depends only on the seed.
+ * Training runs on a pool of threads: every client whose training is due
+ * trains at once, one client per thread, and the results are handed back
+ * in client order, so the run is identical for any thread count. */
+#ifndef SHOAL_SIM_ENGINE_H
+#define SHOAL_SIM_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "client/core.h"
+#include "server/core.h"
+#include "sim/device.h"
+
+/* Trains client `client` on params (dim floats, the global model on entry)
+ * as st asks (epochs, batch, lr, ...). Called from pool threads, never twice
+ * at once for one client. Returns 0 and sets *n_examples and *loss, or
+ * nonzero to skip the round (the core then aborts its training). */
+typedef int (*sim_train_fn)(void *user, uint32_t client, float *params, uint32_t dim,
+                            const cli_step *st, uint32_t *n_examples, float *loss);
+
+/* Called at every round's end with the server's statistics and the virtual
+ * time in seconds. */
+typedef void (*sim_round_fn)(void *user, const srv_round_stats *st, double virtual_s);
+
+/* Why a client left a round. */
+enum { SIM_DROP_FAILED = 0, SIM_DROP_OFFLINE = 1, SIM_DROP_CAUSES = 2 };
+
+typedef struct sim_engine_config {
+	srv_core *server;
+	uint32_t n_clients;
+	cli_config client;            /* every client's; name and seed are set per
+	                                 client ("c<i>", seed + i) */
+	const sim_device *const *dev; /* n_clients device classes; a NULL entry
+	                                 (or dev NULL): infinitely fast and always
+	                                 available */
+	const uint32_t *n_examples;   /* n_clients local data sizes */
+	double flops_per_example;     /* one example's training FLOPs
+	                                 (ml_model_train_flops) */
+	sim_train_fn train;
+	sim_round_fn on_round;
+	void *user;
+	unsigned threads;             /* training threads, >= 1 */
+	uint64_t seed;                /* availability and failures */
+	bool availability;            /* honour on/off periods */
+	bool failures;                /* honour failure probabilities */
+	volatile int *stop;           /* nonzero: stop between events */
+} sim_engine_config;
+
+typedef struct sim_engine_stats {
+	double virtual_s;             /* virtual time when the server finished */
+	uint64_t events;              /* events processed */
+	uint64_t bytes_up, bytes_down;/* every message, both ways */
+	uint32_t dropped[SIM_DROP_CAUSES];
+	uint32_t trained;             /* trainings run */
+} sim_engine_stats;
+
+/* Runs until the server core finishes (srv_core_finished) and every
+ * client has been told so. Errors: SHOAL_EINVAL (bad config), SHOAL_ENOMEM,
+ * SHOAL_ECLOSED (*stop set), or the first client core error that is not a
+ * transport condition. */
+shoal_err sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st);
+
+#endif

@@ -1,0 +1,248 @@
+/* test_engine.c - the simulator's event loop (sim/engine.h) over the real
+ * server and client cores, training logistic regression on real MNIST:
+ * the virtual clock adds up message hops and training time as computed by
+ * hand, training happens, failures drop clients and abandon rounds without
+ * touching the model, and the result does not depend on the thread count. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/msg.h"
+#include "ml/ml.h"
+#include "server/core.h"
+#include "sim/device.h"
+#include "sim/engine.h"
+
+#define NCLIENTS 8
+
+typedef struct world {
+	ml_dataset train, test;
+	ml_partition part;
+	uint32_t n[NCLIENTS];
+	ml_model *model[NCLIENTS]; /* one per client: trained concurrently */
+	double round_s[16];
+	double acc[16];
+	uint32_t reported[16];
+	bool abandoned[16];
+	uint32_t rounds_seen;
+} world;
+
+static world W;
+
+static int
+setup(void **state)
+{
+	(void)state;
+	if (ml_mnist_load(SHOAL_DATA_DIR, "train", &W.train) != SHOAL_OK ||
+	    ml_mnist_load(SHOAL_DATA_DIR, "t10k", &W.test) != SHOAL_OK ||
+	    ml_partition_make("iid", &W.train, 60, 5, &W.part) != SHOAL_OK)
+		return -1;
+	for (int i = 0; i < NCLIENTS; i++) {
+		W.n[i] = W.part.start[i + 1] - W.part.start[i]; /* 1,000 each */
+		if (ml_model_new("logreg", 10, &W.model[i]) != SHOAL_OK)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	(void)state;
+	for (int i = 0; i < NCLIENTS; i++)
+		ml_model_free(W.model[i]);
+	ml_partition_fini(&W.part);
+	ml_dataset_fini(&W.train);
+	ml_dataset_fini(&W.test);
+	return 0;
+}
+
+static int
+train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, uint32_t *n,
+      float *loss)
+{
+	ml_sgd_config sc = {.epochs = st->epochs, .batch = st->batch, .lr = st->lr, .seed = st->seed};
+	double l = 0.0;
+
+	(void)user;
+	(void)dim;
+	if (ml_train_sgd(W.model[i], params, &W.train, W.part.idx + W.part.start[i], W.n[i], &sc,
+	                 &l) != SHOAL_OK)
+		return 1;
+	*n = W.n[i];
+	*loss = (float)l;
+	return 0;
+}
+
+static void
+on_round(void *user, const srv_round_stats *st, double virtual_s)
+{
+	(void)user;
+	if (st->round < 16) {
+		W.round_s[st->round] = virtual_s;
+		W.acc[st->round] = st->accuracy;
+		W.reported[st->round] = st->reported;
+		W.abandoned[st->round] = st->abandoned;
+	}
+	W.rounds_seen++;
+}
+
+/* Runs `rounds` rounds of K of n clients on devices dev (NULL: ideal) and
+ * copies the final model into out. */
+static shoal_err
+run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool failures,
+    bool availability, unsigned threads, float *out, sim_engine_stats *st)
+{
+	srv_config cfg;
+	srv_core *s;
+	shoal_err err;
+
+	memset(W.round_s, 0, sizeof W.round_s);
+	memset(W.reported, 0, sizeof W.reported);
+	memset(W.abandoned, 0, sizeof W.abandoned);
+	W.rounds_seen = 0;
+	srv_config_defaults(&cfg);
+	cfg.model = "logreg";
+	cfg.rounds = rounds;
+	cfg.clients_per_round = k;
+	cfg.min_clients = k;
+	cfg.min_reports = 1;
+	cfg.round_timeout_ms = 600000;
+	cfg.lr = 0.1f;
+	cfg.test = &W.test;
+	cfg.seed = 3;
+	cfg.compress = "topk:0.1,q8";
+	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
+
+	sim_engine_config ec = {
+		.server = s,
+		.n_clients = n,
+		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
+		           .error_feedback = true, .seed = 77},
+		.dev = dev,
+		.n_examples = W.n,
+		.flops_per_example = ml_model_train_flops("logreg"),
+		.train = train,
+		.on_round = on_round,
+		.threads = threads,
+		.seed = 9,
+		.failures = failures,
+		.availability = availability,
+	};
+	err = sim_engine_run(&ec, st);
+	if (out != NULL)
+		memcpy(out, srv_core_params(s, NULL), 7850 * sizeof *out);
+	srv_core_free(s);
+	return err;
+}
+
+/* One client, one round, on a device whose links only add latency: six
+ * hops of RTT/2 (HELLO, WELCOME, CHECKIN, TASK, UPDATE... ) plus the
+ * training time, counted by hand. */
+static void
+test_virtual_time_by_hand(void **state)
+{
+	sim_device d = {.name = "hand", .flops = 1e9, .up_Bps = INFINITY, .down_Bps = INFINITY,
+	                .rtt_s = 0.1, .mem_bytes = 1u << 30, .on_s = 1, .off_s = 0};
+	const sim_device *dev[1] = {&d};
+	sim_engine_stats st;
+
+	(void)state;
+	assert_int_equal(run(1, 1, 1, dev, false, false, 1, NULL, &st), SHOAL_OK);
+	assert_int_equal(W.rounds_seen, 1);
+	assert_int_equal(W.reported[1], 1);
+	/* HELLO up 50 ms, WELCOME down 50, CHECKIN up 50, TASK down 50,
+	 * training 1,000 examples x 31,360 FLOP at 1 GFLOP/s = 31.36 ms ->
+	 * 32 ms (whole ms, rounded up), UPDATE up 50: the round ends when the
+	 * server has the update, at 282 ms. */
+	assert_true(W.round_s[1] == 0.282);
+	assert_true(st.virtual_s == 0.282);
+	assert_int_equal(st.trained, 1);
+	assert_true(st.bytes_up > 0 && st.bytes_down > 7850 * 4);
+	/* Ten times slower compute: 314 ms of training instead of 32. */
+	d.flops = 1e8;
+	assert_int_equal(run(1, 1, 1, dev, false, false, 1, NULL, &st), SHOAL_OK);
+	assert_true(fabs(W.round_s[1] - (0.250 + 0.314)) < 1e-12);
+}
+
+/* Real training through the engine: accuracy rises; the same run with 1
+ * and 2 threads gives the same model bit for bit. */
+static void
+test_trains_and_thread_count_independent(void **state)
+{
+	float a[7850], b[7850];
+	sim_engine_stats s1, s2;
+
+	(void)state;
+	assert_int_equal(run(NCLIENTS, 4, 3, NULL, false, false, 1, a, &s1), SHOAL_OK);
+	assert_int_equal(W.rounds_seen, 3);
+	assert_true(W.acc[3] > 0.80);
+	assert_int_equal(s1.trained, 12);
+	assert_int_equal(run(NCLIENTS, 4, 3, NULL, false, false, 2, b, &s2), SHOAL_OK);
+	assert_memory_equal(a, b, sizeof a);
+	assert_int_equal(s1.events, s2.events);
+	assert_true(s1.bytes_up == s2.bytes_up && s1.bytes_down == s2.bytes_down);
+}
+
+/* Every selected client fails mid-training: every round is abandoned, the
+ * model stays the initial one, the drops are counted; with devices that
+ * fail at random and come and go, the result is still the same for 1 and 2
+ * threads. */
+static void
+test_failures_and_availability(void **state)
+{
+	sim_device always = {.name = "bad", .flops = 1e9, .up_Bps = 1e6, .down_Bps = 1e6,
+	                     .rtt_s = 0.05, .mem_bytes = 1u << 30, .on_s = 1, .off_s = 0,
+	                     .fail_p = 1.0};
+	sim_device flaky = {.name = "flaky", .flops = 1e9, .up_Bps = 1e6, .down_Bps = 1e6,
+	                    .rtt_s = 0.05, .mem_bytes = 1u << 30, .on_s = 30, .off_s = 10,
+	                    .fail_p = 0.3};
+	const sim_device *dev[NCLIENTS];
+	float init[7850], out[7850], again[7850];
+	sim_engine_stats st, st2;
+	srv_config cfg;
+	srv_core *s;
+
+	(void)state;
+	srv_config_defaults(&cfg);
+	cfg.model = "logreg";
+	cfg.test = &W.test;
+	cfg.seed = 3;
+	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
+	memcpy(init, srv_core_params(s, NULL), sizeof init);
+	srv_core_free(s);
+
+	for (int i = 0; i < NCLIENTS; i++)
+		dev[i] = &always;
+	assert_int_equal(run(NCLIENTS, 4, 2, dev, true, false, 1, out, &st), SHOAL_OK);
+	assert_int_equal(W.rounds_seen, 2);
+	assert_true(W.abandoned[1] && W.abandoned[2]);
+	assert_int_equal(st.dropped[SIM_DROP_FAILED], 8);
+	assert_memory_equal(out, init, sizeof out);
+
+	for (int i = 0; i < NCLIENTS; i++)
+		dev[i] = &flaky;
+	assert_int_equal(run(NCLIENTS, 4, 4, dev, true, true, 1, out, &st), SHOAL_OK);
+	assert_int_equal(run(NCLIENTS, 4, 4, dev, true, true, 2, again, &st2), SHOAL_OK);
+	assert_memory_equal(out, again, sizeof out);
+	assert_true(st.dropped[SIM_DROP_FAILED] + st.dropped[SIM_DROP_OFFLINE] > 0);
+	assert_int_equal(st.dropped[SIM_DROP_FAILED], st2.dropped[SIM_DROP_FAILED]);
+	assert_int_equal(st.dropped[SIM_DROP_OFFLINE], st2.dropped[SIM_DROP_OFFLINE]);
+	assert_true(st.virtual_s == st2.virtual_s);
+}
+
+static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(test_virtual_time_by_hand),
+	cmocka_unit_test(test_trains_and_thread_count_independent),
+	cmocka_unit_test(test_failures_and_availability),
+};
+
+int
+main(int argc, char **argv)
+{
+	if (argc > 1)
+		cmocka_set_test_filter(argv[1]);
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
