@@ -38,16 +38,16 @@ fmt_bytes(char *out, size_t n, uint64_t b)
 		snprintf(out, n, "%.1f MB", (double)b / 1e6);
 }
 
-static void
-print_progress(const srv_serve_opts *o, const srv_round_stats *st)
+void
+srv_print_progress(const srv_round_stats *st, uint32_t rounds)
 {
 	char up[32], down[32], rnd[32], res[64], eps[32] = "";
 	double secs = st->end_ms >= st->start_ms ? (double)(st->end_ms - st->start_ms) / 1e3 : 0.0;
 
 	fmt_bytes(up, sizeof up, st->bytes_up);
 	fmt_bytes(down, sizeof down, st->bytes_down);
-	if (o->rounds > 0)
-		snprintf(rnd, sizeof rnd, "%" PRIu32 "/%" PRIu32, st->round, o->rounds);
+	if (rounds > 0)
+		snprintf(rnd, sizeof rnd, "%" PRIu32 "/%" PRIu32, st->round, rounds);
 	else
 		snprintf(rnd, sizeof rnd, "%" PRIu32, st->round);
 	if (st->abandoned)
@@ -97,7 +97,7 @@ drain(srv_core *core, tp_server *tp, const srv_serve_opts *o, serve_limits *lim)
 			if (o->metrics != NULL)
 				srv_metrics_write(o->metrics, &ev.stats, -1.0);
 			if (o->progress)
-				print_progress(o, &ev.stats);
+				srv_print_progress(&ev.stats, o->rounds);
 			if (o->on_round != NULL)
 				o->on_round(o->user, &ev.stats);
 			break;

@@ -46,5 +46,10 @@ typedef struct srv_serve_opts {
  * (SHOAL_ECLOSED after parked requests are released). Errors from
  * tp_server_open/listen. */
 shoal_err srv_serve(srv_core *core, const srv_serve_opts *opts);
+/* The progress line of a round on stderr ("round R/N  acc ... loss ...
+ * clients ... dropped ... up ... down ... S s"); rounds 0: no "/N". The
+ * duration is the round's end_ms - start_ms on the core's clock (virtual
+ * in a simulation). */
+void srv_print_progress(const srv_round_stats *st, uint32_t rounds);
 
 #endif

@@ -143,6 +143,8 @@ new_core(engine *e, uint32_t i)
 	cc.name = e->name_buf;
 	cc.seed = e->cfg->client.seed + i;
 	cc.n_examples = e->cfg->n_examples[i];
+	if (e->cfg->setup != NULL)
+		e->cfg->setup(e->cfg->user, i, &cc);
 	return cli_core_new(&cc, &e->c[i].core);
 }
 
@@ -423,6 +425,11 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 	for (uint32_t i = 0; i < cfg->n_clients && err == SHOAL_OK; i++) {
 		const sim_device *d = dev_of(&e, i);
 
+		if (cfg->absent != NULL && cfg->absent[i]) {
+			e.c[i].done = true;
+			e.live--;
+			continue;
+		}
 		if (d != NULL)
 			sim_avail_init(&e.c[i].av, d, cfg->seed, i);
 		if ((err = new_core(&e, i)) == SHOAL_OK)

@@ -40,6 +40,11 @@ typedef int (*sim_train_fn)(void *user, uint32_t client, float *params, uint32_t
  * time in seconds. */
 typedef void (*sim_round_fn)(void *user, const srv_round_stats *st, double virtual_s);
 
+/* Adjusts client i's configuration before its core is created (and
+ * re-created after a drop): e.g. its name (a buffer the caller keeps) and
+ * seed. */
+typedef void (*sim_setup_fn)(void *user, uint32_t client, cli_config *cc);
+
 /* Why a client left a round. */
 enum { SIM_DROP_FAILED = 0, SIM_DROP_OFFLINE = 1, SIM_DROP_CAUSES = 2 };
 
@@ -51,11 +56,15 @@ typedef struct sim_engine_config {
 	const sim_device *const *dev; /* n_clients device classes; a NULL entry
 	                                 (or dev NULL): infinitely fast and always
 	                                 available */
+	const bool *absent;           /* n_clients flags, or NULL: a client that
+	                                 never takes part (e.g. its model does not
+	                                 fit its memory) */
 	const uint32_t *n_examples;   /* n_clients local data sizes */
 	double flops_per_example;     /* one example's training FLOPs
 	                                 (ml_model_train_flops) */
 	sim_train_fn train;
-	sim_round_fn on_round;
+	sim_round_fn on_round;        /* may be NULL */
+	sim_setup_fn setup;           /* may be NULL */
 	void *user;
 	unsigned threads;             /* training threads, >= 1 */
 	uint64_t seed;                /* availability and failures */

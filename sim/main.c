@@ -1,7 +1,11 @@
-/* main.c - shoal-sim: one process runs the server core and N clients over
- * nng inproc:// with the deployment drivers (srv_serve, shoal_client_run),
- * training the built-in models on a partition of MNIST. Results depend only
- * on --seed (and the other flags), never on --threads or timing. */
+/* main.c - shoal-sim: one process runs the server core and N client
+ * cores, training the built-in models on a partition of MNIST. By default
+ * their messages travel through the virtual network of sim/engine.h on a
+ * virtual clock, with device profiles (sim/device.h) when --devices is
+ * given; --transport nng runs each client as a thread over nng inproc://
+ * with the deployment drivers (srv_serve, shoal_client_run) instead, and
+ * gives the same model. Results depend only on --seed (and the other
+ * flags), never on --threads or timing. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -29,6 +33,8 @@
 #include "server/flags.h"
 #include "server/serve.h"
 #include "shoal/client.h"
+#include "sim/device.h"
+#include "sim/engine.h"
 
 /* Defaults of the flags. The round count and learning rate were measured so
  * that the default run (2NN, IID, 100 clients, 10 per round, E=1, B=10)
@@ -55,6 +61,10 @@ typedef struct sim_opts {
 	const char *model, *partition, *data_dir, *metrics;
 	bool quiet, verbose;
 	bool error_feedback;  /* --error-feedback on|off */
+	bool virtual_net;     /* --transport virtual (else nng) */
+	const char *devices;  /* --devices MIX, or NULL: ideal devices */
+	const char *device_file; /* --device-file FILE, or NULL */
+	double round_timeout_s; /* --round-timeout with --devices */
 	srv_config algo;      /* --momentum, --server-opt, ... (server/flags.h) */
 } sim_opts;
 
@@ -129,10 +139,11 @@ usage(FILE *f, const char *argv0)
 	fprintf(f,
 	    "usage: %s [options]\n"
 	    "\n"
-	    "Federated averaging on MNIST in one process: a shoal server and N shoal\n"
-	    "clients talk over nng inproc:// with the same code that runs in\n"
-	    "deployment. Each client trains on its own partition of the training set;\n"
-	    "the server evaluates the global model on the test set after every round.\n"
+	    "Federated averaging on MNIST in one process: the shoal server core and N\n"
+	    "shoal client cores, the code that runs in deployment, exchange their real\n"
+	    "messages through a virtual network on a virtual clock (or over nng). Each\n"
+	    "client trains on its own partition of the training set; the server\n"
+	    "evaluates the global model on the test set after every round.\n"
 	    "\n"
 	    "options (default in brackets):\n"
 	    "  --clients N            number of clients [%u]\n"
@@ -157,11 +168,30 @@ usage(FILE *f, const char *argv0)
 	    "  --error-feedback on|off  clients keep what compression did not send\n"
 	    "                         and add it to their next update (top-k only;\n"
 	    "                         rand-k is unbiased and never uses it) [on]\n"
+	    "  --transport virtual|nng  virtual: messages through an in-memory network\n"
+	    "                         on a virtual clock (sim/engine.h); nng: each\n"
+	    "                         client a thread over nng inproc://. Both give\n"
+	    "                         the same final model [virtual]\n"
+	    "  --devices MIX          device classes of the population, e.g.\n"
+	    "                         pi4:0.5,laptop:0.2,phone-low:0.3 (built-ins:\n"
+	    "                         pi-zero-2w pi4 pi5 laptop phone-low phone-high,\n"
+	    "                         docs/devices.md). Each client's round then takes\n"
+	    "                         its device's time (download + training + upload\n"
+	    "                         + RTT), clients come and go with their\n"
+	    "                         availability and fail mid-round; a round starts\n"
+	    "                         with K waiting clients and ends at its deadline.\n"
+	    "                         A client whose model does not fit its memory\n"
+	    "                         does not take part [none: ideal devices]\n"
+	    "  --device-file FILE     more profiles, JSON (docs/devices.md)\n"
+	    "  --device-round-timeout S  with --devices: a round's deadline in virtual\n"
+	    "                         seconds [600]\n"
 	    "  --help                 show this help\n"
 	    "\n"
 	    "Progress lines (one per round, with test accuracy) and a final summary\n"
 	    "(accuracy, rounds, wall time, bytes up/down, BLAKE2b hash of the final\n"
-	    "model) go to stderr. Results (metrics file and final model hash) depend\n"
+	    "model; with --devices the virtual time, dropouts by cause and participation\n"
+	    "by device class) go to stderr. Metrics lines carry virtual_s, the virtual\n"
+	    "time at the end of the round. Results (metrics file and final model hash) depend\n"
 	    "only on the seed and the training flags: they are identical for any\n"
 	    "--threads. Exit status: 0 done, 1 error, 2 bad flags, 130 interrupted.\n"
 	    "\n"
@@ -210,7 +240,8 @@ parse_u32(const char *flag, const char *s, uint32_t lo, uint32_t hi, uint32_t *o
 enum {
 	OPT_CLIENTS = 256, OPT_PER_ROUND, OPT_ROUNDS, OPT_MODEL, OPT_PARTITION, OPT_EPOCHS,
 	OPT_BATCH, OPT_LR, OPT_THREADS, OPT_DATA, OPT_METRICS, OPT_SEED, OPT_QUIET,
-	OPT_VERBOSE, OPT_HELP, OPT_EF,
+	OPT_VERBOSE, OPT_HELP, OPT_EF, OPT_TRANSPORT, OPT_DEVICES, OPT_DEVICE_FILE,
+	OPT_ROUND_TIMEOUT,
 };
 
 /* Returns -1 to continue, else the exit status (0 after --help). */
@@ -234,6 +265,10 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		{"verbose", no_argument, NULL, OPT_VERBOSE},
 		{"help", no_argument, NULL, OPT_HELP},
 		{"error-feedback", required_argument, NULL, OPT_EF},
+		{"transport", required_argument, NULL, OPT_TRANSPORT},
+		{"devices", required_argument, NULL, OPT_DEVICES},
+		{"device-file", required_argument, NULL, OPT_DEVICE_FILE},
+		{"device-round-timeout", required_argument, NULL, OPT_ROUND_TIMEOUT},
 		{NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -247,7 +282,7 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		.rounds = SIM_DEF_ROUNDS, .epochs = SIM_DEF_EPOCHS, .batch = SIM_DEF_BATCH,
 		.threads = ncpu > 0 ? (uint32_t)ncpu : 1, .lr = SIM_DEF_LR, .seed = SIM_DEF_SEED,
 		.model = SIM_DEF_MODEL, .partition = SIM_DEF_PARTITION, .data_dir = SIM_DEF_DATA,
-		.error_feedback = true,
+		.error_feedback = true, .virtual_net = true, .round_timeout_s = 600.0,
 	};
 	srv_config_defaults(&o->algo);
 	opterr = 0;
@@ -327,6 +362,34 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		case OPT_VERBOSE:
 			o->verbose = true;
 			break;
+		case OPT_TRANSPORT:
+			if (strcmp(optarg, "virtual") == 0 || strcmp(optarg, "nng") == 0) {
+				o->virtual_net = strcmp(optarg, "virtual") == 0;
+			} else {
+				fprintf(stderr, "shoal-sim: --transport: expected virtual or nng, not '%s'\n",
+				        optarg);
+				ok = false;
+			}
+			break;
+		case OPT_DEVICES:
+			o->devices = optarg;
+			break;
+		case OPT_DEVICE_FILE:
+			o->device_file = optarg;
+			break;
+		case OPT_ROUND_TIMEOUT: {
+			char *end;
+
+			errno = 0;
+			o->round_timeout_s = strtod(optarg, &end);
+			if (errno != 0 || end == optarg || *end != '\0' || !(o->round_timeout_s > 0.0) ||
+			    o->round_timeout_s > 4e6) {
+				fprintf(stderr, "shoal-sim: --device-round-timeout: '%s' is not a number of "
+				        "seconds in (0, 4e6]\n", optarg);
+				ok = false;
+			}
+			break;
+		}
 		case 'h':
 		case OPT_HELP:
 			usage(stdout, argv[0]);
@@ -351,6 +414,10 @@ parse_flags(int argc, char **argv, sim_opts *o)
 	}
 	if (optind < argc) {
 		fprintf(stderr, "shoal-sim: unexpected argument '%s'\n", argv[optind]);
+		goto usage_error;
+	}
+	if ((o->devices != NULL || o->device_file != NULL) && !o->virtual_net) {
+		fprintf(stderr, "shoal-sim: --devices and --device-file need --transport virtual\n");
 		goto usage_error;
 	}
 	if (o->per_round > o->clients) {
@@ -596,6 +663,237 @@ human_bytes(uint64_t b, char *out, size_t cap)
 	snprintf(out, cap, u == 0 ? "%.0f %s" : "%.1f %s", v, unit[u]);
 }
 
+/* The final summary on stderr: the final model as the server holds it. */
+static void
+print_summary(const sim_opts *o, srv_core *core, const sim_totals *t, const srv_config *cfg,
+              double t0, bool interrupted)
+{
+	size_t dim = 0;
+	const float *params = srv_core_params(core, &dim);
+	unsigned char hash[crypto_generichash_BYTES];
+	char hex[2 * crypto_generichash_BYTES + 1];
+	char up[32], down[32];
+
+	crypto_generichash(hash, sizeof(hash), (const unsigned char *)params,
+	                   dim * sizeof(float), NULL, 0);
+	sodium_bin2hex(hex, sizeof(hex), hash, sizeof(hash));
+	human_bytes(t->bytes_up, up, sizeof(up));
+	human_bytes(t->bytes_down, down, sizeof(down));
+	fprintf(stderr,
+	        "%s"
+	        "final test accuracy: %.4f (loss %.4f)\n"
+	        "rounds: %" PRIu32 " completed, %" PRIu32 " abandoned, of %" PRIu32 "\n"
+	        "wall time: %.1f s\n"
+	        "bytes up: %" PRIu64 " (%s), bytes down: %" PRIu64 " (%s)\n"
+	        "final model blake2b: %s\n",
+	        interrupted ? "interrupted\n" : "", t->accuracy, t->loss, t->completed,
+	        t->abandoned, o->rounds, now_s() - t0, t->bytes_up, up,
+	        t->bytes_down, down, hex);
+	if (t->completed + t->abandoned > 0 && !isnan(t->epsilon))
+		fprintf(stderr, "privacy: epsilon %.4f at delta %g\n", t->epsilon, cfg->delta);
+}
+
+/* ---- the virtual network (sim/engine.h) --------------------------------- */
+
+typedef struct vsim {
+	const sim_opts *o;
+	sim_client *clients;
+	FILE *metrics;
+	sim_totals *totals;
+	const sim_device *const *dev; /* per client, NULL without --devices */
+	uint32_t *trained;            /* per client: trainings run */
+	double target_s;              /* first virtual time at the target, or -1 */
+	double target;                /* --target-accuracy, 0: off */
+} vsim;
+
+static int
+v_train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st,
+        uint32_t *n_examples, float *loss)
+{
+	vsim *v = user;
+	shoal_train_info info = {
+		.round = st->round, .epochs = st->epochs, .batch = st->batch, .lr = st->lr,
+		.momentum = st->momentum, .weight_decay = st->weight_decay, .prox_mu = st->prox_mu,
+		.seed = st->seed, .deadline_ms = st->deadline_ms,
+	};
+
+	v->trained[i]++; /* one client is trained by one thread at a time */
+	return client_train(&v->clients[i], params, dim, &info, n_examples, loss);
+}
+
+/* The client configuration shoal_client_run would build from shoal-sim's
+ * client options (client_main), so both transports run identical cores. */
+static void
+v_setup(void *user, uint32_t i, cli_config *cc)
+{
+	vsim *v = user;
+
+	cc->name = v->clients[i].name;
+	cc->seed = v->o->seed ^ ((uint64_t)i << 32);
+	cc->backoff_min_ms = 100;
+	cc->backoff_max_ms = 5000;
+	cc->cx_caps = MSG_CX_ALL; /* compress "any", q8 downlink */
+	cc->error_feedback = v->o->error_feedback;
+	cc->dp_noise_from_seed = true;
+}
+
+static void
+v_round(void *user, const srv_round_stats *st, double virtual_s)
+{
+	vsim *v = user;
+	sim_totals *t = v->totals;
+
+	t->bytes_up += st->bytes_up;
+	t->bytes_down += st->bytes_down;
+	if (st->abandoned)
+		t->abandoned++;
+	else
+		t->completed++;
+	t->accuracy = st->accuracy;
+	t->loss = st->loss;
+	t->epsilon = st->epsilon;
+	if (v->target > 0 && v->target_s < 0 && !st->abandoned && st->accuracy >= v->target)
+		v->target_s = virtual_s;
+	if (v->metrics != NULL) {
+		srv_metrics_write(v->metrics, st, virtual_s);
+		fflush(v->metrics);
+	}
+	if (!v->o->quiet)
+		srv_print_progress(st, v->o->rounds);
+}
+
+/* Runs the whole simulation on the virtual network. Returns 0, or 1 after
+ * logging why. */
+static int
+run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const ml_partition *part,
+            const srv_config *cfg, FILE *metrics, sim_totals *totals)
+{
+	sim_device_set set;
+	sim_mix mix = {0};
+	uint8_t *class_of = NULL;
+	const sim_device **dev = NULL;
+	uint32_t *n_ex = NULL, *trained = NULL, refused[SIM_DEVICE_MAX] = {0};
+	bool *absent = NULL;
+	sim_engine_stats es;
+	vsim v = {.o = o, .clients = clients, .metrics = metrics, .totals = totals,
+	          .target_s = -1.0, .target = cfg->target_accuracy};
+	size_t dim = ml_model_dim_of(o->model);
+	shoal_err e;
+	int rc = 1;
+
+	n_ex = calloc(o->clients, sizeof *n_ex);
+	trained = calloc(o->clients, sizeof *trained);
+	absent = calloc(o->clients, sizeof *absent);
+	if (n_ex == NULL || trained == NULL || absent == NULL)
+		goto oom;
+	for (uint32_t i = 0; i < o->clients; i++)
+		n_ex[i] = part->start[i + 1] - part->start[i];
+	sim_device_set_builtins(&set);
+	if (o->device_file != NULL && sim_device_load_file(&set, o->device_file) != SHOAL_OK)
+		goto out; /* said why */
+	if (o->devices != NULL) {
+		uint32_t n_refused = 0;
+
+		if (sim_mix_parse(&set, o->devices, &mix) != SHOAL_OK)
+			goto out;
+		class_of = malloc(o->clients);
+		dev = calloc(o->clients, sizeof *dev);
+		if (class_of == NULL || dev == NULL ||
+		    sim_mix_assign(&mix, o->seed, o->clients, class_of) != SHOAL_OK)
+			goto oom;
+		for (uint32_t i = 0; i < o->clients; i++) {
+			uint64_t need;
+
+			dev[i] = &set.dev[mix.dev[class_of[i]]];
+			if (!sim_device_fits(dev[i], dim * sizeof(float),
+			                     (uint64_t)n_ex[i] * (ML_IMAGE_PIXELS + 1), &need)) {
+				absent[i] = true;
+				refused[class_of[i]]++;
+				if (n_refused++ < 5)
+					log_warn("%s (%s) refuses to take part: a %s client needs %.1f MiB, "
+					         "its device allows %.1f MiB", clients[i].name, dev[i]->name,
+					         o->model, (double)need / 1048576.0,
+					         (double)dev[i]->mem_bytes / 1048576.0);
+			}
+		}
+		if (n_refused > 5)
+			log_warn("... %" PRIu32 " clients in all refuse to take part (memory)", n_refused);
+		if (o->clients - n_refused < o->per_round) {
+			log_error("only %" PRIu32 " of %" PRIu32 " clients can hold a %s model: fewer "
+			          "than --clients-per-round", o->clients - n_refused, o->clients,
+			          o->model);
+			goto out;
+		}
+	}
+	v.dev = dev;
+	v.trained = trained;
+	sim_engine_config ec = {
+		.server = core,
+		.n_clients = o->clients,
+		.client = {.model = o->model, .dim = (uint32_t)dim},
+		.dev = dev,
+		.absent = absent,
+		.n_examples = n_ex,
+		.flops_per_example = ml_model_train_flops(o->model),
+		.train = v_train,
+		.on_round = v_round,
+		.setup = v_setup,
+		.user = &v,
+		.threads = o->threads,
+		.seed = o->seed,
+		.availability = dev != NULL,
+		.failures = dev != NULL,
+		.stop = (volatile int *)&g_stop,
+	};
+	e = sim_engine_run(&ec, &es);
+	if (e == SHOAL_ECLOSED && g_stop) {
+		rc = 130;
+		goto out;
+	}
+	if (e != SHOAL_OK) {
+		log_error("the simulation failed: %s", shoal_strerror(e));
+		goto out;
+	}
+	if (!o->quiet || dev != NULL) {
+		fprintf(stderr, "virtual time: %.1f s (%.2f h)", es.virtual_s, es.virtual_s / 3600.0);
+		if (v.target > 0 && v.target_s >= 0)
+			fprintf(stderr, ", %.1f s to reach accuracy %g", v.target_s, v.target);
+		else if (v.target > 0)
+			fprintf(stderr, ", accuracy %g not reached", v.target);
+		fputc('\n', stderr);
+	}
+	if (dev != NULL) {
+		fprintf(stderr, "dropouts: %" PRIu32 " failed mid-round, %" PRIu32 " went offline\n",
+		        es.dropped[SIM_DROP_FAILED], es.dropped[SIM_DROP_OFFLINE]);
+		for (size_t k = 0; k < mix.n; k++) {
+			uint32_t members = 0, took_part = 0;
+			uint64_t trainings = 0;
+
+			for (uint32_t i = 0; i < o->clients; i++)
+				if (class_of[i] == k) {
+					members++;
+					took_part += trained[i] > 0;
+					trainings += trained[i];
+				}
+			fprintf(stderr, "participation %-12s %" PRIu32 " clients, %" PRIu32
+			        " took part, %" PRIu64 " trainings%s\n", set.dev[mix.dev[k]].name,
+			        members, took_part, trainings,
+			        refused[k] > 0 ? " (some refused: memory)" : "");
+		}
+	}
+	rc = 0;
+	goto out;
+oom:
+	log_error("out of memory");
+out:
+	free(n_ex);
+	free(trained);
+	free(absent);
+	free(class_of);
+	free(dev);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -668,6 +966,13 @@ main(int argc, char **argv)
 		cfg.max_clients = o.clients;
 	cfg.seed = o.seed;
 	cfg.test = &test;
+	if (o.devices != NULL) {
+		/* Devices come and go: start with K waiting, end at a deadline. */
+		cfg.min_clients = o.per_round;
+		cfg.min_reports = 1;
+		cfg.round_timeout_ms = (uint32_t)(o.round_timeout_s * 1e3);
+		cfg.secagg_phase_ms = 60000;
+	}
 	if ((e = srv_core_new(&cfg, &core)) != SHOAL_OK) {
 		log_error("cannot create the server core: %s", shoal_strerror(e));
 		goto out;
@@ -714,6 +1019,21 @@ main(int argc, char **argv)
 		fprintf(stderr, "shoal-sim: Poisson sampling, q=%g (--clients-per-round not used)\n",
 		        cfg.sample_rate);
 
+	if (o.virtual_net) {
+		int vr = run_virtual(&o, core, clients, &part, &cfg, metrics, &totals);
+
+		if (vr == 1)
+			goto out;
+		if (metrics != NULL && fclose(metrics) != 0) {
+			metrics = NULL;
+			log_error("cannot write metrics file '%s'", o.metrics);
+			goto out;
+		}
+		metrics = NULL;
+		print_summary(&o, core, &totals, &cfg, t0, vr == 130);
+		status = vr == 130 ? 130 : 0;
+		goto out;
+	}
 	launch.clients = clients;
 	launch.n = o.clients;
 	launch.totals = &totals;
@@ -758,30 +1078,7 @@ main(int argc, char **argv)
 		goto out;
 	}
 
-	/* Summary: the final model as the server holds it. */
-	size_t dim = 0;
-	const float *params = srv_core_params(core, &dim);
-	unsigned char hash[crypto_generichash_BYTES];
-	char hex[2 * crypto_generichash_BYTES + 1];
-	char up[32], down[32];
-
-	crypto_generichash(hash, sizeof(hash), (const unsigned char *)params,
-	                   dim * sizeof(float), NULL, 0);
-	sodium_bin2hex(hex, sizeof(hex), hash, sizeof(hash));
-	human_bytes(totals.bytes_up, up, sizeof(up));
-	human_bytes(totals.bytes_down, down, sizeof(down));
-	fprintf(stderr,
-	        "%s"
-	        "final test accuracy: %.4f (loss %.4f)\n"
-	        "rounds: %" PRIu32 " completed, %" PRIu32 " abandoned, of %" PRIu32 "\n"
-	        "wall time: %.1f s\n"
-	        "bytes up: %" PRIu64 " (%s), bytes down: %" PRIu64 " (%s)\n"
-	        "final model blake2b: %s\n",
-	        interrupted ? "interrupted\n" : "", totals.accuracy, totals.loss, totals.completed,
-	        totals.abandoned, o.rounds, now_s() - t0, totals.bytes_up, up,
-	        totals.bytes_down, down, hex);
-	if (totals.completed + totals.abandoned > 0 && !isnan(totals.epsilon))
-		fprintf(stderr, "privacy: epsilon %.4f at delta %g\n", totals.epsilon, cfg.delta);
+	print_summary(&o, core, &totals, &cfg, t0, interrupted);
 	if (client_failures > 0 && !interrupted)
 		log_debug("%" PRIu32 " clients were stopped before they heard DONE",
 		          client_failures);

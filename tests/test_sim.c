@@ -458,7 +458,8 @@ sim_help_lists_every_flag(void **state)
 	static const char *const flags[] = {
 		"--clients ", "--clients-per-round", "--rounds", "--model", "--partition",
 		"--epochs", "--batch", "--lr", "--threads", "--data-dir", "--metrics",
-		"--seed", "--quiet", "--verbose", "--help",
+		"--seed", "--quiet", "--verbose", "--help", "--transport", "--devices",
+		"--device-file", "--device-round-timeout",
 	};
 	const char *args[] = {"--help", NULL};
 	char dir[256];
@@ -570,6 +571,136 @@ sim_compressed_deterministic_across_threads(void **state)
 	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
 }
 
+/* The virtual network and nng carry the same messages to the same cores:
+ * with ideal devices the two transports give the same metrics (virtual_s
+ * aside) and the same final model, here with compression and the q8
+ * downlink, and with secure aggregation. */
+static void
+sim_transport_virtual_equals_nng(void **state)
+{
+	static const char *const cases[][4] = {
+		{"--compress", "topk:0.05,q8", NULL, NULL},
+		{"--compress", "topk:0.2,q8", "--secagg", "plus"},
+	};
+	char dir[256], mv[300], mn[300];
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(mv, sizeof(mv), "%s/v.jsonl", dir);
+	snprintf(mn, sizeof(mn), "%s/n.jsonl", dir);
+	for (size_t c = 0; c < 2; c++) {
+		sim_run v, n;
+		size_t lv, ln;
+		bool sv, sn;
+
+		run_small_flags(dir, mv, (const char *const[]){cases[c][0], cases[c][1], cases[c][2],
+		                                               cases[c][3], "--transport", "virtual",
+		                                               NULL}, &v);
+		run_small_flags(dir, mn, (const char *const[]){cases[c][0], cases[c][1], cases[c][2],
+		                                               cases[c][3], "--transport", "nng",
+		                                               NULL}, &n);
+		assert_string_equal(v.hash, n.hash);
+		char *cv = metrics_canonical(mv, &lv, &sv), *cn = metrics_canonical(mn, &ln, &sn);
+		assert_int_equal(lv, 3);
+		assert_true(sv); /* virtual_s */
+		(void)sn;
+		assert_string_equal(cv, cn);
+		free(cv);
+		free(cn);
+		sim_run_fini(&v);
+		sim_run_fini(&n);
+	}
+	cleanup_dir(dir, (const char *const[]){"v.jsonl", "n.jsonl", NULL});
+}
+
+/* A population of devices: the same metrics, virtual times included, and
+ * the same model for 1 and 2 threads; virtual time advances; the summary
+ * reports participation by class; a slower mix takes more virtual time. */
+static void
+sim_devices_deterministic_and_timed(void **state)
+{
+	char dir[256], m1[300], m2[300];
+	sim_run one, two, slow;
+	const char *mix = "pi4:0.5,laptop:0.2,phone-high:0.3";
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m1, sizeof(m1), "%s/m1.jsonl", dir);
+	snprintf(m2, sizeof(m2), "%s/m2.jsonl", dir);
+	run_small_flags(dir, m1, (const char *const[]){"--devices", mix, "--threads", "1", NULL},
+	                &one);
+	run_small_flags(dir, m2, (const char *const[]){"--devices", mix, "--threads", "2", NULL},
+	                &two);
+	assert_string_equal(one.hash, two.hash);
+	char *r1 = read_file(m1), *r2 = read_file(m2);
+	assert_string_equal(r1, r2);
+	assert_non_null(strstr(one.err, "participation pi4"));
+	assert_non_null(strstr(one.err, "participation phone-high"));
+	assert_non_null(strstr(one.err, "virtual time: "));
+	double t_mix = strtod(strstr(one.err, "virtual time: ") + 14, NULL);
+	assert_true(t_mix > 0.0);
+	/* Every round later than the one before, in virtual seconds. */
+	{
+		double last = 0.0;
+		for (const char *p = strstr(r1, "\"virtual_s\":"); p != NULL;
+		     p = strstr(p + 1, "\"virtual_s\":")) {
+			double t = strtod(p + 12, NULL);
+			assert_true(t > last);
+			last = t;
+		}
+		assert_true(last > 0.0);
+	}
+	run_small_flags(dir, m1, (const char *const[]){"--devices", "pi-zero-2w", NULL}, &slow);
+	double t_slow = strtod(strstr(slow.err, "virtual time: ") + 14, NULL);
+	assert_true(t_slow > t_mix);
+	free(r1);
+	free(r2);
+	sim_run_fini(&one);
+	sim_run_fini(&two);
+	sim_run_fini(&slow);
+	cleanup_dir(dir, (const char *const[]){"m1.jsonl", "m2.jsonl", NULL});
+}
+
+/* A device class whose memory cannot hold the model: its clients refuse to
+ * take part, the refusal is logged, and the others train; a profile file
+ * with a mistake is refused with the key named. */
+static void
+sim_devices_memory_refusal_and_profile_file(void **state)
+{
+	char dir[256], m[300], file[300], bad[300];
+	sim_run r;
+	FILE *f;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m, sizeof(m), "%s/m.jsonl", dir);
+	snprintf(file, sizeof(file), "%s/dev.json", dir);
+	snprintf(bad, sizeof(bad), "%s/bad.json", dir);
+	f = fopen(file, "w");
+	assert_non_null(f);
+	fputs("{ \"tiny\": { \"base\": \"pi4\", \"mem_mb\": 4 } }\n", f);
+	fclose(f);
+	f = fopen(bad, "w");
+	assert_non_null(f);
+	fputs("{ \"tiny\": { \"base\": \"pi4\", \"mem_gb\": 4 } }\n", f);
+	fclose(f);
+	run_small_flags(dir, m, (const char *const[]){"--device-file", file, "--devices",
+	                                              "tiny:0.5,pi4:0.5", NULL}, &r);
+	assert_non_null(strstr(r.err, "refuses to take part"));
+	assert_non_null(strstr(r.err, "participation tiny         10 clients, 0 took part"));
+	assert_non_null(strstr(r.err, "rounds: 3 completed"));
+	sim_run_fini(&r);
+	{
+		const char *args[] = {"--device-file", bad, "--devices", "tiny", "--data-dir",
+		                      SHOAL_DATA_DIR, "--quiet", NULL};
+		run_sim(dir, args, &r);
+		assert_int_not_equal(r.status, 0);
+		assert_non_null(strstr(r.err, "unknown key 'mem_gb'"));
+		sim_run_fini(&r);
+	}
+	cleanup_dir(dir, (const char *const[]){"m.jsonl", "dev.json", "bad.json", NULL});
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(sim_deterministic_across_threads),
 	cmocka_unit_test(sim_seed_changes_result),
@@ -581,6 +712,9 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(sim_distributed_dp),
 	cmocka_unit_test(sim_help_lists_every_flag),
 	cmocka_unit_test(sim_missing_data_dir_explains),
+	cmocka_unit_test(sim_transport_virtual_equals_nng),
+	cmocka_unit_test(sim_devices_deterministic_and_timed),
+	cmocka_unit_test(sim_devices_memory_refusal_and_profile_file),
 };
 
 SHOAL_TEST_MAIN(tests)
