@@ -2,7 +2,7 @@
  * cores, training the built-in models on a partition of MNIST. By default
  * their messages travel through the virtual network of sim/engine.h on a
  * virtual clock, with device profiles (sim/device.h) when --devices is
- * given; --transport nng runs each client as a thread over nng inproc://
+ * given; --transport nng runs each client as a thread over nng ipc://
  * with the deployment drivers (srv_serve, shoal_client_run) instead, and
  * gives the same model. Results depend only on --seed (and the other
  * flags), never on --threads or timing. */
@@ -170,7 +170,7 @@ usage(FILE *f, const char *argv0)
 	    "                         rand-k is unbiased and never uses it) [on]\n"
 	    "  --transport virtual|nng  virtual: messages through an in-memory network\n"
 	    "                         on a virtual clock (sim/engine.h); nng: each\n"
-	    "                         client a thread over nng inproc://. Both give\n"
+	    "                         client a thread over nng ipc:// sockets. Both give\n"
 	    "                         the same final model [virtual]\n"
 	    "  --devices MIX          device classes of the population, e.g.\n"
 	    "                         pi4:0.5,laptop:0.2,phone-low:0.3 (built-ins:\n"
@@ -575,7 +575,7 @@ typedef struct sim_launch {
 	sim_totals *totals;
 } sim_launch;
 
-/* Called by srv_serve once the inproc URL listens, so no client has to wait
+/* Called by srv_serve once the ipc URL listens, so no client has to wait
  * for a redial. Client threads block every signal: SIGINT goes to main. */
 static void
 start_clients(void *user)
@@ -907,7 +907,8 @@ main(int argc, char **argv)
 	srv_config cfg;
 	srv_core *core = NULL;
 	FILE *metrics = NULL;
-	bool pool_ready = false, data_ready = false;
+	bool pool_ready = false, data_ready = false, have_sock_dir = false;
+	char sock_dir[] = "/tmp/shoal-sim-XXXXXX", sock_path[64];
 	int status = 1, r;
 	double t0;
 	shoal_err e;
@@ -982,7 +983,16 @@ main(int argc, char **argv)
 	sh.part = &part;
 	sh.o = &o;
 	sh.dim = ml_model_dim_of(o.model);
-	snprintf(sh.url, sizeof(sh.url), "inproc://shoal-sim-%ld", (long)getpid());
+	if (!o.virtual_net) {
+		/* Real sockets: an ipc:// path in a private temporary folder. */
+		if (mkdtemp(sock_dir) == NULL) {
+			log_error("cannot create a folder for the ipc socket under /tmp: %s",
+			          strerror(errno));
+			goto out;
+		}
+		have_sock_dir = true;
+		snprintf(sh.url, sizeof(sh.url), "ipc://%s/server", sock_dir);
+	}
 	if (pool_init(&sh.pool, o.threads, o.model, o.batch) != SHOAL_OK) {
 		log_error("out of memory");
 		goto out;
@@ -1084,6 +1094,11 @@ main(int argc, char **argv)
 		          client_failures);
 	status = interrupted ? 130 : 0;
 out:
+	if (have_sock_dir) {
+		snprintf(sock_path, sizeof sock_path, "%s/server", sock_dir);
+		unlink(sock_path);
+		rmdir(sock_dir);
+	}
 	if (metrics != NULL)
 		fclose(metrics);
 	free(clients);
