@@ -7,6 +7,7 @@
  * gives the same model. Results depend only on --seed (and the other
  * flags), never on --threads or timing. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,6 +67,7 @@ typedef struct sim_opts {
 	const char *devices;  /* --devices MIX, or NULL: ideal devices */
 	const char *device_file; /* --device-file FILE, or NULL */
 	double round_timeout_s; /* --round-timeout with --devices */
+	const char *report;   /* --report DIR, or NULL */
 	srv_config algo;      /* --momentum, --server-opt, ... (server/flags.h) */
 } sim_opts;
 
@@ -185,6 +188,10 @@ usage(FILE *f, const char *argv0)
 	    "  --device-file FILE     more profiles, JSON (docs/devices.md)\n"
 	    "  --device-round-timeout S  with --devices: a round's deadline in virtual\n"
 	    "                         seconds [600]\n"
+	    "  --report DIR           write DIR/rounds.tsv, DIR/participation.tsv and\n"
+	    "                         plots made with gnuplot: accuracy against virtual\n"
+	    "                         time and against bytes, participation by device\n"
+	    "                         class (DIR/*.png) [none]\n"
 	    "  --help                 show this help\n"
 	    "\n"
 	    "Progress lines (one per round, with test accuracy) and a final summary\n"
@@ -241,7 +248,7 @@ enum {
 	OPT_CLIENTS = 256, OPT_PER_ROUND, OPT_ROUNDS, OPT_MODEL, OPT_PARTITION, OPT_EPOCHS,
 	OPT_BATCH, OPT_LR, OPT_THREADS, OPT_DATA, OPT_METRICS, OPT_SEED, OPT_QUIET,
 	OPT_VERBOSE, OPT_HELP, OPT_EF, OPT_TRANSPORT, OPT_DEVICES, OPT_DEVICE_FILE,
-	OPT_ROUND_TIMEOUT,
+	OPT_ROUND_TIMEOUT, OPT_REPORT,
 };
 
 /* Returns -1 to continue, else the exit status (0 after --help). */
@@ -269,6 +276,7 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		{"devices", required_argument, NULL, OPT_DEVICES},
 		{"device-file", required_argument, NULL, OPT_DEVICE_FILE},
 		{"device-round-timeout", required_argument, NULL, OPT_ROUND_TIMEOUT},
+		{"report", required_argument, NULL, OPT_REPORT},
 		{NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -377,6 +385,9 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		case OPT_DEVICE_FILE:
 			o->device_file = optarg;
 			break;
+		case OPT_REPORT:
+			o->report = optarg;
+			break;
 		case OPT_ROUND_TIMEOUT: {
 			char *end;
 
@@ -416,8 +427,10 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		fprintf(stderr, "shoal-sim: unexpected argument '%s'\n", argv[optind]);
 		goto usage_error;
 	}
-	if ((o->devices != NULL || o->device_file != NULL) && !o->virtual_net) {
-		fprintf(stderr, "shoal-sim: --devices and --device-file need --transport virtual\n");
+	if ((o->devices != NULL || o->device_file != NULL || o->report != NULL) &&
+	    !o->virtual_net) {
+		fprintf(stderr, "shoal-sim: --devices, --device-file and --report need --transport "
+		        "virtual\n");
 		goto usage_error;
 	}
 	if (o->per_round > o->clients) {
@@ -704,6 +717,11 @@ typedef struct vsim {
 	uint32_t *trained;            /* per client: trainings run */
 	double target_s;              /* first virtual time at the target, or -1 */
 	double target;                /* --target-accuracy, 0: off */
+	/* per round, for --report */
+	size_t n_rounds, cap_rounds;
+	double *r_time, *r_acc;
+	uint64_t *r_bytes;            /* up + down, cumulative */
+	uint64_t bytes;
 } vsim;
 
 static int
@@ -754,12 +772,118 @@ v_round(void *user, const srv_round_stats *st, double virtual_s)
 	t->epsilon = st->epsilon;
 	if (v->target > 0 && v->target_s < 0 && !st->abandoned && st->accuracy >= v->target)
 		v->target_s = virtual_s;
+	v->bytes += st->bytes_up + st->bytes_down;
+	if (v->o->report != NULL && !st->abandoned) {
+		if (v->n_rounds == v->cap_rounds) {
+			size_t cap = v->cap_rounds ? 2 * v->cap_rounds : 64;
+			double *tm = realloc(v->r_time, cap * sizeof *tm), *a;
+			uint64_t *b;
+
+			if (tm != NULL)
+				v->r_time = tm;
+			a = realloc(v->r_acc, cap * sizeof *a);
+			if (a != NULL)
+				v->r_acc = a;
+			b = realloc(v->r_bytes, cap * sizeof *b);
+			if (b != NULL)
+				v->r_bytes = b;
+			if (tm != NULL && a != NULL && b != NULL)
+				v->cap_rounds = cap;
+		}
+		if (v->n_rounds < v->cap_rounds) {
+			v->r_time[v->n_rounds] = virtual_s;
+			v->r_acc[v->n_rounds] = st->accuracy;
+			v->r_bytes[v->n_rounds++] = v->bytes;
+		}
+	}
 	if (v->metrics != NULL) {
 		srv_metrics_write(v->metrics, st, virtual_s);
 		fflush(v->metrics);
 	}
 	if (!v->o->quiet)
 		srv_print_progress(st, v->o->rounds);
+}
+
+/* --report DIR: the data as TSV, a gnuplot script, and its PNGs when
+ * gnuplot is installed. Returns 0, or 1 after logging why. */
+static int
+write_report(const vsim *v, const char *const *class_name, const uint32_t *members,
+             const uint32_t *took_part, const uint64_t *trainings, size_t n_classes)
+{
+	const char *dir = v->o->report;
+	char path[4096];
+	FILE *f;
+	pid_t pid;
+	int st;
+
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+		log_error("--report: cannot create '%s': %s", dir, strerror(errno));
+		return 1;
+	}
+	snprintf(path, sizeof path, "%s/rounds.tsv", dir);
+	if ((f = fopen(path, "w")) == NULL)
+		goto io;
+	fprintf(f, "# round-end virtual_s\taccuracy\tbytes (up + down, cumulative)\n");
+	for (size_t i = 0; i < v->n_rounds; i++)
+		fprintf(f, "%.3f\t%.4f\t%" PRIu64 "\n", v->r_time[i], v->r_acc[i], v->r_bytes[i]);
+	if (fclose(f) != 0)
+		goto io;
+	snprintf(path, sizeof path, "%s/participation.tsv", dir);
+	if ((f = fopen(path, "w")) == NULL)
+		goto io;
+	fprintf(f, "# class\tclients\ttook_part\ttrainings\n");
+	for (size_t k = 0; k < n_classes; k++)
+		fprintf(f, "%s\t%" PRIu32 "\t%" PRIu32 "\t%" PRIu64 "\n", class_name[k], members[k],
+		        took_part[k], trainings[k]);
+	if (fclose(f) != 0)
+		goto io;
+	snprintf(path, sizeof path, "%s/report.gp", dir);
+	if ((f = fopen(path, "w")) == NULL)
+		goto io;
+	fprintf(f,
+	        "# shoal-sim --report: run with gnuplot from any folder\n"
+	        "d = '%s'\n"
+	        "set terminal pngcairo size 720,420\n"
+	        "set datafile separator '\\t'\n"
+	        "set key off; set grid\n"
+	        "set ylabel 'test accuracy'\n"
+	        "set output d.'/accuracy-time.png'\n"
+	        "set xlabel 'virtual time (s)'\n"
+	        "plot d.'/rounds.tsv' using 1:2 with linespoints pt 7 ps 0.5\n"
+	        "set output d.'/accuracy-bytes.png'\n"
+	        "set xlabel 'bytes up + down (MB)'\n"
+	        "plot d.'/rounds.tsv' using ($3/1e6):2 with linespoints pt 7 ps 0.5\n"
+	        "set output d.'/participation.png'\n"
+	        "set xlabel 'device class'; set ylabel 'clients'\n"
+	        "set key top right; set style data histograms; set style fill solid 0.8\n"
+	        "set yrange [0:*]\n"
+	        "plot d.'/participation.tsv' using 2:xtic(1) title 'in the population', \\\n"
+	        "     '' using 3 title 'took part'\n",
+	        dir);
+	if (fclose(f) != 0)
+		goto io;
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		int null = open("/dev/null", O_WRONLY);
+
+		if (null >= 0)
+			dup2(null, 1);
+		execlp("gnuplot", "gnuplot", path, (char *)NULL);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		log_warn("--report: gnuplot did not make the plots (install gnuplot-nox, then run "
+		         "gnuplot %s); the data are in %s", path, dir);
+		return 0;
+	}
+	if (!v->o->quiet)
+		fprintf(stderr, "report: %s/accuracy-time.png, accuracy-bytes.png, "
+		        "participation.png\n", dir);
+	return 0;
+io:
+	log_error("--report: cannot write '%s': %s", path, strerror(errno));
+	return 1;
 }
 
 /* Runs the whole simulation on the virtual network. Returns 0, or 1 after
@@ -862,30 +986,41 @@ run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const ml_par
 			fprintf(stderr, ", accuracy %g not reached", v.target);
 		fputc('\n', stderr);
 	}
-	if (dev != NULL) {
-		fprintf(stderr, "dropouts: %" PRIu32 " failed mid-round, %" PRIu32 " went offline\n",
-		        es.dropped[SIM_DROP_FAILED], es.dropped[SIM_DROP_OFFLINE]);
-		for (size_t k = 0; k < mix.n; k++) {
-			uint32_t members = 0, took_part = 0;
-			uint64_t trainings = 0;
+	{
+		size_t nc = dev != NULL ? mix.n : 1;
+		const char *names[SIM_DEVICE_MAX];
+		uint32_t members[SIM_DEVICE_MAX] = {0}, took[SIM_DEVICE_MAX] = {0};
+		uint64_t trainings[SIM_DEVICE_MAX] = {0};
 
-			for (uint32_t i = 0; i < o->clients; i++)
-				if (class_of[i] == k) {
-					members++;
-					took_part += trained[i] > 0;
-					trainings += trained[i];
-				}
-			fprintf(stderr, "participation %-12s %" PRIu32 " clients, %" PRIu32
-			        " took part, %" PRIu64 " trainings%s\n", set.dev[mix.dev[k]].name,
-			        members, took_part, trainings,
-			        refused[k] > 0 ? " (some refused: memory)" : "");
+		for (size_t k = 0; k < nc; k++)
+			names[k] = dev != NULL ? set.dev[mix.dev[k]].name : "ideal";
+		for (uint32_t i = 0; i < o->clients; i++) {
+			size_t k = dev != NULL ? class_of[i] : 0;
+			members[k]++;
+			took[k] += trained[i] > 0;
+			trainings[k] += trained[i];
 		}
+		if (dev != NULL) {
+			fprintf(stderr, "dropouts: %" PRIu32 " failed mid-round, %" PRIu32
+			        " went offline\n", es.dropped[SIM_DROP_FAILED],
+			        es.dropped[SIM_DROP_OFFLINE]);
+			for (size_t k = 0; k < nc; k++)
+				fprintf(stderr, "participation %-12s %" PRIu32 " clients, %" PRIu32
+				        " took part, %" PRIu64 " trainings%s\n", names[k], members[k],
+				        took[k], trainings[k], refused[k] > 0 ? " (some refused: memory)" : "");
+		}
+		if (o->report != NULL &&
+		    write_report(&v, names, members, took, trainings, nc) != 0)
+			goto out;
 	}
 	rc = 0;
 	goto out;
 oom:
 	log_error("out of memory");
 out:
+	free(v.r_time);
+	free(v.r_acc);
+	free(v.r_bytes);
 	free(n_ex);
 	free(trained);
 	free(absent);

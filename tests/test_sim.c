@@ -459,7 +459,7 @@ sim_help_lists_every_flag(void **state)
 		"--clients ", "--clients-per-round", "--rounds", "--model", "--partition",
 		"--epochs", "--batch", "--lr", "--threads", "--data-dir", "--metrics",
 		"--seed", "--quiet", "--verbose", "--help", "--transport", "--devices",
-		"--device-file", "--device-round-timeout",
+		"--device-file", "--device-round-timeout", "--report",
 	};
 	const char *args[] = {"--help", NULL};
 	char dir[256];
@@ -650,9 +650,29 @@ sim_devices_deterministic_and_timed(void **state)
 		}
 		assert_true(last > 0.0);
 	}
-	run_small_flags(dir, m1, (const char *const[]){"--devices", "pi-zero-2w", NULL}, &slow);
+	char rep[300], tsv[400];
+	snprintf(rep, sizeof(rep), "%s/rep", dir);
+	run_small_flags(dir, m1, (const char *const[]){"--devices", "pi-zero-2w", "--report", rep,
+	                                              NULL}, &slow);
 	double t_slow = strtod(strstr(slow.err, "virtual time: ") + 14, NULL);
 	assert_true(t_slow > t_mix);
+	/* --report: one line per round (and a header), one per class. */
+	snprintf(tsv, sizeof(tsv), "%s/rounds.tsv", rep);
+	char *rounds = read_file(tsv);
+	assert_non_null(rounds);
+	size_t lines = 0;
+	for (const char *p = rounds; *p; p++)
+		lines += *p == '\n';
+	assert_int_equal(lines, 4);
+	free(rounds);
+	snprintf(tsv, sizeof(tsv), "%s/participation.tsv", rep);
+	char *part = read_file(tsv);
+	assert_non_null(part);
+	assert_non_null(strstr(part, "pi-zero-2w\t20\t"));
+	free(part);
+	cleanup_dir(rep, (const char *const[]){"rounds.tsv", "participation.tsv", "report.gp",
+	                                       "accuracy-time.png", "accuracy-bytes.png",
+	                                       "participation.png", NULL});
 	free(r1);
 	free(r2);
 	sim_run_fini(&one);
