@@ -31,6 +31,11 @@ shoal_strerror(shoal_err err)
 	case SHOAL_ECRYPTO: return "decryption or signature check failed";
 	case SHOAL_ECAPS: return "client lacks a required capability";
 	case SHOAL_ERATE: return "too many requests: rate limit";
+	case SHOAL_EUNLISTED: return "client key not admitted";
+	case SHOAL_EBADSIG: return "bad or missing signature";
+	case SHOAL_ENONCE: return "missing, stale or replayed nonce";
+	case SHOAL_ETOKEN: return "enrollment token unknown or already used";
+	case SHOAL_EIDENTITY: return "client name and key do not match the registry";
 	}
 	return "unknown error";
 }

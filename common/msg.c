@@ -27,19 +27,21 @@
 #include <string.h>
 
 /* Structure limits of the decoder (also in PROTOCOL.md). A valid message
- * has at most 37 objects and depth 1; the slack is for future keys. */
+ * has at most 39 objects and depth 1; the slack is for future keys. */
 #define MSG_DEPTH_MAX 16
 #define MSG_OBJECTS_MAX 1024
 
-typedef enum { F_U32, F_U64, F_I32, F_F32, F_STR, F_VEC, F_BIN, F_SA } fkind;
+typedef enum { F_U32, F_U64, F_I32, F_F32, F_STR, F_VEC, F_BIN, F_SA, F_FIX } fkind;
 
 /* One key of a message type. For F_U32/F_U64 lo..hi bound the value
  * (below lo: malformed, above hi: too big); for F_STR they bound the
  * length; for F_I32 the value must be negative; for F_F32 lo == 1 means
  * "must be > 0" and lo == 2 "must be >= 0"; F_BIN is opaque bytes
  * (msg.blob), 1..hi long; F_SA is opaque secure-aggregation bytes (msg.sa),
- * lo..hi long (lo may be 0). An optional key (opt) decodes to 0 / "" / NULL
- * when absent and is not written when it holds that value. */
+ * lo..hi long (lo may be 0); F_FIX is a bin of exactly hi bytes copied to
+ * the array at off, and lo is the offset of the bool that says whether it
+ * is present. An optional key (opt) decodes to 0 / "" / NULL when absent
+ * and is not written when it holds that value. */
 typedef struct field {
 	const char *key;
 	fkind kind;
@@ -52,6 +54,13 @@ typedef struct field {
 #define U32ANY(k, member) U32(k, member, 0, UINT32_MAX)
 
 #define OPT_U32(k, member) { k, F_U32, offsetof(msg, member), 0, UINT32_MAX, true }
+#define FIX(k, member, n) { k, F_FIX, offsetof(msg, member), offsetof(msg, has_##member), n, true }
+
+/* Client identity (PROTOCOL.md section 16): every type may end with a
+ * "nonce", and requests with a "sig", which must be the last key (the
+ * signature covers the bytes before it). Writers put them last. */
+#define NONCE FIX("nonce", nonce, MSG_NONCE_BYTES)
+#define SIG FIX("sig", sig, MSG_SIG_BYTES)
 
 static const field f_hello[] = {
 	{ "name", F_STR, offsetof(msg, name), 1, MSG_NAME_MAX, false },
@@ -59,14 +68,21 @@ static const field f_hello[] = {
 	U32("dim", dim, 1, MSG_DIM_MAX),
 	U32ANY("n", n_examples),
 	OPT_U32("cx", cx_caps),
+	FIX("pk", pk, MSG_PK_BYTES),
+	{ "tok", F_STR, offsetof(msg, token), 1, MSG_TOKEN_MAX, true },
+	NONCE,
+	SIG,
 };
 static const field f_welcome[] = {
 	U32("id", client_id, 1, UINT32_MAX),
 	U32ANY("hold", hold_ms),
+	NONCE,
 };
 static const field f_checkin[] = {
 	U32("id", client_id, 1, UINT32_MAX),
 	OPT_U32("ver", model_ver),
+	NONCE,
+	SIG,
 };
 static const field f_task[] = {
 	U32ANY("round", round),
@@ -86,6 +102,7 @@ static const field f_task[] = {
 	{ "dq", F_BIN, 0, 1, MSG_BIN_MAX, true },
 	{ "sa", F_SA, 0, 1, MSG_BIN_MAX, true },
 	{ "clip", F_F32, offsetof(msg, clip), 2, 0, true },
+	NONCE,
 };
 static const field f_update[] = {
 	U32("id", client_id, 1, UINT32_MAX),
@@ -94,24 +111,30 @@ static const field f_update[] = {
 	{ "loss", F_F32, offsetof(msg, loss), 0, 0, false },
 	{ "delta", F_VEC, 0, 0, 0, true },
 	{ "upd", F_BIN, 0, 1, MSG_BIN_MAX, true },
+	NONCE,
+	SIG,
 };
-static const field f_ack[] = { U32ANY("round", round) };
-static const field f_wait[] = { U32ANY("retry", retry_ms) };
+static const field f_ack[] = { U32ANY("round", round), NONCE };
+static const field f_wait[] = { U32ANY("retry", retry_ms), NONCE };
 static const field f_error[] = {
 	{ "code", F_I32, offsetof(msg, code), 0, 0, false },
 	{ "msg", F_STR, offsetof(msg, text), 0, MSG_TEXT_MAX, false },
+	NONCE,
 };
-static const field f_done[] = { U32ANY("round", round) };
+static const field f_done[] = { U32ANY("round", round), NONCE };
 static const field f_sa[] = {
 	U32("id", client_id, 1, UINT32_MAX),
 	U32ANY("round", round),
 	U32("ph", phase, 1, 5),
 	{ "sa", F_SA, 0, 0, MSG_BIN_MAX, false },
+	NONCE,
+	SIG,
 };
 static const field f_sa_reply[] = {
 	U32ANY("round", round),
 	U32("ph", phase, 1, 5),
 	{ "sa", F_SA, 0, 0, MSG_BIN_MAX, false },
+	NONCE,
 };
 
 typedef struct layout {
@@ -472,6 +495,14 @@ decode_field(const field *f, const msgpack_object *o, msg *out)
 		out->has_sa = true;
 		return SHOAL_OK;
 	}
+	case F_FIX: {
+		if (o->type != MSGPACK_OBJECT_BIN || o->via.bin.size != f->hi)
+			return SHOAL_EMALFORMED;
+		bool present = true;
+		memcpy(base + f->off, o->via.bin.ptr, (size_t)f->hi);
+		memcpy(base + f->lo, &present, sizeof present);
+		return SHOAL_OK;
+	}
 	}
 	return SHOAL_EMALFORMED;
 }
@@ -631,6 +662,11 @@ omitted(const msg *m, const field *f)
 		return m->blob == NULL;
 	case F_SA:
 		return !m->has_sa;
+	case F_FIX: {
+		bool present;
+		memcpy(&present, (const char *)m + f->lo, sizeof present);
+		return !present;
+	}
 	default:
 		return false;
 	}
@@ -689,6 +725,8 @@ validate(const msg *m, const layout **lp)
 			    (m->sa == NULL && m->sa_len > 0))
 				return SHOAL_EINVAL;
 			break;
+		case F_FIX:
+			break;
 		}
 	}
 	*lp = l;
@@ -716,6 +754,7 @@ layout_size(const msg *m, const layout *l)
 		case F_VEC: sz += bin_size((size_t)m->dim * 4); break;
 		case F_BIN: sz += bin_size(m->blob_len); break;
 		case F_SA: sz += bin_size(m->sa_len); break;
+		case F_FIX: sz += bin_size((size_t)f->hi); break;
 		}
 	}
 	/* the map header: fixmap up to 15 entries, else map16 (a TASK with
@@ -819,6 +858,10 @@ msg_encode(const msg *m, uint8_t **out, size_t *out_len)
 			bad = msgpack_pack_bin(&pk, m->sa_len) ||
 			      (m->sa_len > 0 && msgpack_pack_bin_body(&pk, m->sa, m->sa_len));
 			break;
+		case F_FIX:
+			bad = msgpack_pack_bin(&pk, (size_t)f->hi) ||
+			      msgpack_pack_bin_body(&pk, base + f->off, (size_t)f->hi);
+			break;
 		}
 	}
 	if (bad || w.len != size) {
@@ -832,19 +875,31 @@ msg_encode(const msg *m, uint8_t **out, size_t *out_len)
 }
 
 shoal_err
-msg_encode_error(shoal_err code, const char *text, uint8_t **out, size_t *out_len)
+msg_error_init(msg *m, shoal_err code, const char *text)
 {
-	msg m;
-	memset(&m, 0, sizeof(m));
-	m.version = MSG_VERSION;
-	m.type = MSG_ERROR;
-	m.code = code;
+	memset(m, 0, sizeof(*m));
+	m->version = MSG_VERSION;
+	m->type = MSG_ERROR;
+	m->code = code;
 	/* the text is for humans: clip it and mask what the decoder refuses */
 	size_t n = text != NULL ? strnlen(text, MSG_TEXT_MAX) : 0;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)text[i];
-		m.text[i] = (c >= 0x20 && c <= 0x7e) ? (char)c : '?';
+		m->text[i] = (c >= 0x20 && c <= 0x7e) ? (char)c : '?';
 	}
-	m.text[n] = '\0';
+	m->text[n] = '\0';
+	return code < 0 ? SHOAL_OK : SHOAL_EINVAL;
+}
+
+shoal_err
+msg_encode_error(shoal_err code, const char *text, uint8_t **out, size_t *out_len)
+{
+	msg m;
+	shoal_err e = msg_error_init(&m, code, text);
+	if (e != SHOAL_OK) {
+		*out = NULL;
+		*out_len = 0;
+		return e;
+	}
 	return msg_encode(&m, out, out_len);
 }

@@ -8,7 +8,8 @@
  * family is SHOAL_EMALFORMED.
  *
  *   type        dir  required keys (besides v, t)
- *   1 HELLO     c->s name:str, model:str, dim:uint, n:uint, [cx:uint]
+ *   1 HELLO     c->s name:str, model:str, dim:uint, n:uint, [cx:uint,
+ *                    pk:bin, tok:str]
  *   2 WELCOME   s->c id:uint, hold:uint
  *   3 CHECKIN   c->s id:uint, [ver:uint]
  *   4 TASK      s->c round:uint, model:str, E:uint, B:uint, lr:float,
@@ -25,6 +26,12 @@
  *  10 SA        c->s id:uint, round:uint, ph:uint, sa:bin   (secure
  *                    aggregation phase message, PROTOCOL.md section 13)
  *  11 SA_REPLY  s->c round:uint, ph:uint, sa:bin
+ * and client identity (PROTOCOL.md section 16): every type may end with
+ * [nonce:bin] (16 bytes: in a reply, the nonce the client signs its next
+ * request over; in a request, the nonce it signed over), and the requests
+ * (HELLO, CHECKIN, UPDATE, SA) with [sig:bin] (64 bytes, Ed25519), which
+ * must then be the LAST key of the map (privacy/ident.h signs and checks
+ * it; this codec only carries the bytes).
  *
  * [keys] are optional: absent means 0 / "" and writers omit them then.
  * "a | b": exactly one of the two keys (else SHOAL_EMALFORMED). "dq" and
@@ -45,7 +52,9 @@
  * 1..MSG_DIM_MAX. ERROR code is a negative int32. A float64 beyond the
  * float32 range is SHOAL_ENONFINITE. Map keys must be msgpack str. To bound
  * decoding work, a message may nest at most 16 deep and hold at most 1024
- * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 37 (TASK: 18 keys, 18 values, the map). */
+ * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 39 (TASK:
+ * 19 keys, 19 values, the map). "pk", "nonce" and "sig" have one length
+ * each (else SHOAL_EMALFORMED). */
 #ifndef SHOAL_MSG_H
 #define SHOAL_MSG_H
 
@@ -63,6 +72,10 @@
 #define MSG_EPOCHS_MAX 1000u
 #define MSG_BATCH_MAX 65535u
 #define MSG_BIN_MAX (4u * MSG_DIM_MAX + 4096u) /* bytes of "dq" / "upd" */
+#define MSG_PK_BYTES 32u    /* "pk": Ed25519 public key */
+#define MSG_NONCE_BYTES 16u /* "nonce": server-issued, used once */
+#define MSG_SIG_BYTES 64u   /* "sig": Ed25519 signature */
+#define MSG_TOKEN_MAX 64u   /* bytes of HELLO "tok" (1..64, printable ASCII) */
 
 /* HELLO "cx": what the client can decode and encode, beyond dense float32
  * (which every client supports). */
@@ -132,6 +145,15 @@ typedef struct msg {
 	                       may be 0 bytes); opaque here, privacy/ parses it */
 	size_t sa_len;
 	bool has_sa;        /* "sa" present (a 0-byte payload is still present) */
+	/* Client identity (PROTOCOL.md section 16). For encoding, has_* says
+	 * whether the key is written. */
+	uint8_t pk[MSG_PK_BYTES];   /* "pk": HELLO, the client's Ed25519 key */
+	bool has_pk;
+	char token[MSG_TOKEN_MAX + 1]; /* "tok": HELLO, an enrollment token, "" if none */
+	uint8_t nonce[MSG_NONCE_BYTES]; /* "nonce": any type */
+	bool has_nonce;
+	uint8_t sig[MSG_SIG_BYTES]; /* "sig": requests; written last */
+	bool has_sig;
 } msg;
 
 /* Decode one message from buf[0..len). Returns the bytes consumed (the whole
@@ -163,6 +185,9 @@ size_t msg_encoded_size(const msg *m);
  * be NULL (""); it is clipped to MSG_TEXT_MAX bytes and bytes outside
  * 0x20..0x7e become '?'. code >= 0 -> SHOAL_EINVAL. */
 shoal_err msg_encode_error(shoal_err code, const char *text, uint8_t **out, size_t *out_len);
+/* Fill *m as that ERROR (zeroing the rest), so a caller can add keys (a
+ * "nonce") before msg_encode. code >= 0 -> SHOAL_EINVAL. */
+shoal_err msg_error_init(msg *m, shoal_err code, const char *text);
 
 /* Copy dim little-endian float32 values from wire bytes into host floats
  * (memcpy on little-endian hosts). */

@@ -44,6 +44,16 @@ enum {
 	                           requires (e.g. secure aggregation) */
 	SHOAL_ERATE = -25,      /* too many requests on one connection: resend
 	                           the same request after a backoff */
+	/* Client identity (PROTOCOL.md section 16). */
+	SHOAL_EUNLISTED = -26,  /* the client's key is not admitted: no key, or
+	                           not on the allowlist and not enrolled */
+	SHOAL_EBADSIG = -27,    /* a request's signature is missing or does not
+	                           verify with the client's key */
+	SHOAL_ENONCE = -28,     /* a request's nonce is missing, stale or
+	                           replayed; the ERROR carries a fresh one */
+	SHOAL_ETOKEN = -29,     /* enrollment token unknown or already used */
+	SHOAL_EIDENTITY = -30,  /* the name is registered with another key, or
+	                           the key under another name */
 };
 
 /* A short, static, human-readable name for err; never NULL. */
