@@ -372,6 +372,20 @@ handle(engine *e, const ev *x)
 		if (!online(e, x->client))
 			return push(e, (uint64_t)ceil(sim_avail_until(&c->av) * 1e3), EV_WAKE, x->client,
 			            NULL, 0, 0);
+		if (e->cfg->avail_aware && dev_of(e, x->client) != NULL && e->cfg->availability) {
+			const sim_device *d = dev_of(e, x->client);
+			double need = sim_device_round_time(d, e->cfg->est_down_bytes,
+			                                    e->cfg->flops_per_example *
+			                                        e->cfg->n_examples[x->client] *
+			                                        (e->cfg->est_epochs ? e->cfg->est_epochs : 1),
+			                                    e->cfg->est_up_bytes).total_s;
+			double left = sim_avail_until(&c->av) - (double)e->now / 1e3;
+
+			/* Too little time left: sit this on period out. */
+			if (left < need)
+				return push(e, (uint64_t)ceil(sim_avail_until(&c->av) * 1e3), EV_WAKE,
+				            x->client, NULL, 0, 0);
+		}
 		return run_client(e, x->client);
 	case EV_TO_SERVER:
 		srv_core_on_request(e->cfg->server, (uint64_t)x->gen << 32 | x->client, x->buf, x->len,
@@ -448,6 +462,11 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 			break;
 		}
 		e.now = x.t;
+		if (cfg->max_virtual_s > 0 && !e.finished && (double)e.now / 1e3 > cfg->max_virtual_s) {
+			free(x.buf);
+			err = SHOAL_ETIMEDOUT;
+			break;
+		}
 		st->events++;
 		err = handle(&e, &x);
 	}

@@ -70,6 +70,17 @@ typedef struct sim_engine_config {
 	uint64_t seed;                /* availability and failures */
 	bool availability;            /* honour on/off periods */
 	bool failures;                /* honour failure probabilities */
+	/* Availability-aware check-in: an available client checks in only if
+	 * its current on period lasts at least the round it would take on its
+	 * device (est_down_bytes down, est_epochs of training, est_up_bytes up,
+	 * RTT), and
+	 * otherwise waits for its next on period; the server then selects
+	 * among clients likely to finish. */
+	bool avail_aware;
+	uint64_t est_down_bytes, est_up_bytes;
+	uint32_t est_epochs;          /* local epochs of a round (0: 1) */
+	double max_virtual_s;         /* give up (SHOAL_ETIMEDOUT) when the
+	                                 server is not done by then; 0: never */
 	volatile int *stop;           /* nonzero: stop between events */
 } sim_engine_config;
 
@@ -83,8 +94,10 @@ typedef struct sim_engine_stats {
 
 /* Runs until the server core finishes (srv_core_finished) and every
  * client has been told so. Errors: SHOAL_EINVAL (bad config), SHOAL_ENOMEM,
- * SHOAL_ECLOSED (*stop set), or the first client core error that is not a
- * transport condition. */
+ * SHOAL_ECLOSED (*stop set), SHOAL_ETIMEDOUT (max_virtual_s passed, e.g.
+ * no client ever available long enough), SHOAL_ESTATE (nothing left to
+ * happen and the server not done), or the first client core error that is
+ * not a transport condition. */
 shoal_err sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st);
 
 #endif

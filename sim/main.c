@@ -68,6 +68,7 @@ typedef struct sim_opts {
 	const char *device_file; /* --device-file FILE, or NULL */
 	double round_timeout_s; /* --round-timeout with --devices */
 	const char *report;   /* --report DIR, or NULL */
+	bool avail_aware;     /* --avail-aware */
 	srv_config algo;      /* --momentum, --server-opt, ... (server/flags.h) */
 } sim_opts;
 
@@ -188,6 +189,10 @@ usage(FILE *f, const char *argv0)
 	    "  --device-file FILE     more profiles, JSON (docs/devices.md)\n"
 	    "  --device-round-timeout S  with --devices: a round's deadline in virtual\n"
 	    "                         seconds [600]\n"
+	    "  --avail-aware          with --devices: a client checks in only when its\n"
+	    "                         device expects to stay available for a whole\n"
+	    "                         round (a full model each way, E epochs), so the\n"
+	    "                         server selects among clients likely to finish\n"
 	    "  --report DIR           write DIR/rounds.tsv, DIR/participation.tsv and\n"
 	    "                         plots made with gnuplot: accuracy against virtual\n"
 	    "                         time and against bytes, participation by device\n"
@@ -248,7 +253,7 @@ enum {
 	OPT_CLIENTS = 256, OPT_PER_ROUND, OPT_ROUNDS, OPT_MODEL, OPT_PARTITION, OPT_EPOCHS,
 	OPT_BATCH, OPT_LR, OPT_THREADS, OPT_DATA, OPT_METRICS, OPT_SEED, OPT_QUIET,
 	OPT_VERBOSE, OPT_HELP, OPT_EF, OPT_TRANSPORT, OPT_DEVICES, OPT_DEVICE_FILE,
-	OPT_ROUND_TIMEOUT, OPT_REPORT,
+	OPT_ROUND_TIMEOUT, OPT_REPORT, OPT_AVAIL_AWARE,
 };
 
 /* Returns -1 to continue, else the exit status (0 after --help). */
@@ -277,6 +282,7 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		{"device-file", required_argument, NULL, OPT_DEVICE_FILE},
 		{"device-round-timeout", required_argument, NULL, OPT_ROUND_TIMEOUT},
 		{"report", required_argument, NULL, OPT_REPORT},
+		{"avail-aware", no_argument, NULL, OPT_AVAIL_AWARE},
 		{NULL, 0, NULL, 0},
 	};
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -388,6 +394,9 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		case OPT_REPORT:
 			o->report = optarg;
 			break;
+		case OPT_AVAIL_AWARE:
+			o->avail_aware = true;
+			break;
 		case OPT_ROUND_TIMEOUT: {
 			char *end;
 
@@ -431,6 +440,10 @@ parse_flags(int argc, char **argv, sim_opts *o)
 	    !o->virtual_net) {
 		fprintf(stderr, "shoal-sim: --devices, --device-file and --report need --transport "
 		        "virtual\n");
+		goto usage_error;
+	}
+	if (o->avail_aware && o->devices == NULL) {
+		fprintf(stderr, "shoal-sim: --avail-aware needs --devices\n");
 		goto usage_error;
 	}
 	if (o->per_round > o->clients) {
@@ -967,11 +980,24 @@ run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const ml_par
 		.seed = o->seed,
 		.availability = dev != NULL,
 		.failures = dev != NULL,
+		.avail_aware = o->avail_aware,
+		.est_down_bytes = dim * sizeof(float),
+		.est_up_bytes = dim * sizeof(float),
+		.est_epochs = o->epochs,
+		/* A year of virtual time: only a population that can never
+		 * finish a round gets there. */
+		.max_virtual_s = 365.0 * 86400.0,
 		.stop = (volatile int *)&g_stop,
 	};
 	e = sim_engine_run(&ec, &es);
 	if (e == SHOAL_ECLOSED && g_stop) {
 		rc = 130;
+		goto out;
+	}
+	if (e == SHOAL_ETIMEDOUT) {
+		log_error("the simulation made no progress in a year of virtual time: are the "
+		          "devices ever available long enough for a round (--avail-aware), and "
+		          "is --device-round-timeout long enough?");
 		goto out;
 	}
 	if (e != SHOAL_OK) {

@@ -233,10 +233,56 @@ test_failures_and_availability(void **state)
 	assert_true(st.virtual_s == st2.virtual_s);
 }
 
+/* Devices whose available periods (mean 36 s) are about as long as a
+ * round (31 s of training): many clients go offline mid-round. Checking
+ * in only with enough time left (avail_aware) loses fewer. */
+static void
+test_availability_aware_checkin(void **state)
+{
+	sim_device flicker = {.name = "flicker", .flops = 1e6, .up_Bps = 1e6, .down_Bps = 1e6,
+	                      .rtt_s = 0.05, .mem_bytes = 1u << 30, .on_s = 36, .off_s = 36};
+	const sim_device *dev[NCLIENTS];
+	sim_engine_stats plain, aware;
+	srv_config cfg;
+	srv_core *s;
+
+	(void)state;
+	for (int i = 0; i < NCLIENTS; i++)
+		dev[i] = &flicker;
+	for (int pass = 0; pass < 2; pass++) {
+		srv_config_defaults(&cfg);
+		cfg.model = "logreg";
+		cfg.rounds = 6;
+		cfg.clients_per_round = 2;
+		cfg.min_clients = 2;
+		cfg.min_reports = 1;
+		cfg.round_timeout_ms = 120000;
+		cfg.test = &W.test;
+		cfg.seed = 3;
+		cfg.compress = "none";
+		assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
+		sim_engine_config ec = {
+			.server = s, .n_clients = NCLIENTS,
+			.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL, .seed = 77},
+			.dev = dev, .n_examples = W.n,
+			.flops_per_example = ml_model_train_flops("logreg"),
+			.train = train, .on_round = on_round, .threads = 2, .seed = 4,
+			.availability = true, .avail_aware = pass == 1,
+			.est_down_bytes = 7850 * 4, .est_up_bytes = 7850 * 4, .est_epochs = 1,
+			.max_virtual_s = 30 * 86400.0,
+		};
+		assert_int_equal(sim_engine_run(&ec, pass ? &aware : &plain), SHOAL_OK);
+		srv_core_free(s);
+	}
+	assert_true(plain.dropped[SIM_DROP_OFFLINE] > 0);
+	assert_true(aware.dropped[SIM_DROP_OFFLINE] < plain.dropped[SIM_DROP_OFFLINE]);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_virtual_time_by_hand),
 	cmocka_unit_test(test_trains_and_thread_count_independent),
 	cmocka_unit_test(test_failures_and_availability),
+	cmocka_unit_test(test_availability_aware_checkin),
 };
 
 int

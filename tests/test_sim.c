@@ -459,7 +459,7 @@ sim_help_lists_every_flag(void **state)
 		"--clients ", "--clients-per-round", "--rounds", "--model", "--partition",
 		"--epochs", "--batch", "--lr", "--threads", "--data-dir", "--metrics",
 		"--seed", "--quiet", "--verbose", "--help", "--transport", "--devices",
-		"--device-file", "--device-round-timeout", "--report",
+		"--device-file", "--device-round-timeout", "--report", "--avail-aware",
 	};
 	const char *args[] = {"--help", NULL};
 	char dir[256];
