@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "privacy/ddg.h"
+#include "privacy/ident.h"
 #include "privacy/noise.h"
 #include "privacy/rng.h"
 #include "privacy/secagg.h"
@@ -64,6 +65,15 @@ struct cli_core {
 	shoal_err done_err;
 	rng jitter;
 	cli_stats stats;
+	/* client identity (PROTOCOL.md section 16) */
+	uint8_t *idsk;      /* Ed25519 secret key, sodium_malloc'd; NULL: none */
+	char token[MSG_TOKEN_MAX + 1]; /* enrollment token for HELLO, "" if none */
+	uint8_t nonce[MSG_NONCE_BYTES]; /* from the server's last reply */
+	bool have_nonce;
+	uint32_t nonce_gen;  /* nonces received */
+	bool req_signed;     /* req ends with "nonce" and "sig" */
+	uint32_t req_gen;    /* the nonce_gen req was signed over */
+	uint32_t nonce_retries; /* ENONCE answers in a row */
 };
 
 static void
@@ -72,6 +82,7 @@ drop_request(cli_core *c)
 	free(c->req);
 	c->req = NULL;
 	c->req_len = 0;
+	c->req_signed = false;
 }
 
 /* Ends a secure round on this side: forget the session and its input. */
@@ -152,9 +163,30 @@ cli_core_new(const cli_config *cfg, cli_core **out)
 		          MSG_MODEL_MAX, MSG_DIM_MAX);
 		return SHOAL_EINVAL;
 	}
+	size_t tl = cfg->enroll_token != NULL ? strlen(cfg->enroll_token) : 0;
+	if (tl > MSG_TOKEN_MAX) {
+		log_error("enrollment token must be 1..%u characters", MSG_TOKEN_MAX);
+		return SHOAL_EINVAL;
+	}
+	for (size_t i = 0; i < tl; i++)
+		if (cfg->enroll_token[i] < 0x20 || cfg->enroll_token[i] > 0x7e) {
+			log_error("enrollment token must be printable ASCII");
+			return SHOAL_EINVAL;
+		}
 	if ((c = calloc(1, sizeof *c)) == NULL)
 		return SHOAL_ENOMEM;
 	c->cfg = *cfg;
+	c->cfg.identity_sk = NULL; /* the caller's memory */
+	c->cfg.enroll_token = NULL;
+	if (tl > 0)
+		memcpy(c->token, cfg->enroll_token, tl);
+	if (cfg->identity_sk != NULL) {
+		if (sodium_init() < 0 || (c->idsk = sodium_malloc(ID_SK_BYTES)) == NULL) {
+			cli_core_free(c);
+			return SHOAL_ENOMEM;
+		}
+		memcpy(c->idsk, cfg->identity_sk, ID_SK_BYTES);
+	}
 	memcpy(c->name, cfg->name, nl);
 	memcpy(c->model, cfg->model, ml);
 	c->cfg.name = c->name;
@@ -196,16 +228,57 @@ cli_core_free(cli_core *c)
 	rng_fini(&c->jitter);
 	rng_fini(&c->noise);
 	rng_fini(&c->dpnoise);
+	if (c->idsk != NULL)
+		sodium_free(c->idsk); /* wipes */
+	sodium_memzero(c->token, sizeof c->token);
 	free(c->residual);
 	free(c->global);
 	free(c->work);
 	free(c);
 }
 
+/* Client identity: sign the current request over the server's last
+ * nonce (PROTOCOL.md section 16.4). A request signed before (over an older
+ * nonce) gets the new nonce patched in and a new signature; an unsigned
+ * one gets "nonce" and "sig" appended as its last two keys and its map
+ * count raised by two (msg_encode writes every request here as a fixmap
+ * of at most 13 keys). Requests leave unsigned without a key, or before
+ * the server sent a nonce (a server without identity sends none). */
+static shoal_err
+sign_request(cli_core *c)
+{
+	static const uint8_t nonce_head[8] = {0xa5, 'n', 'o', 'n', 'c', 'e', 0xc4, MSG_NONCE_BYTES};
+	static const uint8_t sig_head[6] = {0xa3, 's', 'i', 'g', 0xc4, MSG_SIG_BYTES};
+	const size_t tail = sizeof nonce_head + MSG_NONCE_BYTES + sizeof sig_head + MSG_SIG_BYTES;
+
+	if (c->idsk == NULL || !c->have_nonce || c->req == NULL)
+		return SHOAL_OK;
+	size_t len = c->req_len;
+	uint8_t *p = c->req;
+	if (!c->req_signed) {
+		if ((p[0] & 0xf0) != 0x80 || (p[0] & 0x0f) > 13)
+			return SHOAL_EINVAL; /* not written by msg_encode */
+		if ((p = realloc(c->req, len + tail)) == NULL)
+			return SHOAL_ENOMEM;
+		p[0] += 2;
+		memcpy(p + len, nonce_head, sizeof nonce_head);
+		memcpy(p + len + sizeof nonce_head + MSG_NONCE_BYTES, sig_head, sizeof sig_head);
+		len += tail;
+		c->req = p;
+		c->req_len = len;
+	}
+	memcpy(p + len - tail + sizeof nonce_head, c->nonce, MSG_NONCE_BYTES);
+	shoal_err e = id_sign(c->idsk, p, len);
+	c->req_signed = e == SHOAL_OK;
+	c->req_gen = c->nonce_gen;
+	return e;
+}
+
 static shoal_err
 encode_request(cli_core *c)
 {
 	msg m = {0};
+	shoal_err e;
 
 	switch (c->state) {
 	case ST_HELLO:
@@ -215,6 +288,11 @@ encode_request(cli_core *c)
 		m.dim = c->cfg.dim;
 		m.n_examples = c->cfg.n_examples;
 		m.cx_caps = c->cfg.cx_caps;
+		if (c->idsk != NULL) {
+			id_pk_of(c->idsk, m.pk);
+			m.has_pk = true;
+			memcpy(m.token, c->token, sizeof m.token);
+		}
 		break;
 	case ST_CHECKIN:
 		m.type = MSG_CHECKIN;
@@ -224,7 +302,10 @@ encode_request(cli_core *c)
 	default:
 		return SHOAL_ESTATE; /* UPDATE is encoded by cli_core_submit */
 	}
-	return msg_encode(&m, &c->req, &c->req_len);
+	if ((e = msg_encode(&m, &c->req, &c->req_len)) == SHOAL_OK &&
+	    (e = sign_request(c)) != SHOAL_OK)
+		drop_request(c);
+	return e;
 }
 
 void
@@ -265,6 +346,16 @@ cli_core_step(cli_core *c, uint64_t now, cli_step *out)
 			out->err = e;
 			return;
 		}
+	} else if (c->idsk != NULL && c->have_nonce &&
+	           (!c->req_signed || c->req_gen != c->nonce_gen) && sign_request(c) != SHOAL_OK) {
+		/* A request sent again after a reply (a WAIT, an error) goes over
+		 * the nonce that reply brought; after a transport failure it is
+		 * resent unchanged (no reply, no new nonce). */
+		log_error("client %s: cannot sign the request", c->name);
+		fail(c, SHOAL_ENOMEM);
+		out->action = CLI_DONE;
+		out->err = SHOAL_ENOMEM;
+		return;
 	}
 	out->action = CLI_SEND;
 	out->buf = c->req;
@@ -300,6 +391,13 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 		    (e = sa_task_read(&c->sat, m->sa, m->sa_len, c->cfg.dim)) != SHOAL_OK) {
 			log_warn("client %s: cannot take part in secure round %u (%s); skipping it",
 			         c->name, m->round, shoal_strerror(e));
+			sa_task_fini(&c->sat);
+			drop_request(c);
+			return;
+		}
+		if (c->sat.c.signed_keys && c->idsk == NULL) {
+			log_warn("client %s: secure round %u needs an identity key to sign with, and "
+			         "this client has none; skipping it", c->name, m->round);
 			sa_task_fini(&c->sat);
 			drop_request(c);
 			return;
@@ -368,8 +466,48 @@ on_error(cli_core *c, const msg *m, uint64_t now)
 			         c->name);
 		return;
 	}
+	switch (code) {
+	case SHOAL_ENONCE:
+		/* A first request (nothing to sign over yet), or one whose nonce
+		 * the server no longer holds (a resent request): the reply's
+		 * nonce signs it again; nothing else about it changes. Should
+		 * that keep happening (someone else spends our nonces), back off
+		 * between tries. */
+		if (c->idsk != NULL && m->has_nonce && c->req != NULL && sign_request(c) == SHOAL_OK) {
+			if (++c->nonce_retries <= 3)
+				c->wake = now;
+			else
+				back_off(c, now);
+			return;
+		}
+		break;
+	case SHOAL_EUNLISTED:
+	case SHOAL_ETOKEN:
+	case SHOAL_EIDENTITY:
+		log_error("client %s: server refused this client's identity: %s", c->name, m->text);
+		fail(c, code);
+		return;
+	case SHOAL_EBADSIG:
+		if (c->state == ST_HELLO || c->idsk == NULL) {
+			log_error("client %s: server refused this client's signature: %s", c->name,
+			          m->text);
+			fail(c, code);
+			return;
+		}
+		/* The id may belong to another client now (the server restarted
+		 * without its state): register again. */
+		log_warn("client %s: server refused the signature of a request; registering again",
+		         c->name);
+		if (c->state == ST_UPLOAD)
+			c->stats.updates_late++;
+		set_state(c, ST_HELLO);
+		back_off(c, now);
+		return;
+	default:
+		break;
+	}
 	if (c->state == ST_SECAGG && code != SHOAL_EUNKNOWN && code != SHOAL_EMODEL &&
-	    code != SHOAL_ECAPS) {
+	    code != SHOAL_ECAPS && code != SHOAL_ENONCE) {
 		/* Whether the sum will hold my input: not if the round aborted; not
 		 * if the server refused my masked input; yes if my input was
 		 * confirmed (U3) and I merely leave the later phases. A masked
@@ -446,6 +584,13 @@ cli_core_on_reply(cli_core *c, const uint8_t *buf, size_t len, uint64_t now)
 		return;
 	}
 	healthy(c);
+	if (m.has_nonce) { /* the one the next request is signed over */
+		memcpy(c->nonce, m.nonce, sizeof c->nonce);
+		c->have_nonce = true;
+		c->nonce_gen++;
+	}
+	if (m.type != MSG_ERROR || m.code != SHOAL_ENONCE)
+		c->nonce_retries = 0;
 	if (m.type != MSG_ERROR || m.code != SHOAL_ERATE)
 		c->rate_backoff = 0;
 	switch (m.type) {
@@ -577,6 +722,8 @@ sa_send(cli_core *c, uint32_t ph, uint8_t *p, size_t len, uint64_t now)
 	drop_request(c);
 	shoal_err e = msg_encode(&m, &c->req, &c->req_len);
 	free(p);
+	if (e == SHOAL_OK && (e = sign_request(c)) != SHOAL_OK)
+		drop_request(c);
 	if (e != SHOAL_OK)
 		return e;
 	c->sa_phase = ph;
@@ -678,7 +825,8 @@ sa_submit(cli_core *c, uint32_t n_examples, uint64_t now)
 advertise:;
 	uint8_t *p;
 	size_t len;
-	if ((e = sa_client_new(&t->c, t->me, NULL, NULL, &c->sac)) != SHOAL_OK ||
+	if ((e = sa_client_new(&t->c, t->me, t->c.signed_keys ? c->idsk : NULL, NULL, &c->sac)) !=
+	        SHOAL_OK ||
 	    (e = sa_client_advertise(c->sac, &p, &len)) != SHOAL_OK)
 		return e;
 	c->state = ST_SECAGG; /* keep sa state: not set_state */
@@ -768,6 +916,8 @@ cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 	drop_request(c);
 	e = msg_encode(&m, &c->req, &c->req_len);
 	free(enc);
+	if (e == SHOAL_OK && (e = sign_request(c)) != SHOAL_OK)
+		drop_request(c);
 	if (e != SHOAL_OK) {
 		set_state(c, ST_CHECKIN);
 		return e;

@@ -38,6 +38,16 @@ typedef struct cli_config {
 	                            (simulations: reproducible, and anyone who
 	                            knows the seed can subtract it); false: from
 	                            a key drawn from the OS CSPRNG */
+	/* Client identity (PROTOCOL.md section 16). With a key the client
+	 * sends its public key in HELLO and signs each request over the nonce
+	 * of the server's last reply (servers that send no nonces get
+	 * unsigned requests, as before). */
+	const uint8_t *identity_sk; /* ID_SK_BYTES Ed25519 secret key (privacy/
+	                               ident.h), copied by cli_core_new into
+	                               locked memory that cli_core_free wipes;
+	                               NULL: no identity */
+	const char *enroll_token;   /* HELLO "tok", a one-time enrollment token
+	                               (1..64 printable characters), or NULL */
 } cli_config;
 
 typedef enum { CLI_SEND = 1, CLI_SLEEP, CLI_TRAIN, CLI_DONE } cli_action;
@@ -66,7 +76,10 @@ typedef struct cli_stats {
 
 typedef struct cli_core cli_core;
 
-/* Errors: SHOAL_EINVAL (bad name, dim 0, ...), SHOAL_ENOMEM. */
+/* Errors: SHOAL_EINVAL (bad name, dim 0, ...), SHOAL_ENOMEM. A server's
+ * refusal of the client's identity ends the client: CLI_DONE with
+ * SHOAL_EUNLISTED, SHOAL_ETOKEN, SHOAL_EIDENTITY or SHOAL_EBADSIG (the
+ * HELLO's signature; for other requests it registers again). */
 shoal_err cli_core_new(const cli_config *cfg, cli_core **out);
 void cli_core_free(cli_core *c);
 

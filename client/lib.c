@@ -188,6 +188,8 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 	cfg.backoff_max_ms = o->backoff_max_ms;
 	cfg.error_feedback = o->error_feedback != 0;
 	cfg.dp_noise_from_seed = o->dp_noise_from_seed != 0;
+	cfg.identity_sk = o->identity_sk;
+	cfg.enroll_token = o->enroll_token;
 	if ((e = offer(o, &cfg.cx_caps)) != SHOAL_OK)
 		return e;
 	if ((e = cli_core_new(&cfg, &core)) != SHOAL_OK) {

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "common/cli.h"
 #include "common/log.h"
 #include "common/msg.h"
@@ -28,6 +30,7 @@
 #include "client/state.h"
 #include "common/codec.h"
 #include "ml/ml.h"
+#include "privacy/ident.h"
 #include "shoal/client.h"
 #include "shoal/err.h"
 
@@ -44,7 +47,9 @@
 #define MAX_PARTITIONS 60000u       /* MNIST train has 60000 examples */
 #define MAX_TRAIN_DELAY_MS 3600000u /* 1 hour */
 
-enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+/* EXIT_REFUSED: the server does not admit this client's identity (a
+ * systemd unit can keep it from restarting: RestartPreventExitStatus=3). */
+enum { EXIT_DONE = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_REFUSED = 3 };
 
 /* The signal that asked us to stop (0: none); a second one kills. */
 static volatile sig_atomic_t stop_signal;
@@ -105,6 +110,8 @@ typedef struct options {
 	const char *state_dir; /* residual persistence, or NULL */
 	const char *dump_dir;  /* --dump-train, or NULL */
 	const char *replay;    /* --replay FILE, or NULL */
+	const char *enroll_token; /* --enroll-token, or NULL */
+	bool show_key;         /* --show-key */
 	const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
 	int verbosity;
 } options;
@@ -163,10 +170,23 @@ print_help(FILE *f)
 	    "                            to the next update (top-k; rand-k is unbiased\n"
 	    "                            and never uses it) [default: on]\n"
 	    "      --downlink q8|full    accept 8-bit model deltas [default: q8]\n"
-	    "      --state-dir DIR       keep the error-feedback residual in DIR/residual\n"
-	    "                            (written atomically after every accepted\n"
-	    "                            update, loaded at start) so a restart loses\n"
-	    "                            nothing [default: none]\n"
+	    "      --state-dir DIR       keep this client's state in DIR (created if\n"
+	    "                            missing): its identity key in DIR/identity\n"
+	    "                            (made on the first run, mode 0600) and the\n"
+	    "                            error-feedback residual in DIR/residual (written\n"
+	    "                            atomically after every accepted update), so a\n"
+	    "                            restart keeps its identity and loses nothing\n"
+	    "                            [default: none: a new key for every run]\n"
+	    "\n"
+	    "Identity (servers with --allowlist or --enroll-tokens; PROTOCOL.md 16):\n"
+	    "      --show-key            print this client's public key (64 hex digits,\n"
+	    "                            for the server's --allowlist file) and exit;\n"
+	    "                            needs --state-dir, makes the key if missing\n"
+	    "      --enroll-token TOKEN  a one-time enrollment token from the server's\n"
+	    "                            operator: the server then admits this client's\n"
+	    "                            key for good, so the token is needed only until\n"
+	    "                            the first run got in (other local users can see\n"
+	    "                            it in ps while it runs)\n"
 	    "\n"
 	    "Testing and output:\n"
 	    "      --train-delay MS      sleep MS before each local training (to make\n"
@@ -192,6 +212,8 @@ print_help(FILE *f)
 	    "  0    the server said training is done\n"
 	    "  1    runtime error (data missing, model mismatch with the server, ...)\n"
 	    "  2    usage error (bad flag or value)\n"
+	    "  3    the server refused this client's identity (key not admitted, token\n"
+	    "       unknown or used, name registered with another key)\n"
 	    "  130  stopped by SIGINT (128 + signal number)\n"
 	    "  143  stopped by SIGTERM (128 + signal number)\n"
 	    "\n"
@@ -207,6 +229,8 @@ enum {
 	OPT_DUMP_TRAIN, OPT_REPLAY, OPT_TLS_CA, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_NAME,
 };
 
+enum { OPT_ENROLL_TOKEN = 400, OPT_SHOW_KEY };
+
 static const struct option long_options[] = {
 	{"connect", required_argument, NULL, OPT_CONNECT},
 	{"data-dir", required_argument, NULL, OPT_DATA_DIR},
@@ -220,6 +244,8 @@ static const struct option long_options[] = {
 	{"error-feedback", required_argument, NULL, OPT_EF},
 	{"downlink", required_argument, NULL, OPT_DOWNLINK},
 	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+	{"enroll-token", required_argument, NULL, OPT_ENROLL_TOKEN},
+	{"show-key", no_argument, NULL, OPT_SHOW_KEY},
 	{"dump-train", required_argument, NULL, OPT_DUMP_TRAIN},
 	{"replay", required_argument, NULL, OPT_REPLAY},
 	{"tls-ca", required_argument, NULL, OPT_TLS_CA},
@@ -346,6 +372,15 @@ parse_args(int argc, char **argv, options *o)
 				return cli_usage_error(PROG, "--state-dir must name a folder");
 			o->state_dir = a;
 			break;
+		case OPT_ENROLL_TOKEN:
+			if (!id_token_valid(a, strlen(a)))
+				return cli_usage_error(PROG, "--enroll-token: expected 16..64 characters of "
+				                   "A-Z a-z 0-9 . _ ~ + / = - (as the operator gave it)");
+			o->enroll_token = a;
+			break;
+		case OPT_SHOW_KEY:
+			o->show_key = true;
+			break;
 		case OPT_DUMP_TRAIN:
 			if (*a == '\0')
 				return cli_usage_error(PROG, "--dump-train must name a folder");
@@ -398,7 +433,10 @@ parse_args(int argc, char **argv, options *o)
 	if (optind < argc)
 		return cli_usage_error(PROG, "unexpected argument '%s' (all settings are --flags)",
 		                   argv[optind]);
-	if (!have_partition)
+	if (o->show_key && o->state_dir == NULL)
+		return cli_usage_error(PROG, "--show-key prints the key kept in --state-dir DIR: "
+		                   "give --state-dir too");
+	if (!have_partition && !o->show_key)
 		return cli_usage_error(PROG, "--partition I/N is required: which part of the training "
 		                   "data this client holds (e.g. --partition 0/5)");
 	if (quiet && verbose)
@@ -582,6 +620,50 @@ out:
 
 /* ---- main ------------------------------------------------------------ */
 
+/* The client's Ed25519 key (PROTOCOL.md section 16) in sodium_malloc'd
+ * memory: DIR/identity with --state-dir (made on the first run), else a
+ * key for this run only. NULL after logging why not. */
+static uint8_t *
+load_identity(const char *state_dir, bool quiet)
+{
+	char hex[ID_HEX_CHARS + 1];
+	uint8_t *sk, pk[ID_PK_BYTES];
+	bool created = false;
+	shoal_err e;
+
+	if (sodium_init() < 0 || (sk = sodium_malloc(ID_SK_BYTES)) == NULL) {
+		log_error(PROG ": cannot set up memory for the identity key");
+		return NULL;
+	}
+	if (state_dir == NULL) {
+		if (id_keypair(pk, sk) != SHOAL_OK) {
+			sodium_free(sk);
+			return NULL;
+		}
+		id_hex(pk, ID_PK_BYTES, hex);
+		log_debug(PROG ": identity key %s for this run only (no --state-dir): servers "
+		          "with an allowlist will not admit it", hex);
+		return sk;
+	}
+	if (mkdir(state_dir, 0700) != 0 && errno != EEXIST) {
+		log_error(PROG ": cannot create --state-dir '%s': %s", state_dir, strerror(errno));
+		sodium_free(sk);
+		return NULL;
+	}
+	if ((e = cli_state_identity(state_dir, true, sk, &created)) != SHOAL_OK) {
+		log_error(PROG ": cannot use the identity key in --state-dir '%s' (%s)", state_dir,
+		          shoal_strerror(e));
+		sodium_free(sk);
+		return NULL;
+	}
+	id_pk_of(sk, pk);
+	id_hex(pk, ID_PK_BYTES, hex);
+	if (!quiet || created)
+		log_info(PROG ": identity key %s (%s %s/identity)", hex,
+		         created ? "new, saved in" : "from", state_dir);
+	return sk;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -593,6 +675,7 @@ main(int argc, char **argv)
 	shoal_client_stats st;
 	uint32_t *idx = NULL;
 	float *residual = NULL;
+	uint8_t *idsk = NULL;  /* Ed25519 secret key, sodium_malloc'd */
 	size_t n;
 	shoal_err err;
 	int rc;
@@ -614,6 +697,20 @@ main(int argc, char **argv)
 			log_error(PROG ": cannot connect to %s with these files (see above)", o.url);
 			return EXIT_RUNTIME;
 		}
+	}
+
+	/* The identity key next: --show-key needs nothing else. */
+	if ((idsk = load_identity(o.state_dir, o.show_key)) == NULL)
+		return EXIT_RUNTIME;
+	if (o.show_key) {
+		char hex[ID_HEX_CHARS + 1];
+		uint8_t pk[ID_PK_BYTES];
+		id_pk_of(idsk, pk);
+		id_hex(pk, ID_PK_BYTES, hex);
+		printf("%s\n", hex);
+		fflush(stdout);
+		sodium_free(idsk);
+		return ferror(stdout) ? EXIT_RUNTIME : EXIT_DONE;
 	}
 
 	/* Only the labels decide the partition; then only this client's rows
@@ -714,6 +811,8 @@ main(int argc, char **argv)
 		t.dim = co.dim;
 	}
 
+	co.identity_sk = idsk;
+	co.enroll_token = o.enroll_token;
 	err = shoal_client_run(&co, &st);
 	if (err == SHOAL_OK) {
 		rc = EXIT_DONE;
@@ -724,6 +823,27 @@ main(int argc, char **argv)
 	} else if (err == SHOAL_EMODEL || err == SHOAL_EDIM) {
 		log_error(PROG ": the server trains another model than '%s'; use the server's "
 		          "--model (%s)", o.model, shoal_strerror(err));
+	} else if (err == SHOAL_EUNLISTED || err == SHOAL_ETOKEN || err == SHOAL_EIDENTITY ||
+	           err == SHOAL_EBADSIG) {
+		char hex[ID_HEX_CHARS + 1];
+		uint8_t pk[ID_PK_BYTES];
+		id_pk_of(idsk, pk);
+		id_hex(pk, ID_PK_BYTES, hex);
+		rc = EXIT_REFUSED;
+		if (err == SHOAL_EUNLISTED)
+			log_error(PROG ": the server does not admit this client's key %s: give it to the "
+			          "server's operator for the --allowlist file (%s --show-key prints it), "
+			          "or start with --enroll-token TOKEN", hex, PROG);
+		else if (err == SHOAL_ETOKEN)
+			log_error(PROG ": the server refused the enrollment token (unknown, or already "
+			          "used by another key): ask its operator for a new one");
+		else if (err == SHOAL_EIDENTITY)
+			log_error(PROG ": the server has '%s' registered with another key, or this key "
+			          "(%s) under another name: run with that name, or the state folder "
+			          "of the client that owns the name", o.name, hex);
+		else
+			log_error(PROG ": the server cannot verify this client's signatures with its "
+			          "key %s (%s)", hex, shoal_strerror(err));
 	} else {
 		log_error(PROG ": %s", shoal_strerror(err));
 	}
@@ -732,6 +852,8 @@ main(int argc, char **argv)
 	fflush(stdout);
 
 out:
+	if (idsk != NULL)
+		sodium_free(idsk); /* wipes */
 	if (t.model != NULL)
 		ml_model_free(t.model);
 	free(idx);

@@ -1,4 +1,4 @@
-/* state.c - save and load the client's residual atomically (see state.h). */
+/* state.c - the client's identity key and residual on disk (see state.h). */
 #include "client/state.h"
 
 #include <errno.h>
@@ -10,7 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "common/log.h"
+#include "privacy/ident.h"
 
 #define MAGIC "SHRS"
 #define FORMAT 1u
@@ -142,5 +145,138 @@ cli_state_load_residual(const char *dir, float *residual, size_t dim)
 	if (e != SHOAL_OK)
 		log_error("residual file %s refused: %s", path, shoal_strerror(e));
 	free(buf);
+	return e;
+}
+
+/* ---- the identity key ------------------------------------------------------ */
+
+#define ID_MAGIC "SHID"
+#define ID_FORMAT 1u
+#define ID_FILE_BYTES (8 + ID_SEED_BYTES + ID_PK_BYTES + 8)
+
+static void
+sync_folder(const char *dir)
+{
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+}
+
+/* Writes a fresh key to DIR/identity unless it exists. Errors: SHOAL_EIO
+ * (logged), SHOAL_ENOMEM. */
+static shoal_err
+create_identity(const char *dir)
+{
+	char tmp[4096], dst[4096];
+	uint8_t *buf = sodium_malloc(ID_FILE_BYTES), *sk = sodium_malloc(ID_SK_BYTES);
+	uint8_t pk[ID_PK_BYTES];
+	shoal_err e = SHOAL_ENOMEM;
+	int fd = -1;
+
+	if (buf == NULL || sk == NULL || id_keypair(pk, sk) != SHOAL_OK)
+		goto out;
+	e = SHOAL_EIO;
+	snprintf(tmp, sizeof tmp, "%s/identity.tmp", dir);
+	snprintf(dst, sizeof dst, "%s/identity", dir);
+	memcpy(buf, ID_MAGIC, 4);
+	put32(buf + 4, ID_FORMAT);
+	crypto_sign_ed25519_sk_to_seed(buf + 8, sk);
+	memcpy(buf + 8 + ID_SEED_BYTES, pk, ID_PK_BYTES);
+	uint64_t h = fnv1a(buf, ID_FILE_BYTES - 8);
+	for (int i = 0; i < 8; i++)
+		buf[ID_FILE_BYTES - 8 + i] = (uint8_t)(h >> (8 * i));
+	unlink(tmp); /* left by a crash: it was never the key */
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0 ||
+	    !write_all(fd, buf, ID_FILE_BYTES) || fsync(fd) != 0 || close(fd) != 0) {
+		log_error("cannot write %s: %s (is --state-dir writable and not full?)", tmp,
+		          strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		unlink(tmp);
+		goto out;
+	}
+	/* link() never replaces: if a second client process made the key
+	 * meanwhile, both use that one. Filesystems without hard links get
+	 * a rename (which would replace only in that race). */
+	if (link(tmp, dst) != 0 && errno != EEXIST && rename(tmp, dst) != 0) {
+		log_error("cannot create %s: %s", dst, strerror(errno));
+		unlink(tmp);
+		goto out;
+	}
+	unlink(tmp);
+	sync_folder(dir);
+	e = SHOAL_OK;
+out:
+	if (buf != NULL)
+		sodium_free(buf); /* wipes */
+	if (sk != NULL)
+		sodium_free(sk);
+	return e;
+}
+
+shoal_err
+cli_state_identity(const char *dir, bool create, uint8_t *sk, bool *created)
+{
+	char path[4096];
+	uint8_t *buf = NULL, pk[ID_PK_BYTES];
+	shoal_err e;
+	ssize_t got = 0;
+	int fd;
+
+	*created = false;
+	if (sodium_init() < 0)
+		return SHOAL_ENOMEM;
+	snprintf(path, sizeof path, "%s/identity", dir);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 && errno == ENOENT && create) {
+		if ((e = create_identity(dir)) != SHOAL_OK)
+			return e;
+		*created = true;
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+	}
+	if (fd < 0) {
+		if (errno != ENOENT || create)
+			log_error("cannot open %s: %s", path, strerror(errno));
+		return SHOAL_EIO;
+	}
+	/* One byte more than the format, to see a longer file. */
+	if ((buf = sodium_malloc(ID_FILE_BYTES + 1)) == NULL) {
+		close(fd);
+		return SHOAL_ENOMEM;
+	}
+	while (got < ID_FILE_BYTES + 1) {
+		ssize_t r = read(fd, buf + got, (size_t)(ID_FILE_BYTES + 1 - got));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			log_error("cannot read %s: %s", path, strerror(errno));
+			close(fd);
+			sodium_free(buf);
+			return SHOAL_EIO;
+		}
+		if (r == 0)
+			break;
+		got += r;
+	}
+	close(fd);
+	e = SHOAL_EFORMAT;
+	if (got == ID_FILE_BYTES && memcmp(buf, ID_MAGIC, 4) == 0 && get32(buf + 4) == ID_FORMAT) {
+		uint64_t h = 0;
+		for (int i = 0; i < 8; i++)
+			h |= (uint64_t)buf[ID_FILE_BYTES - 8 + i] << (8 * i);
+		if (h == fnv1a(buf, ID_FILE_BYTES - 8)) {
+			id_keypair_from_seed(buf + 8, pk, sk);
+			if (memcmp(pk, buf + 8 + ID_SEED_BYTES, ID_PK_BYTES) == 0)
+				e = SHOAL_OK;
+			else
+				sodium_memzero(sk, ID_SK_BYTES);
+		}
+	}
+	sodium_free(buf);
+	if (e != SHOAL_OK)
+		log_error("identity key file %s is damaged (%zd bytes, bad format or checksum); it "
+		          "is not replaced: restore it from a backup, or move it away to make a new "
+		          "key (whose public key the server must then admit)", path, got);
 	return e;
 }

@@ -45,6 +45,10 @@
  *         in use (adaptive clipping moves both)
  *   CLNT  u32 n | n x (u8 m, m bytes name, u32 examples, u32 capability
  *         bits of HELLO "cx"); client id = position + 1
+ *   KEYS  only when a client has an identity key (PROTOCOL.md section 16;
+ *         a reader without it skips the section): u32 n | n x (u32 client
+ *         id, increasing | u8 flags, bit 0: enrolled with a token | 32 bytes
+ *         Ed25519 public key | [32 bytes BLAKE2b-256 of the token, bit 0])
  *
  * Example: a hypothetical 2-parameter model "m", seed 7, FedAvg, no q8
  * downlink, no secure aggregation or DP, after round 3 (version 4, test
@@ -343,7 +347,7 @@ srv_ckpt_encode(const srv_ckpt *c, uint8_t **out, size_t *len)
 	if (nm == 0 || nm > MSG_MODEL_MAX || c->dim == 0 || c->dim > SRV_CKPT_MAX_DIM ||
 	    c->params == NULL || (c->downlink_q8 && c->shadow == NULL) ||
 	    (c->dq_len > 0 && c->dq == NULL) || c->n_clients > SRV_CKPT_MAX_CLIENTS ||
-	    (c->n_clients > 0 && c->clients == NULL) ||
+	    (c->n_clients > 0 && c->clients == NULL) || (c->n_keys > 0 && c->keys == NULL) ||
 	    (c->dp != 0 && (c->acc_n == 0 || c->acc_n > DP_MAX_ORDERS || c->acc_orders == NULL ||
 	                    c->acc_rdp == NULL || c->acc_step == NULL)))
 		return SHOAL_EINVAL;
@@ -438,6 +442,24 @@ srv_ckpt_encode(const srv_ckpt *c, uint8_t **out, size_t *len)
 	}
 	w_end(&w, sec);
 
+	if (c->n_keys > 0) {
+		sec = w_begin(&w, "KEYS");
+		w_u32(&w, c->n_keys);
+		for (uint32_t i = 0; i < c->n_keys; i++) {
+			const srv_ckpt_key *k = &c->keys[i];
+			if (k->id == 0 || k->id > c->n_clients || (i > 0 && k->id <= c->keys[i - 1].id)) {
+				free(w.p);
+				return SHOAL_EINVAL;
+			}
+			w_u32(&w, k->id);
+			w_u8(&w, k->enrolled);
+			w_bytes(&w, k->pk, sizeof k->pk);
+			if (k->enrolled)
+				w_bytes(&w, k->token, sizeof k->token);
+		}
+		w_end(&w, sec);
+	}
+
 	if ((hash = w_reserve(&w, SRV_CKPT_HASH_BYTES)) == NULL) {
 		free(w.p);
 		return SHOAL_ENOMEM;
@@ -464,13 +486,14 @@ srv_ckpt_fini(srv_ckpt *c)
 		free(c->change);
 		free(c->acc_orders); /* rdp and step live in the same block */
 		free(c->clients);
+		free(c->keys);
 	}
 	memset(c, 0, sizeof *c);
 }
 
-enum { T_CONF, T_PROG, T_MODL, T_DOWN, T_OPTM, T_CODC, T_PRIV, T_CLNT, T_COUNT };
+enum { T_CONF, T_PROG, T_MODL, T_DOWN, T_OPTM, T_CODC, T_PRIV, T_CLNT, T_KEYS, T_COUNT };
 static const char tags[T_COUNT][5] = {"CONF", "PROG", "MODL", "DOWN",
-                                       "OPTM", "CODC", "PRIV", "CLNT"};
+                                       "OPTM", "CODC", "PRIV", "CLNT", "KEYS"};
 
 /* Parses one known section into c; false if it is malformed (why set). */
 static bool
@@ -622,6 +645,46 @@ parse_section(int t, rbuf *r, srv_ckpt *c, bool *oom, char *why, size_t why_len)
 		}
 		break;
 	}
+	case T_KEYS: {
+		/* after CLNT (section order above), so the ids can be checked */
+		uint32_t n = r_u32(r);
+		if (!r->bad && (n == 0 || n > c->n_clients)) {
+			say(why, why_len, "section KEYS: %" PRIu32 " keys for %" PRIu32 " clients", n,
+			    c->n_clients);
+			return false;
+		}
+		/* each entry takes at least 37 bytes: no allocation beyond the file */
+		if (r->bad || 37 * (size_t)n > r->len - r->off) {
+			r->bad = true; /* more keys than the section holds */
+			break;
+		}
+		if ((c->keys = calloc(n, sizeof *c->keys)) == NULL) {
+			*oom = true;
+			break;
+		}
+		c->n_keys = n;
+		for (uint32_t i = 0; i < n && !r->bad; i++) {
+			srv_ckpt_key *k = &c->keys[i];
+			k->id = r_u32(r);
+			f = r_u8(r);
+			const uint8_t *pk = r_take(r, sizeof k->pk);
+			if (!r->bad && (f > 1 || k->id == 0 || k->id > c->n_clients ||
+			                (i > 0 && k->id <= c->keys[i - 1].id))) {
+				say(why, why_len, "section KEYS: entry %" PRIu32 " (client %" PRIu32
+				    ") is out of order or has bad flags", i + 1, k->id);
+				return false;
+			}
+			if (pk != NULL)
+				memcpy(k->pk, pk, sizeof k->pk);
+			k->enrolled = f == 1;
+			if (k->enrolled) {
+				const uint8_t *tok = r_take(r, sizeof k->token);
+				if (tok != NULL)
+					memcpy(k->token, tok, sizeof k->token);
+			}
+		}
+		break;
+	}
 	}
 	if (*oom)
 		return true; /* the caller reports it */
@@ -709,6 +772,8 @@ srv_ckpt_decode(const uint8_t *buf, size_t len, srv_ckpt *out, char *why, size_t
 			need = out->downlink_q8;
 		if (t == T_PRIV)
 			need = out->dp != 0;
+		if (t == T_KEYS && sec[t] == NULL)
+			continue; /* optional: no client has a key */
 		if (sec[t] == NULL) {
 			if (!need)
 				continue;
@@ -881,7 +946,8 @@ srv_ckpt_write(const char *dir, const uint8_t *buf, size_t len)
 bool
 srv_ckpt_exists(const char *dir)
 {
-	static const char *const names[] = {SRV_CKPT_FILE, SRV_CKPT_PREV, SRV_CKPT_CLIENTS};
+	static const char *const names[] = {SRV_CKPT_FILE, SRV_CKPT_PREV, SRV_CKPT_CLIENTS,
+	                                    SRV_CKPT_KEYS};
 	char p[4096];
 
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -985,9 +1051,10 @@ srv_ckpt_load(const char *dir, srv_ckpt *out, bool *found, char *path, size_t pa
 	return SHOAL_OK;
 }
 
-/* ---- the registry log ------------------------------------------------------ */
+/* ---- the registry log and the key log --------------------------------------- */
 
 #define LOG_MAGIC "SHCL"
+#define KEYLOG_MAGIC "SHKY"
 #define LOG_VERSION 1u
 #define LOG_HASH 16u
 
@@ -1001,76 +1068,153 @@ sync_dir(const char *dir)
 	return ok;
 }
 
-shoal_err
-srv_ckpt_log_open(const char *dir, srv_ckpt_log *log, srv_ckpt_client **cl, uint32_t *n)
+/* Opens DIR/name for appending, creating it with its header (magic, u32
+ * version 1) if missing, and reads the whole file into *buf (malloc'd,
+ * *len bytes; NULL and 0 for a new file). what names the file in
+ * messages. On error the log is closed. */
+static shoal_err
+log_file_open(const char *dir, const char *name, const char *magic, const char *what,
+              srv_ckpt_log *log, uint8_t **buf, size_t *len)
 {
 	struct stat st;
-	uint8_t *buf = NULL;
-	size_t off, good, len = 0;
 	shoal_err e = SHOAL_EIO;
 
 	memset(log, 0, sizeof *log);
 	log->fd = -1;
-	*cl = NULL;
-	*n = 0;
+	*buf = NULL;
+	*len = 0;
 	if (sodium_init() < 0)
 		return SHOAL_ENOMEM;
-	path_in(log->path, sizeof log->path, dir, SRV_CKPT_CLIENTS);
+	path_in(log->path, sizeof log->path, dir, name);
 	if ((log->fd = open(log->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0 ||
 	    fstat(log->fd, &st) != 0) {
-		log_error("cannot open the registry log %s: %s", log->path, strerror(errno));
+		log_error("cannot open the %s %s: %s", what, log->path, strerror(errno));
 		goto fail;
 	}
 	if (st.st_size == 0) {
 		uint8_t h[8];
-		memcpy(h, LOG_MAGIC, 4);
+		memcpy(h, magic, 4);
 		put32(h + 4, LOG_VERSION);
 		if (!write_all(log->fd, h, sizeof h) || fsync(log->fd) != 0 || !sync_dir(dir)) {
-			log_error("cannot write the registry log %s: %s", log->path, strerror(errno));
+			log_error("cannot write the %s %s: %s", what, log->path, strerror(errno));
 			goto fail;
 		}
 		return SHOAL_OK;
 	}
 	if ((uint64_t)st.st_size > SRV_CKPT_MAX_BYTES) {
-		log_error("registry log %s refused: %jd bytes", log->path, (intmax_t)st.st_size);
+		log_error("%s %s refused: %jd bytes", what, log->path, (intmax_t)st.st_size);
 		e = SHOAL_EFORMAT;
 		goto fail;
 	}
-	if ((buf = malloc((size_t)st.st_size)) == NULL) {
+	if ((*buf = malloc((size_t)st.st_size)) == NULL) {
 		e = SHOAL_ENOMEM;
 		goto fail;
 	}
-	while (len < (size_t)st.st_size) {
-		ssize_t r = read(log->fd, buf + len, (size_t)st.st_size - len);
+	while (*len < (size_t)st.st_size) {
+		ssize_t r = read(log->fd, *buf + *len, (size_t)st.st_size - *len);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0) {
-			log_error("cannot read the registry log %s: %s", log->path,
+			log_error("cannot read the %s %s: %s", what, log->path,
 			          r < 0 ? strerror(errno) : "file shrank");
 			goto fail;
 		}
-		len += (size_t)r;
+		*len += (size_t)r;
 	}
-	if (len < 8 || memcmp(buf, LOG_MAGIC, 4) != 0 || get32(buf + 4) != LOG_VERSION) {
-		log_error("registry log %s refused: %s", log->path,
-		          len < 8 || memcmp(buf, LOG_MAGIC, 4) != 0 ? "bad magic"
-		                                                    : "unknown format version");
+	if (*len < 8 || memcmp(*buf, magic, 4) != 0 || get32(*buf + 4) != LOG_VERSION) {
+		log_error("%s %s refused: %s", what, log->path,
+		          *len < 8 || memcmp(*buf, magic, 4) != 0 ? "bad magic"
+		                                                 : "unknown format version");
 		e = SHOAL_EFORMAT;
 		goto fail;
 	}
+	return SHOAL_OK;
+fail:
+	free(*buf);
+	*buf = NULL;
+	*len = 0;
+	srv_ckpt_log_close(log);
+	return e;
+}
+
+/* Keeps the first `good` bytes of the file (n whole records), cutting off
+ * a torn record after them, and appends from there. */
+static shoal_err
+log_file_keep(srv_ckpt_log *log, size_t good, size_t len, uint32_t n, const char *what,
+              const char *torn)
+{
+	if (good < len) {
+		log_warn("%s %s: cutting off %zu bytes after its %" PRIu32 " whole records (%s)",
+		         what, log->path, len - good, n, torn);
+		if (ftruncate(log->fd, (off_t)good) != 0 || fsync(log->fd) != 0) {
+			log_error("cannot truncate the %s %s: %s", what, log->path, strerror(errno));
+			return SHOAL_EIO;
+		}
+	}
+	if (lseek(log->fd, (off_t)good, SEEK_SET) < 0)
+		return SHOAL_EIO;
+	log->n = n;
+	return SHOAL_OK;
+}
+
+/* Appends w's records (n of them) and fsyncs; on failure cuts the file
+ * back to its last whole record. */
+static bool
+log_file_append(srv_ckpt_log *log, wbuf *w)
+{
+	off_t at;
+
+	if (log->fd < 0)
+		return false;
+	if ((at = lseek(log->fd, 0, SEEK_CUR)) < 0 || !write_all(log->fd, w->p, w->len) ||
+	    fsync(log->fd) != 0) {
+		int err = errno;
+		if (at >= 0 && (ftruncate(log->fd, at) != 0 || lseek(log->fd, at, SEEK_SET) < 0))
+			log_error("cannot cut %s back to its last whole record", log->path);
+		errno = err;
+		return false;
+	}
+	return true;
+}
+
+/* A record's checksum: BLAKE2b-128 of its rl bytes at p. */
+static bool
+record_ok(const uint8_t *p, size_t rl)
+{
+	uint8_t hash[LOG_HASH];
+	crypto_generichash(hash, sizeof hash, p, rl, NULL, 0);
+	return sodium_memcmp(hash, p + rl, sizeof hash) == 0;
+}
+
+static void
+w_record_hash(wbuf *w, size_t start)
+{
+	uint8_t *h = w_reserve(w, LOG_HASH);
+	if (h != NULL)
+		crypto_generichash(h, LOG_HASH, w->p + start, w->len - LOG_HASH - start, NULL, 0);
+}
+
+shoal_err
+srv_ckpt_log_open(const char *dir, srv_ckpt_log *log, srv_ckpt_client **cl, uint32_t *n)
+{
+	uint8_t *buf;
+	size_t off, good, len, cap = 0;
+	shoal_err e;
+
+	*cl = NULL;
+	*n = 0;
+	if ((e = log_file_open(dir, SRV_CKPT_CLIENTS, LOG_MAGIC, "registry log", log, &buf,
+	                       &len)) != SHOAL_OK || buf == NULL)
+		return e;
 	/* Whole records with the right ids and checksums; the first that is
 	 * not ends the log. */
-	size_t cap = 0;
 	for (good = off = 8; off < len; off = good) {
-		uint8_t hash[LOG_HASH];
 		size_t m;
 		if (len - off < 5 || (m = buf[off + 4]) == 0 || m > MSG_NAME_MAX ||
 		    len - off < 5 + m + 8 + LOG_HASH || get32(buf + off) != *n + 1)
 			break;
 		size_t rl = 5 + m + 8;
-		crypto_generichash(hash, sizeof hash, buf + off, rl, NULL, 0);
-		if (sodium_memcmp(hash, buf + off + rl, sizeof hash) != 0 ||
-		    memchr(buf + off + 5, 0, m) != NULL)
+		if (!record_ok(buf + off, rl) || memchr(buf + off + 5, 0, m) != NULL)
 			break;
 		if (*n == cap) {
 			cap = cap ? 2 * cap : 64;
@@ -1088,18 +1232,10 @@ srv_ckpt_log_open(const char *dir, srv_ckpt_log *log, srv_ckpt_client **cl, uint
 		k->cx_caps = get32(buf + off + 5 + m + 4);
 		good = off + rl + LOG_HASH;
 	}
-	if (good < len) {
-		log_warn("registry log %s: cutting off %zu bytes after its %" PRIu32 " whole records "
-		         "(a record torn by a crash; its client was never told its id)",
-		         log->path, len - good, *n);
-		if (ftruncate(log->fd, (off_t)good) != 0 || fsync(log->fd) != 0) {
-			log_error("cannot truncate the registry log %s: %s", log->path, strerror(errno));
-			goto fail;
-		}
-	}
-	if (lseek(log->fd, (off_t)good, SEEK_SET) < 0)
+	if ((e = log_file_keep(log, good, len, *n, "registry log",
+	                       "a record torn by a crash; its client was never told its id")) !=
+	    SHOAL_OK)
 		goto fail;
-	log->n = *n;
 	free(buf);
 	return SHOAL_OK;
 fail:
@@ -1115,8 +1251,6 @@ shoal_err
 srv_ckpt_log_append(srv_ckpt_log *log, const srv_ckpt_client *cl, uint32_t n)
 {
 	wbuf w = {0};
-	off_t at;
-	int err;
 
 	if (log->fd < 0)
 		return SHOAL_EIO;
@@ -1127,23 +1261,101 @@ srv_ckpt_log_append(srv_ckpt_log *log, const srv_ckpt_client *cl, uint32_t n)
 		w_bytes(&w, cl[i].name, m);
 		w_u32(&w, cl[i].n_examples);
 		w_u32(&w, cl[i].cx_caps);
-		uint8_t *h = w_reserve(&w, LOG_HASH);
-		if (h != NULL)
-			crypto_generichash(h, LOG_HASH, w.p + start, w.len - LOG_HASH - start, NULL, 0);
+		w_record_hash(&w, start);
 	}
 	if (w.oom) {
 		free(w.p);
 		return SHOAL_ENOMEM;
 	}
-	if ((at = lseek(log->fd, 0, SEEK_CUR)) < 0 || !write_all(log->fd, w.p, w.len) ||
-	    fsync(log->fd) != 0) {
-		err = errno;
-		free(w.p);
-		if (at >= 0 && (ftruncate(log->fd, at) != 0 || lseek(log->fd, at, SEEK_SET) < 0))
-			log_error("cannot cut %s back to its last whole record", log->path);
+	if (!log_file_append(log, &w)) {
 		log_error("registering %" PRIu32 " client(s) in %s failed: %s; should the server "
 		          "crash before its next checkpoint, their ids could be handed out again",
-		          n, log->path, strerror(err));
+		          n, log->path, strerror(errno));
+		free(w.p);
+		return SHOAL_EIO;
+	}
+	free(w.p);
+	log->n += n;
+	return SHOAL_OK;
+}
+
+shoal_err
+srv_ckpt_keylog_open(const char *dir, srv_ckpt_log *log, srv_ckpt_key **keys, uint32_t *n)
+{
+	uint8_t *buf;
+	size_t off, good, len, cap = 0;
+	shoal_err e;
+
+	*keys = NULL;
+	*n = 0;
+	if ((e = log_file_open(dir, SRV_CKPT_KEYS, KEYLOG_MAGIC, "key log", log, &buf, &len)) !=
+	        SHOAL_OK ||
+	    buf == NULL)
+		return e;
+	for (good = off = 8; off < len; off = good) {
+		if (len - off < 5 || buf[off + 4] > 1 || get32(buf + off) == 0)
+			break;
+		size_t rl = 5 + MSG_PK_BYTES + (buf[off + 4] ? SRV_CKPT_TOKEN_HASH_BYTES : 0);
+		if (len - off < rl + LOG_HASH || !record_ok(buf + off, rl))
+			break;
+		if (*n == cap) {
+			cap = cap ? 2 * cap : 64;
+			srv_ckpt_key *v = realloc(*keys, cap * sizeof *v);
+			if (v == NULL) {
+				e = SHOAL_ENOMEM;
+				goto fail;
+			}
+			*keys = v;
+		}
+		srv_ckpt_key *k = &(*keys)[(*n)++];
+		memset(k, 0, sizeof *k);
+		k->id = get32(buf + off);
+		k->enrolled = buf[off + 4] != 0;
+		memcpy(k->pk, buf + off + 5, MSG_PK_BYTES);
+		if (k->enrolled)
+			memcpy(k->token, buf + off + 5 + MSG_PK_BYTES, SRV_CKPT_TOKEN_HASH_BYTES);
+		good = off + rl + LOG_HASH;
+	}
+	if ((e = log_file_keep(log, good, len, *n, "key log",
+	                       "a record torn by a crash; its client was never welcomed")) !=
+	    SHOAL_OK)
+		goto fail;
+	free(buf);
+	return SHOAL_OK;
+fail:
+	free(buf);
+	free(*keys);
+	*keys = NULL;
+	*n = 0;
+	srv_ckpt_log_close(log);
+	return e;
+}
+
+shoal_err
+srv_ckpt_keylog_append(srv_ckpt_log *log, const srv_ckpt_key *k, uint32_t n)
+{
+	wbuf w = {0};
+
+	if (log->fd < 0)
+		return SHOAL_EIO;
+	for (uint32_t i = 0; i < n; i++) {
+		size_t start = w.len;
+		w_u32(&w, k[i].id);
+		w_u8(&w, k[i].enrolled);
+		w_bytes(&w, k[i].pk, sizeof k[i].pk);
+		if (k[i].enrolled)
+			w_bytes(&w, k[i].token, sizeof k[i].token);
+		w_record_hash(&w, start);
+	}
+	if (w.oom) {
+		free(w.p);
+		return SHOAL_ENOMEM;
+	}
+	if (!log_file_append(log, &w)) {
+		log_error("logging the key(s) of %" PRIu32 " client(s) in %s failed: %s; should the "
+		          "server crash before its next checkpoint, they must enroll again",
+		          n, log->path, strerror(errno));
+		free(w.p);
 		return SHOAL_EIO;
 	}
 	free(w.p);

@@ -35,6 +35,7 @@
 #define SRV_CKPT_TMP "server.ckpt.tmp"   /* being written */
 #define SRV_CKPT_BAD "server.ckpt.bad"   /* a refused file, set aside */
 #define SRV_CKPT_CLIENTS "server.clients" /* the registry log */
+#define SRV_CKPT_KEYS "server.keys"       /* the key log */
 /* Largest file read (1 GiB), largest model (2^26 parameters), most
  * clients. */
 #define SRV_CKPT_MAX_BYTES ((size_t)1 << 30)
@@ -46,6 +47,15 @@ typedef struct srv_ckpt_client {
 	uint32_t n_examples;
 	uint32_t cx_caps;
 } srv_ckpt_client;
+
+/* Client identity (PROTOCOL.md section 16): the key bound to a client. */
+#define SRV_CKPT_TOKEN_HASH_BYTES 32
+typedef struct srv_ckpt_key {
+	uint32_t id;                 /* the client's id */
+	uint8_t pk[MSG_PK_BYTES];    /* its Ed25519 public key */
+	bool enrolled;               /* the key was enrolled with a token */
+	uint8_t token[SRV_CKPT_TOKEN_HASH_BYTES]; /* BLAKE2b-256 of that token */
+} srv_ckpt_key;
 
 typedef struct srv_ckpt {
 	/* RUN: the settings the state belongs to; a resume under others is
@@ -91,6 +101,10 @@ typedef struct srv_ckpt {
 	/* CLNT */
 	uint32_t n_clients;
 	srv_ckpt_client *clients;
+	/* KEYS: the clients' identity keys (written when there are any), ids
+	 * increasing */
+	uint32_t n_keys;
+	srv_ckpt_key *keys;
 
 	bool owned;             /* the arrays are decode's (srv_ckpt_fini frees
 	                           them), not a core's */
@@ -131,8 +145,8 @@ void srv_ckpt_fini(srv_ckpt *c);
  * reason; the temporary file is removed). */
 shoal_err srv_ckpt_write(const char *dir, const uint8_t *buf, size_t len);
 
-/* Does DIR hold a server's state (server.ckpt, server.ckpt.prev or
- * server.clients)? */
+/* Does DIR hold a server's state (server.ckpt, server.ckpt.prev,
+ * server.clients or server.keys)? */
 bool srv_ckpt_exists(const char *dir);
 
 /* Loads DIR/server.ckpt, or when that is missing or refused (logged:
@@ -170,5 +184,19 @@ shoal_err srv_ckpt_log_open(const char *dir, srv_ckpt_log *log, srv_ckpt_client 
  * (logged; the file is cut back to its last whole record). */
 shoal_err srv_ckpt_log_append(srv_ckpt_log *log, const srv_ckpt_client *cl, uint32_t n);
 void srv_ckpt_log_close(srv_ckpt_log *log);
+
+/* The key log, DIR/server.keys (client identity, PROTOCOL.md section 16):
+ * every binding of a client id to its public key (and the enrollment
+ * token it used up), in the order they were made, appended and fsynced
+ * after the client's registry record and before its WELCOME; an old shoal
+ * ignores the file, and its registry log stays as it was. Format: "SHKY" |
+ * u32 version 1, then per binding: u32 id | u8 flags (bit 0: enrolled with
+ * a token) | 32 bytes public key | [32 bytes BLAKE2b-256 of the token, bit
+ * 0 only] | 16 bytes BLAKE2b-128 of the record before them. A torn record
+ * at the end is cut off on open, as in the registry log. The same
+ * srv_ckpt_log handle; srv_ckpt_log_close closes it. */
+shoal_err srv_ckpt_keylog_open(const char *dir, srv_ckpt_log *log, srv_ckpt_key **keys,
+                               uint32_t *n);
+shoal_err srv_ckpt_keylog_append(srv_ckpt_log *log, const srv_ckpt_key *k, uint32_t n);
 
 #endif

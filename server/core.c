@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "privacy/ddg.h"
+#include "privacy/ident.h"
 #include "privacy/rng.h"
 #include "privacy/secagg.h"
 #include "server/ckpt.h"
@@ -29,6 +30,7 @@ typedef struct client {
 	uint32_t selected_round; /* round in which it holds a slot, 0 if none */
 	uint32_t cx_caps;   /* HELLO "cx" */
 	uint32_t held_ver;  /* model version it says it holds (CHECKIN "ver") */
+	uint32_t key;       /* identity: index + 1 of its key in keys, 0: none */
 } client;
 
 typedef struct slot {
@@ -44,6 +46,32 @@ typedef struct slot {
 	bool sa_parked;    /* secure mode: its phase message awaits the close */
 	uint64_t sa_req;
 } slot;
+
+/* Client identity (PROTOCOL.md section 16). Every key the server admits
+ * or has bound to a client: the allowlist, keys enrolled with a token, and
+ * keys restored from the registry. One key belongs to at most one client
+ * and holds that client's nonce: the one the server's last reply to it
+ * carried, which its next request must be signed over (used once). */
+typedef struct idkey {
+	uint8_t pk[ID_PK_BYTES];
+	uint32_t client;    /* index + 1 of the client bound to it; 0: none */
+	bool listed;        /* on the allowlist */
+	bool enrolled;      /* enrolled with the token whose hash is tok */
+	uint8_t tok[ID_HASH_BYTES];
+	uint8_t nonce[ID_NONCE_BYTES];
+	bool nonce_live;    /* issued and not used yet */
+} idkey;
+
+/* An enrollment token (by hash). Before it is used, the key that asked to
+ * enroll with it last and the nonce it must sign its HELLO over. */
+typedef struct idtoken {
+	uint8_t hash[ID_HASH_BYTES];
+	bool used;
+	bool pending;       /* pk and nonce below are set */
+	uint8_t pk[ID_PK_BYTES];
+	uint8_t nonce[ID_NONCE_BYTES];
+	bool nonce_live;
+} idtoken;
 
 typedef struct reply_queue {
 	srv_reply *v;
@@ -107,6 +135,18 @@ struct srv_core {
 
 	reply_queue replies;
 	event_queue events;
+
+	/* client identity (cfg.identity) */
+	idkey *keys;
+	uint32_t n_keys, cap_keys;
+	uint32_t *ktable;   /* open addressing by public key: index + 1, 0 empty */
+	uint32_t ktable_mask;
+	idtoken *tokens;
+	uint32_t n_tokens;
+	rng nonces;         /* keyed by cfg.nonce_key, else from the seed */
+	uint32_t *bound;    /* ids whose key was bound, not yet taken */
+	uint32_t bound_head, bound_len, bound_cap;
+	uint8_t (*sa_idpk)[SA_IDPK_BYTES]; /* the open secure round's keys */
 };
 
 void
@@ -237,13 +277,109 @@ reply_error(srv_core *s, uint64_t req, shoal_err code, bool close, const char *t
 	push_reply(s, req, buf, len, close);
 }
 
+/* ---- client identity: nonces in replies ---------------------------------- */
+
+/* The key whose nonce a reply to c carries, NULL when identity is off or
+ * c has none. */
+static idkey *
+key_of(srv_core *s, const client *c)
+{
+	return s->cfg.identity && c != NULL && c->key != 0 ? &s->keys[c->key - 1] : NULL;
+}
+
 static void
-reply_simple(srv_core *s, uint64_t req, msg_type t)
+fresh_nonce(srv_core *s, uint8_t nonce[ID_NONCE_BYTES], bool *live)
+{
+	rng_bytes(&s->nonces, nonce, ID_NONCE_BYTES);
+	*live = true;
+}
+
+/* Replace the reply just queued for req with the same message carrying
+ * nonce (reply_error counts and encodes it; this adds the key). */
+static void
+add_nonce(srv_core *s, uint64_t req, const uint8_t nonce[ID_NONCE_BYTES])
+{
+	reply_queue *q = &s->replies;
+	srv_reply *r = q->len > q->head ? &q->v[q->len - 1] : NULL;
+	uint8_t *buf;
+	size_t len;
+	msg m;
+
+	if (r == NULL || r->req != req || msg_decode(r->buf, r->len, &m) != (long)r->len)
+		return;
+	memcpy(m.nonce, nonce, ID_NONCE_BYTES);
+	m.has_nonce = true;
+	if (msg_encode(&m, &buf, &len) != SHOAL_OK)
+		return; /* out of memory: the reply goes without; the client asks again */
+	free(r->buf);
+	r->buf = buf;
+	r->len = len;
+}
+
+/* Replies to a client: each one to a client with a key carries a fresh
+ * nonce, which supersedes the one before (PROTOCOL.md section 16.3). */
+static void
+reply_msg_c(srv_core *s, client *c, uint64_t req, const msg *m, uint64_t *bytes)
+{
+	idkey *k = key_of(s, c);
+	msg stamped;
+
+	if (k != NULL) {
+		stamped = *m;
+		fresh_nonce(s, k->nonce, &k->nonce_live);
+		memcpy(stamped.nonce, k->nonce, ID_NONCE_BYTES);
+		stamped.has_nonce = true;
+		m = &stamped;
+	}
+	reply_msg(s, req, m, bytes);
+}
+
+static void
+reply_error_c(srv_core *s, client *c, uint64_t req, shoal_err code, bool close,
+              const char *text)
+{
+	idkey *k = key_of(s, c);
+
+	reply_error(s, req, code, close, text);
+	if (k != NULL) {
+		fresh_nonce(s, k->nonce, &k->nonce_live);
+		add_nonce(s, req, k->nonce);
+	}
+}
+
+/* DONE, or WAIT with retry 0: check in again now. */
+static void
+reply_simple_c(srv_core *s, client *c, uint64_t req, msg_type t)
 {
 	msg m = {.type = t};
 	if (t == MSG_DONE)
 		m.round = s->round;
-	reply_msg(s, req, &m, NULL); /* WAIT with retry 0: check in again now */
+	reply_msg_c(s, c, req, &m, NULL);
+}
+
+/* A refused signature or nonce: the ERROR carries the nonce the request
+ * should have been signed over (still unused, so a replay or a forgery
+ * does not take it from the client). The first HELLO of a client has no
+ * nonce to sign yet: its challenge is not counted as a refusal. */
+static void
+reply_auth(srv_core *s, uint64_t req, const uint8_t nonce[ID_NONCE_BYTES], shoal_err code,
+           bool counted, const char *text)
+{
+	msg m;
+	uint8_t *buf;
+	size_t len;
+
+	if (counted) {
+		reply_error(s, req, code, false, text);
+		add_nonce(s, req, nonce);
+		return;
+	}
+	if (msg_error_init(&m, code, text) != SHOAL_OK)
+		return;
+	memcpy(m.nonce, nonce, ID_NONCE_BYTES);
+	m.has_nonce = true;
+	if (msg_encode(&m, &buf, &len) == SHOAL_OK)
+		push_reply(s, req, buf, len, false);
 }
 
 /* ---- registry ----------------------------------------------------------- */
@@ -323,7 +459,7 @@ finish(srv_core *s)
 		client *c = &s->clients[i];
 		if (c->parked) {
 			unpark(s, c);
-			reply_simple(s, c->park_req, MSG_DONE);
+			reply_simple_c(s, c, c->park_req, MSG_DONE);
 		}
 	}
 	push_event(s, SRV_EV_FINISHED);
@@ -504,6 +640,8 @@ free_slots(srv_core *s)
 {
 	sa_server_free(s->sa);
 	s->sa = NULL;
+	free(s->sa_idpk);
+	s->sa_idpk = NULL;
 	sa_task_fini(&s->sat);
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		free(s->slots[i].delta);
@@ -637,12 +775,26 @@ sa_open(srv_core *s, rng *r, uint32_t n, size_t *len)
 		if (dp_ddg_ring_bits(ddg, n, &t->c.m) != SHOAL_OK)
 			goto fail;
 	}
+	/* With client identity the clients sign their advertised keys and
+	 * the set of inputs they saw (PROTOCOL.md 13.4) with their identity
+	 * keys, so the server cannot swap in keys of its own. */
+	t->c.signed_keys = s->cfg.identity;
+	for (uint32_t i = 0; i < n && t->c.signed_keys; i++)
+		t->c.signed_keys = s->clients[s->slots[i].client].key != 0;
+	if (t->c.signed_keys) {
+		if ((s->sa_idpk = malloc((size_t)n * sizeof *s->sa_idpk)) == NULL)
+			goto fail;
+		for (uint32_t i = 0; i < n; i++)
+			memcpy(s->sa_idpk[i], s->keys[s->clients[s->slots[i].client].key - 1].pk,
+			       SA_IDPK_BYTES);
+	}
 	if ((t->idx = malloc((size_t)t->n_idx * sizeof *t->idx)) == NULL ||
 	    (blob = malloc(sa_task_size_max(t->n_idx))) == NULL)
 		goto fail;
 	sa_index_set(s, r);
 	long w = sa_task_write(t, blob, sa_task_size_max(t->n_idx));
-	if (w < 0 || sa_server_new(&t->c, NULL, s->cfg.secagg_threads, &s->sa) != SHOAL_OK)
+	if (w < 0 || sa_server_new(&t->c, (const uint8_t(*)[SA_IDPK_BYTES])s->sa_idpk,
+	                           s->cfg.secagg_threads, &s->sa) != SHOAL_OK)
 		goto fail;
 	s->st.sa_threshold = t->c.t;
 	s->sa_deadline = s->deadline; /* advertising waits for training */
@@ -652,6 +804,8 @@ fail:
 	log_error("round %u: cannot open the secure aggregation session (out of memory)",
 	          s->round);
 	free(blob);
+	free(s->sa_idpk);
+	s->sa_idpk = NULL;
 	sa_task_fini(t);
 	return NULL;
 }
@@ -663,11 +817,12 @@ sa_release(srv_core *s, sa_phase closed, shoal_err status)
 {
 	for (uint32_t i = 0; i < s->n_slots; i++) {
 		slot *sl = &s->slots[i];
+		client *c = &s->clients[sl->client];
 		if (!sl->sa_parked)
 			continue;
 		sl->sa_parked = false;
 		if (status != SHOAL_OK) {
-			reply_error(s, sl->sa_req, status, false,
+			reply_error_c(s, c, sl->sa_req, status, false,
 			            status == SHOAL_EABORTED
 			                ? "secure aggregation round aborted: too few clients left"
 			                : "secure aggregation failed on the server");
@@ -675,18 +830,18 @@ sa_release(srv_core *s, sa_phase closed, shoal_err status)
 		}
 		if (closed == SA_PH_UNMASK) {
 			msg ack = {.type = MSG_ACK, .round = s->round};
-			reply_msg(s, sl->sa_req, &ack, NULL);
+			reply_msg_c(s, c, sl->sa_req, &ack, NULL);
 			continue;
 		}
 		uint8_t *p;
 		size_t n;
 		if (sa_server_reply(s->sa, i + 1, &p, &n) != SHOAL_OK) {
-			reply_error(s, sl->sa_req, SHOAL_ENOMEM, false, "server out of memory");
+			reply_error_c(s, c, sl->sa_req, SHOAL_ENOMEM, false, "server out of memory");
 			continue;
 		}
 		msg m = {.type = MSG_SA_REPLY, .round = s->round, .phase = closed, .sa = p,
 		         .sa_len = n, .has_sa = true};
-		reply_msg(s, sl->sa_req, &m, &s->st.bytes_down);
+		reply_msg_c(s, c, sl->sa_req, &m, &s->st.bytes_down);
 		free(p);
 	}
 }
@@ -886,7 +1041,7 @@ try_start_round(srv_core *s, uint64_t now)
 			task.dim = (uint32_t)s->dim;
 		}
 		unpark(s, c);
-		reply_msg(s, c->park_req, &task, &s->st.bytes_down);
+		reply_msg_c(s, c, c->park_req, &task, &s->st.bytes_down);
 	}
 	rng_fini(&r);
 	free(cand);
@@ -898,13 +1053,266 @@ try_start_round(srv_core *s, uint64_t now)
 	push_event(s, SRV_EV_ROUND_START);
 }
 
+/* ---- client identity: admission and signatures ---------------------------- */
+
+static uint32_t
+key_hash(const uint8_t pk[ID_PK_BYTES])
+{
+	/* A public key is a curve point chosen by its owner: its bytes are
+	 * spread enough, and only admitted keys are ever inserted. */
+	return (uint32_t)pk[0] | (uint32_t)pk[1] << 8 | (uint32_t)pk[2] << 16 |
+	       (uint32_t)pk[3] << 24;
+}
+
+static long
+find_key(const srv_core *s, const uint8_t pk[ID_PK_BYTES])
+{
+	if (s->ktable == NULL)
+		return -1;
+	for (uint32_t i = key_hash(pk) & s->ktable_mask;; i = (i + 1) & s->ktable_mask) {
+		uint32_t v = s->ktable[i];
+		if (v == 0)
+			return -1;
+		if (memcmp(s->keys[v - 1].pk, pk, ID_PK_BYTES) == 0)
+			return (long)(v - 1);
+	}
+}
+
+/* Index of a new, unbound, unadmitted entry for pk (the caller makes sure
+ * pk is not there yet), or -1 (out of memory). */
+static long
+add_key(srv_core *s, const uint8_t pk[ID_PK_BYTES])
+{
+	if (s->n_keys == s->cap_keys) {
+		uint32_t cap = s->cap_keys ? 2 * s->cap_keys : 64;
+		idkey *v = realloc(s->keys, (size_t)cap * sizeof *v);
+		if (v == NULL)
+			return -1;
+		s->keys = v;
+		s->cap_keys = cap;
+	}
+	if (2 * ((size_t)s->n_keys + 1) > (size_t)s->ktable_mask + 1 || s->ktable == NULL) {
+		uint32_t size = s->ktable == NULL ? 128 : 2 * (s->ktable_mask + 1);
+		uint32_t *t = calloc(size, sizeof *t);
+		if (t == NULL)
+			return -1;
+		free(s->ktable);
+		s->ktable = t;
+		s->ktable_mask = size - 1;
+		for (uint32_t k = 0; k < s->n_keys; k++) {
+			uint32_t i = key_hash(s->keys[k].pk) & s->ktable_mask;
+			while (t[i] != 0)
+				i = (i + 1) & s->ktable_mask;
+			t[i] = k + 1;
+		}
+	}
+	idkey *k = &s->keys[s->n_keys];
+	memset(k, 0, sizeof *k);
+	memcpy(k->pk, pk, ID_PK_BYTES);
+	uint32_t i = key_hash(pk) & s->ktable_mask;
+	while (s->ktable[i] != 0)
+		i = (i + 1) & s->ktable_mask;
+	s->ktable[i] = s->n_keys + 1;
+	return (long)s->n_keys++;
+}
+
+static long
+find_token(const srv_core *s, const uint8_t hash[ID_HASH_BYTES])
+{
+	for (uint32_t i = 0; i < s->n_tokens; i++)
+		if (memcmp(s->tokens[i].hash, hash, ID_HASH_BYTES) == 0)
+			return (long)i;
+	return -1;
+}
+
+/* Queue client index i for the driver's key log. */
+static void
+note_binding(srv_core *s, uint32_t i)
+{
+	if (s->bound_head > 0 && s->bound_head == s->bound_len)
+		s->bound_head = s->bound_len = 0;
+	if (s->bound_len == s->bound_cap) {
+		uint32_t cap = s->bound_cap ? 2 * s->bound_cap : 16;
+		uint32_t *v = realloc(s->bound, (size_t)cap * sizeof *v);
+		if (v == NULL) {
+			log_error("out of memory: the key of client %s is not logged until the next "
+			          "checkpoint", s->clients[i].name);
+			return;
+		}
+		s->bound = v;
+		s->bound_cap = cap;
+	}
+	s->bound[s->bound_len++] = i + 1;
+}
+
+/* Is the request in buf (decoded: m) signed over the nonce the server
+ * issued to key pk? Otherwise the refusal is logged and answered with
+ * that nonce (issued now if none is outstanding). who names the sender. */
+static bool
+check_sig(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
+          const uint8_t pk[ID_PK_BYTES], uint8_t nonce[ID_NONCE_BYTES], bool *live,
+          const char *who)
+{
+	const char *type = msg_type_name(m->type);
+
+	if (!*live)
+		fresh_nonce(s, nonce, live);
+	if (!m->has_nonce) {
+		log_debug("%s from %s carries no nonce yet: sent one to sign", type, who);
+		reply_auth(s, req, nonce, SHOAL_ENONCE, false,
+		           "sign the request over the nonce in this reply and send it again");
+		return false;
+	}
+	if (memcmp(m->nonce, nonce, ID_NONCE_BYTES) != 0) {
+		log_warn("refused %s from %s: stale or replayed nonce (a captured or resent "
+		         "request)", type, who);
+		reply_auth(s, req, nonce, SHOAL_ENONCE, true,
+		           "stale or replayed nonce: sign the request over the nonce in this "
+		           "reply and send it again");
+		return false;
+	}
+	shoal_err e = m->has_sig ? id_verify(pk, buf, len) : SHOAL_EBADSIG;
+	if (e == SHOAL_ENOMEM) {
+		reply_error(s, req, SHOAL_ENOMEM, false, "server out of memory");
+		return false;
+	}
+	if (e != SHOAL_OK) {
+		log_warn("refused %s from %s: %s", type, who,
+		         !m->has_sig ? "no signature"
+		         : e == SHOAL_EMALFORMED ? "its signature is not the last key"
+		                                 : "bad signature (forged, or signed with another key)");
+		reply_auth(s, req, nonce, SHOAL_EBADSIG, true,
+		           "the request's signature does not verify with this client's key "
+		           "(PROTOCOL.md 16): check the client's key file");
+		return false;
+	}
+	*live = false; /* used: the reply to this request brings the next one */
+	return true;
+}
+
+/* HELLO with identity on: admitted by its key (*key set), or by an unused
+ * enrollment token (*tok set; the key is not in keys yet). */
+static bool
+hello_auth(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len, long *key,
+           long *tok)
+{
+	char hex[ID_HEX_CHARS + 1], who[MSG_NAME_MAX + 32];
+	uint8_t h[ID_HASH_BYTES];
+
+	*key = *tok = -1;
+	if (!m->has_pk) {
+		log_warn("refused HELLO from %s: no identity key (this server admits listed or "
+		         "enrolled keys only)", m->name);
+		reply_error(s, req, SHOAL_EUNLISTED, false,
+		            "this server admits only clients with an identity key: upgrade the "
+		            "client");
+		return false;
+	}
+	id_hex(m->pk, ID_PK_BYTES, hex);
+	snprintf(who, sizeof who, "%s (key %.16s...)", m->name, hex);
+	long k = find_key(s, m->pk);
+	if (k >= 0 && (s->keys[k].listed || s->keys[k].enrolled)) {
+		idkey *e = &s->keys[k];
+		if (!check_sig(s, req, m, buf, len, e->pk, e->nonce, &e->nonce_live, who))
+			return false;
+		*key = k;
+		return true;
+	}
+	if (m->token[0] == '\0' || s->n_tokens == 0) {
+		log_warn("refused HELLO from %s: key %s is %s", m->name, hex,
+		         k >= 0 ? "no longer on the allowlist" : "not on the allowlist");
+		reply_error(s, req, SHOAL_EUNLISTED, false,
+		            "this client's key is not on the server's allowlist: give the operator "
+		            "its public key (shoal-client --show-key), or start the client with "
+		            "--enroll-token TOKEN");
+		return false;
+	}
+	id_token_hash(m->token, h);
+	long t = find_token(s, h);
+	if (t < 0 || s->tokens[t].used) {
+		log_warn("refused HELLO from %s: %s enrollment token", who,
+		         t < 0 ? "an unknown" : "an already used");
+		reply_error(s, req, SHOAL_ETOKEN, false,
+		            t < 0 ? "enrollment token not known to this server: check it, or ask "
+		                    "the operator for a new one"
+		                  : "this enrollment token was already used (each admits one "
+		                    "client): ask the operator for a new one");
+		return false;
+	}
+	idtoken *tk = &s->tokens[t];
+	if (!tk->pending || memcmp(tk->pk, m->pk, ID_PK_BYTES) != 0) {
+		/* A key starts enrolling with this token: challenge it. */
+		tk->pending = true;
+		memcpy(tk->pk, m->pk, ID_PK_BYTES);
+		tk->nonce_live = false;
+	}
+	if (!check_sig(s, req, m, buf, len, tk->pk, tk->nonce, &tk->nonce_live, who))
+		return false;
+	*tok = t;
+	return true;
+}
+
+/* Identity of a CHECKIN, UPDATE or SA from client c: signed over its nonce
+ * with its key, which is still admitted. */
+static bool
+auth_request(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
+             client *c)
+{
+	if (!s->cfg.identity)
+		return true;
+	if (c->key == 0) {
+		/* Registered before the server required keys (an earlier run). */
+		reply_error(s, req, SHOAL_EUNKNOWN, false,
+		            "this server now requires identity keys: send HELLO with the client's "
+		            "key");
+		return false;
+	}
+	idkey *k = &s->keys[c->key - 1];
+	if (!k->listed && !k->enrolled) {
+		char hex[ID_HEX_CHARS + 1];
+		id_hex(k->pk, ID_PK_BYTES, hex);
+		log_warn("refused %s from %s: key %s is no longer on the allowlist",
+		         msg_type_name(m->type), c->name, hex);
+		reply_error(s, req, SHOAL_EUNLISTED, false,
+		            "this client's key is no longer on the server's allowlist: ask the "
+		            "operator");
+		return false;
+	}
+	return check_sig(s, req, m, buf, len, k->pk, k->nonce, &k->nonce_live, c->name);
+}
+
+/* Bind client i to its key: key (an admitted entry), or the key that just
+ * enrolled with token tok. */
+static bool
+bind_key(srv_core *s, uint32_t i, long key, long tok, const uint8_t pk[ID_PK_BYTES])
+{
+	if (key < 0) {
+		if ((key = add_key(s, pk)) < 0)
+			return false;
+		idkey *k = &s->keys[key];
+		k->enrolled = true;
+		memcpy(k->tok, s->tokens[tok].hash, ID_HASH_BYTES);
+		s->tokens[tok].used = true;
+		s->tokens[tok].pending = false;
+		log_info("client %s enrolled its key with a token (the token is used up)",
+		         s->clients[i].name);
+	}
+	s->keys[key].client = i + 1;
+	s->clients[i].key = (uint32_t)key + 1;
+	note_binding(s, i);
+	return true;
+}
+
 /* ---- requests ------------------------------------------------------------ */
 
 static void
-on_hello(srv_core *s, uint64_t req, const msg *m)
+on_hello(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len)
 {
 	char text[MSG_TEXT_MAX + 1];
+	long key = -1, tok = -1;
 
+	if (s->cfg.identity && !hello_auth(s, req, m, buf, len, &key, &tok))
+		return;
 	if (strcmp(m->model, s->model) != 0 || m->dim != s->dim) {
 		snprintf(text, sizeof text,
 		         "this server trains model %s with %zu parameters; the client has %s with "
@@ -922,6 +1330,27 @@ on_hello(srv_core *s, uint64_t req, const msg *m)
 		return;
 	}
 	long i = find_client(s, m->name);
+	if (s->cfg.identity) {
+		/* One name per key and one key per name. */
+		const idkey *k = key >= 0 ? &s->keys[key] : NULL;
+		if (k != NULL && k->client != 0 && (i < 0 || k->client != (uint32_t)i + 1)) {
+			const char *other = s->clients[k->client - 1].name;
+			snprintf(text, sizeof text, "this client's key is registered as '%s': start the "
+			         "client with --name %s", other, other);
+			log_warn("refused HELLO from %s: its key is registered as client %s", m->name,
+			         other);
+			reply_error(s, req, SHOAL_EIDENTITY, false, text);
+			return;
+		}
+		if (i >= 0 && s->clients[i].key != 0 && (key < 0 || s->clients[i].key != key + 1)) {
+			snprintf(text, sizeof text, "the name '%s' is registered with another key: "
+			         "choose another --name, or use that client's state folder", m->name);
+			log_warn("refused HELLO from %s: the name is registered with another key",
+			         m->name);
+			reply_error(s, req, SHOAL_EIDENTITY, false, text);
+			return;
+		}
+	}
 	if (i < 0) {
 		if (s->n_clients >= s->cfg.max_clients) {
 			log_warn("refused HELLO from %s: %u clients registered (--max-clients)",
@@ -938,13 +1367,18 @@ on_hello(srv_core *s, uint64_t req, const msg *m)
 	} else if (s->clients[i].parked) {
 		/* A restarted client: answer its old parked request first. */
 		unpark(s, &s->clients[i]);
-		reply_simple(s, s->clients[i].park_req, MSG_WAIT);
+		reply_simple_c(s, &s->clients[i], s->clients[i].park_req, MSG_WAIT);
+	}
+	if (s->cfg.identity && s->clients[i].key == 0 &&
+	    !bind_key(s, (uint32_t)i, key, tok, m->pk)) {
+		reply_error(s, req, SHOAL_ENOMEM, false, "server out of memory");
+		return;
 	}
 	s->clients[i].n_examples = m->n_examples;
 	s->clients[i].cx_caps = m->cx_caps;
 	s->clients[i].held_ver = 0;
 	msg w = {.type = MSG_WELCOME, .client_id = (uint32_t)i + 1, .hold_ms = s->cfg.hold_ms};
-	reply_msg(s, req, &w, NULL);
+	reply_msg_c(s, &s->clients[i], req, &w, NULL);
 }
 
 static client *
@@ -987,18 +1421,19 @@ decline(srv_core *s, const client *c, uint64_t now)
 }
 
 static void
-on_checkin(srv_core *s, uint64_t req, const msg *m, uint64_t now)
+on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
+           uint64_t now)
 {
 	client *c = lookup_id(s, req, m->client_id);
 
-	if (c == NULL)
+	if (c == NULL || !auth_request(s, req, m, buf, len, c))
 		return;
 	if (s->phase == PH_FINISHED) {
-		reply_simple(s, req, MSG_DONE);
+		reply_simple_c(s, c, req, MSG_DONE);
 		return;
 	}
 	if (c->parked) /* the transport re-sent: answer the older request */
-		reply_simple(s, c->park_req, MSG_WAIT);
+		reply_simple_c(s, c, c->park_req, MSG_WAIT);
 	else
 		s->n_parked++;
 	c->parked = true;
@@ -1011,27 +1446,28 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, uint64_t now)
 }
 
 static void
-on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
+on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
+          uint64_t now)
 {
 	char text[MSG_TEXT_MAX + 1];
 	client *c = lookup_id(s, req, m->client_id);
 
-	if (c == NULL)
+	if (c == NULL || !auth_request(s, req, m, buf, len, c))
 		return;
 	if (s->phase == PH_RUNNING && m->round == s->round)
 		s->st.bytes_up += len;
 	if (s->phase != PH_RUNNING || m->round != s->round) {
 		snprintf(text, sizeof text, "round %u is not open (current round %u%s)", m->round,
 		         s->round, s->phase == PH_RUNNING ? "" : ", closed");
-		reply_error(s, req, SHOAL_ESTALE, false, text);
+		reply_error_c(s, c, req, SHOAL_ESTALE, false, text);
 		return;
 	}
 	if (c->selected_round != s->round) {
-		reply_error(s, req, SHOAL_ENOTSELECTED, false, "client was not selected this round");
+		reply_error_c(s, c, req, SHOAL_ENOTSELECTED, false, "client was not selected this round");
 		return;
 	}
 	if (s->sa != NULL) {
-		reply_error(s, req, SHOAL_ESTATE, false,
+		reply_error_c(s, c, req, SHOAL_ESTATE, false,
 		            "this round uses secure aggregation: send SA phase messages, not UPDATE");
 		return;
 	}
@@ -1040,7 +1476,7 @@ on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 		if (&s->clients[s->slots[i].client] == c)
 			sl = &s->slots[i];
 	if (sl == NULL || sl->reported) {
-		reply_error(s, req, SHOAL_EDUP, false, "update already received for this round");
+		reply_error_c(s, c, req, SHOAL_EDUP, false, "update already received for this round");
 		return;
 	}
 	const uint8_t *payload = m->vec;
@@ -1050,19 +1486,19 @@ on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 		if (v < 0) {
 			snprintf(text, sizeof text, "compressed update refused: %s",
 			         shoal_strerror((shoal_err)v));
-			reply_error(s, req, (shoal_err)v, false, text);
+			reply_error_c(s, c, req, (shoal_err)v, false, text);
 			return;
 		}
 		payload = m->blob;
 		plen = m->blob_len;
 	} else if (m->dim != s->dim) {
 		snprintf(text, sizeof text, "update has %u parameters, model has %zu", m->dim, s->dim);
-		reply_error(s, req, SHOAL_EDIM, false, text);
+		reply_error_c(s, c, req, SHOAL_EDIM, false, text);
 		return;
 	}
 	sl->delta = malloc(plen);
 	if (sl->delta == NULL) {
-		reply_error(s, req, SHOAL_ENOMEM, false, "server out of memory");
+		reply_error_c(s, c, req, SHOAL_ENOMEM, false, "server out of memory");
 		return;
 	}
 	memcpy(sl->delta, payload, plen);
@@ -1073,30 +1509,30 @@ on_update(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 	sl->reported = true;
 	s->n_reported++;
 	msg ack = {.type = MSG_ACK, .round = s->round};
-	reply_msg(s, req, &ack, NULL);
+	reply_msg_c(s, c, req, &ack, NULL);
 	if (s->n_reported + s->n_declined == s->n_slots)
 		close_round(s, now);
 }
 
 static void
-on_sa(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
+on_sa(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len, uint64_t now)
 {
 	char text[MSG_TEXT_MAX + 1];
 	client *c = lookup_id(s, req, m->client_id);
 
-	if (c == NULL)
+	if (c == NULL || !auth_request(s, req, m, buf, len, c))
 		return;
 	if (s->phase != PH_RUNNING || m->round != s->round || s->sa == NULL) {
 		snprintf(text, sizeof text, "no secure round %u is open (current round %u)", m->round,
 		         s->round);
-		reply_error(s, req, SHOAL_ESTALE, false, text);
+		reply_error_c(s, c, req, SHOAL_ESTALE, false, text);
 		return;
 	}
 	uint32_t i = 0;
 	while (i < s->n_slots && &s->clients[s->slots[i].client] != c)
 		i++;
 	if (i == s->n_slots) {
-		reply_error(s, req, SHOAL_ENOTSELECTED, false, "client was not selected this round");
+		reply_error_c(s, c, req, SHOAL_ENOTSELECTED, false, "client was not selected this round");
 		return;
 	}
 	slot *sl = &s->slots[i];
@@ -1104,7 +1540,7 @@ on_sa(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 	shoal_err e = sa_server_recv(s->sa, i + 1, (sa_phase)m->phase, m->sa, m->sa_len);
 	if (e == SHOAL_EDUP && sl->sa_parked) {
 		/* The transport re-sent it: the newer request gets the reply. */
-		reply_error(s, sl->sa_req, SHOAL_EDUP, false, "superseded by a resent request");
+		reply_error_c(s, c, sl->sa_req, SHOAL_EDUP, false, "superseded by a resent request");
 		sl->sa_req = req;
 		return;
 	}
@@ -1112,7 +1548,7 @@ on_sa(srv_core *s, uint64_t req, const msg *m, size_t len, uint64_t now)
 		snprintf(text, sizeof text, "secure aggregation message for phase %u refused: %s",
 		         m->phase, shoal_strerror(e));
 		log_warn("round %u: client %s: %s", s->round, c->name, text);
-		reply_error(s, req, e, false, text);
+		reply_error_c(s, c, req, e, false, text);
 		return;
 	}
 	sl->sa_parked = true;
@@ -1146,16 +1582,16 @@ srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, u
 	}
 	switch (m.type) {
 	case MSG_HELLO:
-		on_hello(s, req, &m);
+		on_hello(s, req, &m, buf, len);
 		break;
 	case MSG_CHECKIN:
-		on_checkin(s, req, &m, now);
+		on_checkin(s, req, &m, buf, len, now);
 		break;
 	case MSG_UPDATE:
-		on_update(s, req, &m, len, now);
+		on_update(s, req, &m, buf, len, now);
 		break;
 	case MSG_SA:
-		on_sa(s, req, &m, len, now);
+		on_sa(s, req, &m, buf, len, now);
 		break;
 	default:
 		reply_error(s, req, SHOAL_ETYPE, true, "message type is sent by servers, not clients");
@@ -1176,7 +1612,7 @@ srv_core_on_timer(srv_core *s, uint64_t now)
 		client *c = &s->clients[i];
 		if (c->parked && now >= c->park_until) {
 			unpark(s, c);
-			reply_simple(s, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
+			reply_simple_c(s, c, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
 		}
 	}
 	try_start_round(s, now);
@@ -1200,12 +1636,40 @@ srv_core_release_all(srv_core *s, uint64_t now)
 		client *c = &s->clients[i];
 		if (c->parked) {
 			unpark(s, c);
-			reply_simple(s, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
+			reply_simple_c(s, c, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
 		}
 	}
 }
 
 /* ---- construction -------------------------------------------------------- */
+
+/* The stream of the nonces when no key is given: apart from round r's
+ * selection (seed, r) and noise (seed or key, 2^62 | r). */
+#define SRV_NONCE_STREAM (UINT64_C(3) << 62)
+
+/* The allowlist and the tokens, copied; the nonce stream. */
+static shoal_err
+ident_init(srv_core *s, const srv_config *cfg)
+{
+	rng_init(&s->nonces, cfg->seed, SRV_NONCE_STREAM);
+	if (cfg->nonce_key != NULL)
+		memcpy(s->nonces.key, cfg->nonce_key, sizeof s->nonces.key);
+	s->cfg.nonce_key = NULL; /* the caller's memory */
+	s->cfg.allowlist = NULL;
+	s->cfg.tokens = NULL;
+	for (uint32_t i = 0; i < cfg->n_allowlist; i++) {
+		long k = find_key(s, cfg->allowlist[i]);
+		if (k < 0 && (k = add_key(s, cfg->allowlist[i])) < 0)
+			return SHOAL_ENOMEM;
+		s->keys[k].listed = true;
+	}
+	if (cfg->n_tokens > 0 && (s->tokens = calloc(cfg->n_tokens, sizeof *s->tokens)) == NULL)
+		return SHOAL_ENOMEM;
+	for (uint32_t i = 0; i < cfg->n_tokens; i++)
+		if (find_token(s, cfg->tokens[i]) < 0)
+			memcpy(s->tokens[s->n_tokens++].hash, cfg->tokens[i], ID_HASH_BYTES);
+	return SHOAL_OK;
+}
 
 static shoal_err
 check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
@@ -1352,6 +1816,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	s->cfg.dp_noise_key = NULL; /* the caller's memory; srv_dp keeps a copy */
 	if ((e = srv_dp_new(cfg, dim, &s->dp)) != SHOAL_OK)
 		goto fail;
+	if ((e = ident_init(s, cfg)) != SHOAL_OK)
+		goto fail;
 	ml_model_init(s->eval, s->params, cfg->seed);
 	if (s->shadow != NULL)
 		memcpy(s->shadow, s->params, dim * sizeof *s->shadow);
@@ -1390,6 +1856,11 @@ srv_core_free(srv_core *s)
 	srv_opt_fini(&s->opt);
 	ml_model_free(s->eval);
 	srv_dp_free(s->dp);
+	rng_fini(&s->nonces);
+	free(s->keys);
+	free(s->ktable);
+	free(s->tokens);
+	free(s->bound);
 	free(s);
 }
 
@@ -1464,11 +1935,19 @@ srv_core_save(const srv_core *s, uint8_t **buf, size_t *len)
 	if (s->n_clients > 0 && (c.clients = malloc(s->n_clients * sizeof *c.clients)) == NULL)
 		return SHOAL_ENOMEM;
 	for (uint32_t i = 0; i < s->n_clients; i++) {
-		memcpy(c.clients[i].name, s->clients[i].name, sizeof c.clients[i].name);
-		c.clients[i].n_examples = s->clients[i].n_examples;
-		c.clients[i].cx_caps = s->clients[i].cx_caps;
+		(void)srv_core_client(s, i + 1, &c.clients[i]);
+		if (s->clients[i].key != 0)
+			c.n_keys++;
 	}
+	if (c.n_keys > 0 && (c.keys = malloc(c.n_keys * sizeof *c.keys)) == NULL) {
+		free(c.clients);
+		return SHOAL_ENOMEM;
+	}
+	for (uint32_t i = 0, j = 0; i < s->n_clients; i++)
+		if (srv_core_client_key(s, i + 1, &c.keys[j]))
+			j++;
 	e = srv_ckpt_encode(&c, buf, len);
+	free(c.keys);
 	free(c.clients);
 	return e;
 }
@@ -1506,6 +1985,56 @@ srv_core_take_checkpoint(srv_core *s, uint8_t **buf, size_t *len, uint32_t *roun
 	return true;
 }
 
+/* Bind client index i to the key (and token) of record k, restored from
+ * disk: no note for the key log. */
+static shoal_err
+restore_binding(srv_core *s, uint32_t i, const srv_ckpt_key *k)
+{
+	long key = find_key(s, k->pk);
+	if (key < 0 && (key = add_key(s, k->pk)) < 0)
+		return SHOAL_ENOMEM;
+	idkey *e = &s->keys[key];
+	if (e->client != 0 && e->client != i + 1) {
+		log_error("restoring the registry: clients '%s' and '%s' have the same key",
+		          s->clients[e->client - 1].name, s->clients[i].name);
+		return SHOAL_EINVAL;
+	}
+	if (s->clients[i].key != 0 && s->clients[i].key != (uint32_t)key + 1) {
+		log_error("restoring the registry: client '%s' has two keys", s->clients[i].name);
+		return SHOAL_EINVAL;
+	}
+	if (k->enrolled) {
+		e->enrolled = true;
+		memcpy(e->tok, k->token, ID_HASH_BYTES);
+		long t = find_token(s, k->token);
+		if (t >= 0)
+			s->tokens[t].used = true;
+	}
+	e->client = i + 1;
+	s->clients[i].key = (uint32_t)key + 1;
+	return SHOAL_OK;
+}
+
+shoal_err
+srv_core_restore_key(srv_core *s, const srv_ckpt_key *k)
+{
+	if (k->id == 0 || k->id > s->n_clients) {
+		log_error("restoring the registry: a key for client %u, which is not registered",
+		          k->id);
+		return SHOAL_EINVAL;
+	}
+	return restore_binding(s, k->id - 1, k);
+}
+
+bool
+srv_core_take_binding(srv_core *s, uint32_t *id)
+{
+	if (s->bound_head == s->bound_len)
+		return false;
+	*id = s->bound[s->bound_head++];
+	return true;
+}
+
 shoal_err
 srv_core_restore_clients(srv_core *s, const srv_ckpt_client *cl, uint32_t n)
 {
@@ -1540,6 +2069,21 @@ srv_core_client(const srv_core *s, uint32_t id, srv_ckpt_client *out)
 	return true;
 }
 
+bool
+srv_core_client_key(const srv_core *s, uint32_t id, srv_ckpt_key *out)
+{
+	if (id == 0 || id > s->n_clients || s->clients[id - 1].key == 0)
+		return false;
+	const idkey *k = &s->keys[s->clients[id - 1].key - 1];
+	memset(out, 0, sizeof *out);
+	out->id = id;
+	memcpy(out->pk, k->pk, ID_PK_BYTES);
+	out->enrolled = k->enrolled;
+	if (k->enrolled)
+		memcpy(out->token, k->tok, ID_HASH_BYTES);
+	return true;
+}
+
 shoal_err
 srv_core_restore(srv_core *s, const srv_ckpt *c)
 {
@@ -1570,6 +2114,11 @@ srv_core_restore(srv_core *s, const srv_ckpt *c)
 		    c->dp_sigma);
 	if (srv_core_restore_clients(s, c->clients, c->n_clients) != SHOAL_OK)
 		return SHOAL_EINVAL; /* it said why */
+	for (uint32_t i = 0; i < c->n_keys; i++) {
+		shoal_err ek = srv_core_restore_key(s, &c->keys[i]);
+		if (ek != SHOAL_OK)
+			return ek; /* logged */
+	}
 #undef BAD
 	if (s->dp != NULL)
 		srv_dp_set_steps(s->dp, c->dp_steps);

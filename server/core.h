@@ -35,6 +35,7 @@ enum { SRV_DP_OFF = 0, SRV_DP_CENTRAL = 1, SRV_DP_DISTRIBUTED = 2 };
 /* How distributed DP is accounted (privacy/rdp.h, dp_ddg.sub). */
 enum { SRV_DP_ACCT_BOUND = 0, SRV_DP_ACCT_GAUSSIAN = 1 };
 #define SRV_DP_KEY_BYTES 32
+#define SRV_NONCE_KEY_BYTES 32
 
 typedef struct srv_config {
 	const char *model;          /* built-in model name ("logreg", "2nn") */
@@ -108,6 +109,24 @@ typedef struct srv_config {
 	                               the noise; NULL derives it from seed
 	                               (reproducible: simulations and tests).
 	                               Read by srv_core_new only. */
+	/* Client identity (PROTOCOL.md section 16, privacy/ident.h). With
+	 * identity off every client is admitted and nothing is signed (open
+	 * enrolment). With it on, a client must present an Ed25519 key that
+	 * is on the allowlist, or was enrolled with a token (now or in an
+	 * earlier run: the registry keeps it), or an unused enrollment token
+	 * (which that key then consumes), and sign every request over the
+	 * nonce of the server's previous reply. Read by srv_core_new only. */
+	bool identity;              /* --allowlist and/or --enroll-tokens given */
+	const uint8_t (*allowlist)[32]; /* n_allowlist public keys */
+	uint32_t n_allowlist;
+	const uint8_t (*tokens)[32]; /* BLAKE2b-256 of each enrollment token
+	                               (id_token_hash) */
+	uint32_t n_tokens;
+	const uint8_t *nonce_key;   /* SRV_NONCE_KEY_BYTES secret bytes that key
+	                               the nonces; NULL derives them from seed
+	                               (tests and simulations: a server restarted
+	                               with the same seed would repeat its nonces,
+	                               so drivers on a network pass OS bytes) */
 	uint32_t round_timeout_ms;  /* deadline, from round start */
 	uint32_t hold_ms;           /* longest a CHECKIN is parked */
 	uint32_t max_clients;       /* registry size limit */
@@ -230,6 +249,18 @@ shoal_err srv_core_restore(srv_core *s, const struct srv_ckpt *c);
  * past --max-clients; logged). */
 bool srv_core_client(const srv_core *s, uint32_t id, struct srv_ckpt_client *out);
 shoal_err srv_core_restore_clients(srv_core *s, const struct srv_ckpt_client *cl, uint32_t n);
+/* Client identity for the key log (ckpt.h): srv_core_client_key copies
+ * out the key bound to client id (false if none); srv_core_take_binding
+ * hands out, oldest first, the id of each client whose key was bound (and
+ * token used up) since the last call (false: none). srv_core_restore_key
+ * binds k->pk (and its token) to client k->id, before any request:
+ * SHOAL_EINVAL (no such client, it has another key, or the key belongs to
+ * another client; logged), SHOAL_ENOMEM; the same binding again is not an
+ * error. */
+struct srv_ckpt_key;
+bool srv_core_client_key(const srv_core *s, uint32_t id, struct srv_ckpt_key *out);
+bool srv_core_take_binding(srv_core *s, uint32_t *id);
+shoal_err srv_core_restore_key(srv_core *s, const struct srv_ckpt_key *k);
 
 /* One JSON object per line with the shared metrics keys (round, accuracy,
  * loss, clients, dropped, bytes_up, bytes_down), plus abandoned, rejected,

@@ -27,6 +27,7 @@
 #include "common/msg.h"
 #include "common/transport.h"
 #include "ml/ml.h"
+#include "privacy/ident.h"
 #include "server/ckpt.h"
 #include "server/core.h"
 #include "server/flags.h"
@@ -149,6 +150,8 @@ typedef struct options {
 	bool seed_given; /* --seed on the command line */
 	const char *state_dir; /* --state-dir: checkpoints, or NULL */
 	bool resume;
+	const char *allowlist; /* --allowlist FILE, or NULL */
+	const char *tokens;    /* --enroll-tokens FILE, or NULL */
 	uint32_t linger_ms;
 	tp_tls tls;            /* --tls-cert, --tls-key, --tls-ca */
 	double rate, burst;    /* --rate-limit; rate 0: off */
@@ -245,6 +248,21 @@ print_help(FILE *f)
 	    "                            the same flags. With no checkpoint yet, start at\n"
 	    "                            round 1\n"
 	    "\n"
+	    "Client identity (PROTOCOL.md section 16; without these two flags every\n"
+	    "client is admitted and nothing is signed):\n"
+	    "      --allowlist FILE      admit the clients whose public key is in FILE: one\n"
+	    "                            key per line, 64 hex digits (what shoal-client\n"
+	    "                            --show-key prints); '#' starts a comment\n"
+	    "      --enroll-tokens FILE  also admit a client that presents one of the\n"
+	    "                            tokens in FILE (shoal-client --enroll-token): one\n"
+	    "                            per line, 16..64 characters of A-Z a-z 0-9 . _ ~\n"
+	    "                            + / = - (e.g. from 'openssl rand -hex 16'). A\n"
+	    "                            token works once; the key that used it stays\n"
+	    "                            admitted (across restarts with --state-dir)\n"
+	    "With either flag each client signs every request with its Ed25519 key over\n"
+	    "a nonce from this server: an unlisted key, a replayed or a forged request is\n"
+	    "refused, and each refusal is logged with its reason.\n"
+	    "\n"
 	    "  -q, --quiet               print only errors on stderr (no progress lines)\n"
 	    "  -v, --verbose             print debug messages on stderr\n"
 	    "  -h, --help                show this help and exit\n"
@@ -289,6 +307,8 @@ enum {
 	OPT_RESUME, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_RATE_LIMIT, OPT_MAX_CONNS,
 };
 
+enum { OPT_ALLOWLIST = 400, OPT_ENROLL_TOKENS };
+
 static const struct option long_options[] = {
 	{"listen", required_argument, NULL, OPT_LISTEN},
 	{"rounds", required_argument, NULL, OPT_ROUNDS},
@@ -308,6 +328,8 @@ static const struct option long_options[] = {
 	{"seed", required_argument, NULL, OPT_SEED},
 	{"linger", required_argument, NULL, OPT_LINGER},
 	{"state-dir", required_argument, NULL, OPT_STATE_DIR},
+	{"allowlist", required_argument, NULL, OPT_ALLOWLIST},
+	{"enroll-tokens", required_argument, NULL, OPT_ENROLL_TOKENS},
 	{"resume", no_argument, NULL, OPT_RESUME},
 	{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
 	{"tls-key", required_argument, NULL, OPT_TLS_KEY},
@@ -438,6 +460,12 @@ parse_args(int argc, char **argv, options *o)
 				return cli_usage_error(PROG, "--state-dir must name a folder");
 			o->state_dir = a;
 			break;
+		case OPT_ALLOWLIST:
+		case OPT_ENROLL_TOKENS:
+			if (*a == '\0')
+				return cli_usage_error(PROG, "%s must name a file", argv[optind - 1]);
+			*(c == OPT_ALLOWLIST ? &o->allowlist : &o->tokens) = a;
+			break;
 		case OPT_RESUME:
 			o->resume = true;
 			break;
@@ -546,6 +574,9 @@ typedef struct summary {
 	uint32_t saved_round;
 	srv_ckpt_log log;     /* DIR/server.clients, fd -1 if none */
 	uint32_t log_failed;  /* registry size whose append failed; 0: none */
+	srv_ckpt_log keylog;  /* DIR/server.keys, fd -1 if none */
+	uint32_t *keys_due;   /* ids whose key binding is not logged yet */
+	uint32_t n_keys_due, cap_keys_due;
 } summary;
 
 static void
@@ -583,9 +614,41 @@ sync_registry(summary *s, srv_core *core)
 	free(v);
 }
 
-/* Before any reply leaves: new clients to the registry log, a new
- * checkpoint to DIR/server.ckpt. A failed save (full disk, ...) keeps the
- * previous file and training goes on; the next round tries again. */
+/* New key bindings (client identity) to the key log, each after its
+ * client's record in the registry log; one that cannot be written yet
+ * (that record failed) waits, and the next checkpoint holds it anyway. */
+static void
+sync_keys(summary *s, srv_core *core)
+{
+	srv_ckpt_key k;
+	uint32_t id, kept = 0;
+
+	while (srv_core_take_binding(core, &id)) {
+		if (s->keylog.fd < 0)
+			continue;
+		if (s->n_keys_due == s->cap_keys_due) {
+			uint32_t cap = s->cap_keys_due ? 2 * s->cap_keys_due : 16;
+			uint32_t *v = realloc(s->keys_due, cap * sizeof *v);
+			if (v == NULL)
+				continue; /* the next checkpoint holds it */
+			s->keys_due = v;
+			s->cap_keys_due = cap;
+		}
+		s->keys_due[s->n_keys_due++] = id;
+	}
+	for (uint32_t i = 0; i < s->n_keys_due; i++) {
+		id = s->keys_due[i];
+		if (id > s->log.n || !srv_core_client_key(core, id, &k) ||
+		    srv_ckpt_keylog_append(&s->keylog, &k, 1) != SHOAL_OK)
+			s->keys_due[kept++] = id;
+	}
+	s->n_keys_due = kept;
+}
+
+/* Before any reply leaves: new clients to the registry log (and their keys
+ * to the key log), a new checkpoint to DIR/server.ckpt. A failed save
+ * (full disk, ...) keeps the previous file and training goes on; the next
+ * round tries again. */
 static void
 before_send(void *user, srv_core *core)
 {
@@ -594,9 +657,13 @@ before_send(void *user, srv_core *core)
 	size_t len;
 	uint32_t round;
 
-	if (s->state_dir == NULL)
+	if (s->state_dir == NULL) {
+		while (srv_core_take_binding(core, &round))
+			; /* nothing keeps them */
 		return;
+	}
 	sync_registry(s, core);
+	sync_keys(s, core);
 	if (!srv_core_take_checkpoint(core, &buf, &len, &round))
 		return;
 	if (srv_ckpt_write(s->state_dir, buf, len) == SHOAL_OK) {
@@ -646,6 +713,121 @@ open_registry(const options *o, summary *s, srv_core *core)
 	if (ok)
 		sync_registry(s, core); /* a log shorter than the checkpoint's registry */
 	return ok;
+}
+
+/* The key log (client identity): bindings made after the checkpoint are
+ * restored; one that contradicts it (another key for a client, or a key
+ * for two) is refused; bindings the checkpoint holds and the log lacks
+ * are appended. */
+static bool
+open_keys(const options *o, summary *s, srv_core *core)
+{
+	srv_ckpt_key *k, have;
+	uint32_t n, reg = srv_core_registered(core), restored = 0;
+	bool ok = true, *logged;
+
+	if (srv_ckpt_keylog_open(o->state_dir, &s->keylog, &k, &n) != SHOAL_OK)
+		return false;
+	if ((logged = calloc((size_t)reg + 1, sizeof *logged)) == NULL) {
+		free(k);
+		return false;
+	}
+	for (uint32_t i = 0; i < n && ok; i++) {
+		bool had = srv_core_client_key(core, k[i].id, &have);
+		if (srv_core_restore_key(core, &k[i]) != SHOAL_OK) {
+			log_error(PROG ": %s does not match the registry (see above): it comes from "
+			          "another run", s->keylog.path);
+			ok = false;
+			break;
+		}
+		restored += !had;
+		logged[k[i].id] = true;
+	}
+	if (ok && restored > 0)
+		log_info(PROG ": restored the keys of %" PRIu32 " client(s) from %s", restored,
+		         s->keylog.path);
+	for (uint32_t id = 1; ok && id <= reg; id++)
+		if (!logged[id] && srv_core_client_key(core, id, &have))
+			(void)srv_ckpt_keylog_append(&s->keylog, &have, 1);
+	free(logged);
+	free(k);
+	return ok;
+}
+
+/* --allowlist and --enroll-tokens: the whole file into *text. */
+static bool
+read_small_file(const char *flag, const char *path, char **text, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	long n;
+
+	*text = NULL;
+	if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || n > (64L << 20) ||
+	    fseek(f, 0, SEEK_SET) != 0 || (*text = malloc((size_t)n + 1)) == NULL ||
+	    fread(*text, 1, (size_t)n, f) != (size_t)n) {
+		log_error(PROG ": cannot read %s %s: %s", flag, path,
+		          f == NULL || errno != 0 ? strerror(errno) : "too large");
+		if (f != NULL)
+			fclose(f);
+		free(*text);
+		*text = NULL;
+		return false;
+	}
+	fclose(f);
+	(*text)[n] = '\0';
+	*len = (size_t)n;
+	return true;
+}
+
+/* Loads the allowlist and the tokens into o->cfg (arrays malloc'd: the
+ * caller frees them after srv_core_new). */
+static bool
+load_identity(options *o)
+{
+	char why[256], *text;
+	size_t len;
+	shoal_err e;
+
+	if (o->allowlist == NULL && o->tokens == NULL)
+		return true;
+	o->cfg.identity = true;
+	if (o->allowlist != NULL) {
+		uint8_t (*keys)[ID_PK_BYTES];
+		if (!read_small_file("--allowlist", o->allowlist, &text, &len))
+			return false;
+		e = id_allowlist_parse(text, len, &keys, &o->cfg.n_allowlist, why, sizeof why);
+		free(text);
+		if (e != SHOAL_OK) {
+			log_error(PROG ": --allowlist %s: %s", o->allowlist,
+			          e == SHOAL_ENOMEM ? "out of memory" : why);
+			return false;
+		}
+		o->cfg.allowlist = (const uint8_t(*)[32])keys;
+		log_info(PROG ": admitting the %" PRIu32 " client key(s) of %s%s",
+		         o->cfg.n_allowlist, o->allowlist,
+		         o->tokens != NULL ? " and enrollment tokens" : "");
+	}
+	if (o->tokens != NULL) {
+		uint8_t (*hashes)[ID_HASH_BYTES];
+		if (!read_small_file("--enroll-tokens", o->tokens, &text, &len))
+			return false;
+		e = id_tokens_parse(text, len, &hashes, &o->cfg.n_tokens, why, sizeof why);
+		sodium_memzero(text, len);
+		free(text);
+		if (e != SHOAL_OK) {
+			log_error(PROG ": --enroll-tokens %s: %s", o->tokens,
+			          e == SHOAL_ENOMEM ? "out of memory" : why);
+			return false;
+		}
+		o->cfg.tokens = (const uint8_t(*)[32])hashes;
+		log_info(PROG ": %" PRIu32 " enrollment token(s) in %s", o->cfg.n_tokens, o->tokens);
+		if (o->state_dir == NULL)
+			log_warn(PROG ": --enroll-tokens without --state-dir: a restart forgets the "
+			         "enrolled keys and which tokens were used");
+	}
+	if (o->cfg.n_allowlist == 0 && o->cfg.n_tokens == 0 && o->state_dir == NULL)
+		log_warn(PROG ": the allowlist and the tokens are empty: no client can join");
+	return true;
 }
 
 /* --state-dir: create it if needed; refuse an existing checkpoint without
@@ -761,6 +943,7 @@ main(int argc, char **argv)
 	cli_stop_on_signals(on_signal);
 	memset(&sum, 0, sizeof sum);
 	sum.log.fd = -1;
+	sum.keylog.fd = -1;
 	memset(&test, 0, sizeof test);
 	memset(&ck, 0, sizeof ck);
 	rc = EXIT_RUNTIME;
@@ -827,10 +1010,26 @@ main(int argc, char **argv)
 		log_warn(PROG ": DP noise derived from --seed %" PRIu64 ": anyone who knows the seed "
 		         "can remove it; leave --seed out in deployment", o.cfg.seed);
 	}
+	/* Client identity: the nonces must never repeat across restarts, so
+	 * they are keyed from the OS whatever --seed says. */
+	uint8_t *nonce_key = NULL;
+	if (!load_identity(&o))
+		goto out;
+	if (o.cfg.identity) {
+		if (sodium_init() < 0 || (nonce_key = sodium_malloc(SRV_NONCE_KEY_BYTES)) == NULL) {
+			log_error(PROG ": cannot set up the nonce key");
+			goto out;
+		}
+		randombytes_buf(nonce_key, SRV_NONCE_KEY_BYTES);
+		o.cfg.nonce_key = nonce_key;
+	}
 	err = srv_core_new(&o.cfg, &core);
 	if (noise_key != NULL)
 		sodium_free(noise_key); /* wipes; the core keeps its own copy */
+	if (nonce_key != NULL)
+		sodium_free(nonce_key);
 	o.cfg.dp_noise_key = NULL;
+	o.cfg.nonce_key = NULL;
 	if (err != SHOAL_OK) {
 		log_error(PROG ": cannot create the server: %s", shoal_strerror(err));
 		goto out;
@@ -846,7 +1045,7 @@ main(int argc, char **argv)
 	}
 	srv_ckpt_fini(&ck);
 	if (o.state_dir != NULL) {
-		if (!open_registry(&o, &sum, core))
+		if (!open_registry(&o, &sum, core) || !open_keys(&o, &sum, core))
 			goto out;
 		srv_core_checkpoint_enable(core);
 		sum.state_dir = o.state_dir;
@@ -901,6 +1100,10 @@ main(int argc, char **argv)
 out:
 	srv_ckpt_fini(&ck);
 	srv_ckpt_log_close(&sum.log);
+	srv_ckpt_log_close(&sum.keylog);
+	free(sum.keys_due);
+	free((void *)o.cfg.allowlist);
+	free((void *)o.cfg.tokens);
 	if (core != NULL)
 		srv_core_free(core);
 	ml_dataset_fini(&test);

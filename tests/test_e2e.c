@@ -1137,6 +1137,200 @@ e2e_rate_limit_counted(void **state)
 	e2e_end();
 }
 
+/* ---- client identity (PROTOCOL.md section 16) ---------------------------- */
+
+/* shoal-client --show-key --state-dir DIR: makes the key, prints it. */
+static void
+client_key(const char *dir, char hex[65])
+{
+	args a;
+	proc *p;
+	char *s;
+
+	memset(&a, 0, sizeof a);
+	args_add(&a, "%s/shoal-client", SHOAL_BIN_DIR);
+	args_add(&a, "--show-key");
+	args_add(&a, "--state-dir");
+	args_add(&a, "%s", dir);
+	p = spawn("show-key", &a);
+	expect_exit_code(p, 0);
+	s = slurp(p->out);
+	CHECK(s != NULL && strlen(s) == 65 && s[64] == '\n', "--show-key printed '%s'",
+	      s ? s : "");
+	memcpy(hex, s, 64);
+	hex[64] = '\0';
+	free(s);
+	E.n_procs--; /* reaped: its slot is free */
+}
+
+/* A client with its own --state-dir (and key), optionally a token and a
+ * --train-delay. */
+static proc *
+start_identity_client(const char *label, int i, int n, const char *token,
+                      uint32_t train_delay_ms)
+{
+	args a;
+
+	memset(&a, 0, sizeof a);
+	args_add(&a, "%s/shoal-client", SHOAL_BIN_DIR);
+	args_add(&a, "--connect");
+	args_add(&a, "%s", E.url);
+	args_add(&a, "--data-dir");
+	args_add(&a, "%s", SHOAL_DATA_DIR);
+	args_add(&a, "--model");
+	args_add(&a, "logreg");
+	args_add(&a, "--partition");
+	args_add(&a, "%d/%d", i, n);
+	args_add(&a, "--name");
+	args_add(&a, "e2e-client-%d", i);
+	args_add(&a, "--state-dir");
+	args_add(&a, "%s/state%d", E.dir, i);
+	if (token != NULL) {
+		args_add(&a, "--enroll-token");
+		args_add(&a, "%s", token);
+	}
+	if (train_delay_ms > 0) {
+		args_add(&a, "--train-delay");
+		args_add(&a, "%u", train_delay_ms);
+	}
+	return spawn(label, &a);
+}
+
+/* Removes the state folders too (e2e_end removes plain files only). */
+static void
+identity_end(int n)
+{
+	char cmd[600];
+	for (int i = 0; i < n; i++) {
+		snprintf(cmd, sizeof cmd, "rm -rf '%s/state%d'", E.dir, i);
+		CHECK(system(cmd) == 0, "cannot remove %s/state%d", E.dir, i);
+	}
+	snprintf(cmd, sizeof cmd, "rm -rf '%s/server-state'", E.dir);
+	CHECK(system(cmd) == 0, "cannot remove %s/server-state", E.dir);
+	e2e_end();
+}
+
+/* --allowlist with clients 0 and 1: client 2, unlisted, is refused (exit
+ * 3, and the server logs why); 0 and 1 train both rounds. */
+static void
+e2e_identity_unlisted_refused_listed_trains(void **state)
+{
+	args a;
+	proc *server, *clients[3];
+	round_line r[MAX_ROUNDS];
+	char hex[3][65], path[PATH_MAX], dir[PATH_MAX];
+	FILE *f;
+	size_t n;
+
+	(void)state;
+	e2e_begin();
+	for (int i = 0; i < 3; i++) {
+		snprintf(dir, sizeof dir, "%s/state%d", E.dir, i);
+		client_key(dir, hex[i]);
+	}
+	snprintf(path, sizeof path, "%s/allowlist", E.dir);
+	f = fopen(path, "w");
+	CHECK(f != NULL, "cannot write %s", path);
+	fprintf(f, "# the federation\n%s  # client 0\n%s\n", hex[0], hex[1]);
+	fclose(f);
+	server_args(&a);
+	args_add(&a, "--allowlist");
+	args_add(&a, "%s", path);
+	args_add(&a, "--rounds");
+	args_add(&a, "2");
+	args_add(&a, "--clients-per-round");
+	args_add(&a, "2");
+	args_add(&a, "--min-clients");
+	args_add(&a, "2");
+	server = spawn("server", &a);
+	clients[2] = start_identity_client("client2-unlisted", 2, 3, NULL, 0);
+	expect_exit_code(clients[2], 3);
+	CHECK(file_contains(clients[2]->err, "does not admit this client's key"),
+	      "the refused client does not say why");
+	CHECK(file_contains(clients[2]->err, hex[2]), "the refused client does not name its key");
+	CHECK(file_contains(server->err, "is not on the allowlist"),
+	      "the server did not log the refusal");
+	for (int i = 0; i < 2; i++) {
+		char label[16];
+		snprintf(label, sizeof label, "client%d", i);
+		clients[i] = start_identity_client(label, i, 3, NULL, 0);
+	}
+	expect_exit_code(server, 0);
+	for (int i = 0; i < 2; i++) {
+		client_stats st = client_result(clients[i]);
+		CHECK(st.acked == 2 && st.trained == 2 && st.late == 0,
+		      "client%d: trained %u acked %u late %u, expected 2/2/0", i, st.trained,
+		      st.acked, st.late);
+	}
+	n = read_metrics(r, MAX_ROUNDS);
+	CHECK(n == 2, "%zu metrics lines, expected 2", n);
+	for (size_t i = 0; i < n; i++)
+		check_full_round(&r[i], (long)i + 1, 2);
+	identity_end(3);
+}
+
+/* --enroll-tokens with --state-dir: client 0 enrolls with the token; the
+ * server is stopped and resumed, and client 0, restarted without the
+ * token, is still admitted; client 1 with the used token is refused. */
+static void
+e2e_identity_token_enrolment_survives_resume(void **state)
+{
+	args a;
+	proc *server, *c0, *c1;
+	char tokens[PATH_MAX], sdir[PATH_MAX];
+	const char *token = "e2e-token-0123456789abcdef";
+	FILE *f;
+
+	(void)state;
+	e2e_begin();
+	snprintf(tokens, sizeof tokens, "%s/tokens", E.dir);
+	snprintf(sdir, sizeof sdir, "%s/server-state", E.dir);
+	f = fopen(tokens, "w");
+	CHECK(f != NULL, "cannot write %s", tokens);
+	fprintf(f, "%s\n", token);
+	fclose(f);
+	server_args(&a);
+	args_add(&a, "--enroll-tokens");
+	args_add(&a, "%s", tokens);
+	args_add(&a, "--state-dir");
+	args_add(&a, "%s", sdir);
+	args_add(&a, "--rounds");
+	args_add(&a, "3");
+	args_add(&a, "--clients-per-round");
+	args_add(&a, "1");
+	args_add(&a, "--min-clients");
+	args_add(&a, "1");
+	server = spawn("server", &a);
+	/* slow training: round 2 is still running when the server stops */
+	c0 = start_identity_client("client0", 0, 2, token, 2000);
+	wait_for_lines(E.metrics, 1, server);
+	kill(server->pid, SIGTERM);
+	expect_exit_code(server, 128 + SIGTERM);
+	kill(c0->pid, SIGTERM);
+	wait_exit(c0);
+	CHECK(file_contains(server->err, "enrolled its key with a token"),
+	      "the server did not log the enrolment");
+
+	args_add(&a, "--resume");
+	server = spawn("server-resumed", &a);
+	c1 = start_identity_client("client1-same-token", 1, 2, token, 0);
+	expect_exit_code(c1, 3);
+	CHECK(file_contains(c1->err, "refused the enrollment token"),
+	      "the refused client does not say why");
+	c0 = start_identity_client("client0-restarted", 0, 2, NULL, 0);
+	expect_exit_code(server, 0);
+	client_stats st = client_result(c0);
+	CHECK(st.acked >= 1, "the enrolled client got no update in after the resume (acked %u)",
+	      st.acked);
+	CHECK(!file_contains(server->err, "resumed after round 3"),
+	      "the first server finished before it was stopped: nothing to resume");
+	CHECK(file_contains(server->err, "already used enrollment token"),
+	      "the resumed server did not log the used token");
+	CHECK(file_contains(server->out, "shoal-server: finished rounds="),
+	      "the resumed server printed no summary");
+	identity_end(2);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(e2e_five_clients_three_rounds),
 	cmocka_unit_test(e2e_compressed_rounds),
@@ -1146,6 +1340,8 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(e2e_secure_client_killed_round_completes),
 	cmocka_unit_test(e2e_garbage_to_port_server_keeps_serving),
 	cmocka_unit_test(e2e_sigterm_stops_server_cleanly),
+	cmocka_unit_test(e2e_identity_unlisted_refused_listed_trains),
+	cmocka_unit_test(e2e_identity_token_enrolment_survives_resume),
 	cmocka_unit_test(e2e_rate_limit_counted),
 };
 

@@ -92,6 +92,16 @@ typedef struct shoal_client_options {
 	const char *tls_cert;
 	const char *tls_key;
 	const char *tls_server_name;
+	/* Client identity (PROTOCOL.md section 16): with identity_sk the client
+	   announces its public key and signs every request over the server's
+	   nonce, which servers started with --allowlist or --enroll-tokens
+	   require. identity_sk: 64 bytes, a libsodium Ed25519 secret key
+	   (crypto_sign_keypair), copied into locked memory for the run and
+	   wiped; keep the caller's copy in sodium_malloc'd memory too.
+	   enroll_token: a one-time enrollment token for a server that does not
+	   list the key yet, or NULL. */
+	const unsigned char *identity_sk;
+	const char *enroll_token;
 } shoal_client_options;
 
 typedef struct shoal_client_stats {
