@@ -23,7 +23,8 @@ refused_key(int i, char *buf, size_t n)
 		[9] = "too_big", [10] = "stale", [11] = "unknown_client", [12] = "dim",
 		[13] = "nonfinite", [14] = "dup", [15] = "state", [16] = "not_selected",
 		[20] = "model", [21] = "full", [22] = "aborted", [23] = "crypto", [24] = "caps",
-		[25] = "rate",
+		[25] = "rate", [26] = "unlisted", [27] = "bad_signature", [28] = "nonce",
+		[29] = "token", [30] = "identity",
 	};
 
 	if (i < (int)(sizeof names / sizeof names[0]) && names[i] != NULL)

@@ -1266,6 +1266,8 @@ e2e_identity_unlisted_refused_listed_trains(void **state)
 	CHECK(n == 2, "%zu metrics lines, expected 2", n);
 	for (size_t i = 0; i < n; i++)
 		check_full_round(&r[i], (long)i + 1, 2);
+	CHECK(metrics_refused("unlisted") == 1, "metrics count %ld refusals of unlisted keys, "
+	      "expected 1", metrics_refused("unlisted"));
 	identity_end(3);
 }
 
