@@ -3,11 +3,17 @@
 # shoal-server, one aarch64 shoal-client (the static cross build, run by
 # qemu-aarch64) and one x86-64 shoal-client. Logistic regression, top-k 10%
 # 8-bit updates, secure aggregation (SecAgg: both clients mask, the server
-# only unmasks the sum), ROUNDS rounds (default 3).
+# only unmasks the sum), ROUNDS rounds (default 3). Client identity as
+# docs/raspberry-pi.md sets it up: the server admits only listed or
+# enrolled keys and every request is signed; the aarch64 client's key,
+# printed with --show-key from its --state-dir, is on the --allowlist, and
+# the x86 client enrolls with a one-time --enroll-token.
 #
 #   tests/cross_e2e.sh [X86_BUILD [ARM_BUILD]]    # default: build build-arm64
 #
 # Checks:
+#  0. the aarch64 client's --show-key prints 64 hex digits and the server
+#     logs both admissions (allowlist, token);
 #  1. every process exits 0; both clients trained and had every update
 #     accepted in every round; the aarch64 client, run with the flags of
 #     docs/raspberry-pi.md, saved its residual in --state-dir; the metrics
@@ -81,9 +87,18 @@ done
 url="tcp://127.0.0.1:$port"
 
 common=(--model logreg --data-dir "$data")
+# Identity (docs/raspberry-pi.md, "Client identity"): the Pi's key on the
+# allowlist, a one-time token for the other client.
+key=$("$qemu" "$arm/shoal-client" --state-dir "$tmp/arm-state" --show-key) ||
+	fail "aarch64 shoal-client --show-key failed"
+[[ "$key" =~ ^[0-9a-f]{64}$ ]] || fail "--show-key printed '$key', not 64 hex digits"
+echo "$key  # pi-arm64" >"$tmp/allowlist"
+token=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+echo "$token" >"$tmp/tokens"
 "$x86/shoal-server" --listen "$url" "${common[@]}" --rounds "$rounds" --clients-per-round 2 \
 	--min-clients 2 --min-reports 2 --round-timeout 300 --lr 0.05 --seed 7 \
 	--compress topk:0.1,q8 --secagg full --secagg-dropout 0 --linger 3000 \
+	--allowlist "$tmp/allowlist" --enroll-tokens "$tmp/tokens" \
 	--metrics "$tmp/metrics.jsonl" \
 	>"$tmp/server.out" 2>"$tmp/server.log" &
 server=$!
@@ -93,7 +108,8 @@ pids="$server"
 	>"$tmp/arm.out" 2>"$tmp/arm.log" &
 armc=$!
 "$x86/shoal-client" --connect "$url" "${common[@]}" --partition 1/2 --seed 7 \
-	--name x86-64 >"$tmp/x86.out" 2>"$tmp/x86.log" &
+	--name x86-64 --state-dir "$tmp/x86-state" --enroll-token "$token" \
+	>"$tmp/x86.out" 2>"$tmp/x86.log" &
 x86c=$!
 pids="$server $armc $x86c"
 
@@ -116,6 +132,10 @@ done
 st=0; wait "$armc" || st=$?; [ $st -eq 0 ] || fail "aarch64 shoal-client exited $st"
 st=0; wait "$x86c" || st=$?; [ $st -eq 0 ] || fail "x86 shoal-client exited $st"
 pids=""
+
+# 0. Admission: the server names how each client got in.
+grep -q 'pi-arm64' "$tmp/server.log" || fail "the server log does not mention pi-arm64"
+grep -qi 'token' "$tmp/server.log" || fail "the server did not log the token enrolment"
 
 # 1. Rounds, updates, accuracy.
 want="rounds_trained=$rounds updates_acked=$rounds updates_late=0"
