@@ -7,7 +7,7 @@
 # section of docs/RESULTS.md.
 #
 # Usage: bench/devices.sh [CONFIG...]   (default: all of them)
-#   CONFIG: fast mixed slow phones
+#   CONFIG: fast mixed mixed-over slow phones
 # Env: BUILD_DIR (default build), MAX_ROUNDS (default 200), THREADS.
 set -euo pipefail
 
@@ -32,8 +32,9 @@ declare -A CFG=(
 	[mixed]="pi4:0.5,laptop:0.2,phone-low:0.3 - README mix: Pi 4 50%, laptop 20%, low-end phone 30%"
 	[slow]="pi-zero-2w - Pi Zero 2 W only"
 	[phones]="phone-low:0.5,phone-high:0.5 - phones only (half low-end)"
+	[mixed-over]="pi4:0.5,laptop:0.2,phone-low:0.3 --over-select=1.3 README mix, over-selecting 1.3x (13 selected, first 10 kept)"
 )
-order=(fast mixed slow phones)
+order=(fast mixed mixed-over slow phones)
 cfgs=("$@")
 [ ${#cfgs[@]} -gt 0 ] || cfgs=("${order[@]}")
 

@@ -156,6 +156,7 @@ srv_config_defaults(srv_config *c)
 	c->model = "2nn";
 	c->rounds = 10;
 	c->clients_per_round = 10;
+	c->over_select = 1.0;
 	c->min_clients = 10;
 	c->min_reports = 1;
 	c->epochs = 1;
@@ -930,6 +931,15 @@ sa_finish(srv_core *s)
 	return true;
 }
 
+/* Clients a fixed-sampling round selects: ceil(over_select * K). */
+static uint32_t
+n_select(const srv_config *c)
+{
+	double n = ceil(c->over_select * (double)c->clients_per_round - 1e-9);
+
+	return c->over_select > 1.0 && n < 1e9 ? (uint32_t)n : c->clients_per_round;
+}
+
 static void
 try_start_round(srv_core *s, uint64_t now)
 {
@@ -940,7 +950,7 @@ try_start_round(srv_core *s, uint64_t now)
 	if (s->phase != PH_IDLE || s->n_parked < s->cfg.min_clients || s->n_parked == 0)
 		return;
 
-	uint32_t n = s->n_parked, k = s->cfg.clients_per_round;
+	uint32_t n = s->n_parked, k = n_select(&s->cfg);
 	uint32_t *cand = malloc(2 * (size_t)n * sizeof *cand);
 	if (cand == NULL) {
 		log_error("out of memory selecting clients; retrying later");
@@ -1510,7 +1520,10 @@ on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t le
 	s->n_reported++;
 	msg ack = {.type = MSG_ACK, .round = s->round};
 	reply_msg_c(s, c, req, &ack, NULL);
-	if (s->n_reported + s->n_declined == s->n_slots)
+	/* Over-selection keeps the first K arrivals: the round closes at the
+	 * K-th update, and the later ones are refused as stale. */
+	if (s->n_reported + s->n_declined == s->n_slots ||
+	    (s->cfg.over_select > 1.0 && s->n_reported == s->cfg.clients_per_round))
 		close_round(s, now);
 }
 
@@ -1687,6 +1700,11 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 		BAD("min clients (M) must be at least 1");
 	if (c->min_reports == 0 || c->min_reports > c->clients_per_round)
 		BAD("min reports must be between 1 and clients per round (%u)", c->clients_per_round);
+	if (!(c->over_select >= 1.0 && c->over_select <= 10.0))
+		BAD("over-selection must be a factor in [1, 10]");
+	if (c->over_select > 1.0 && (c->secagg != SRV_SECAGG_OFF || c->sampling != SRV_SAMPLING_FIXED))
+		BAD("over-selection needs fixed sampling and plain rounds: a secure round needs its "
+		    "selected clients to finish together, and DP's sampling must be what it accounts");
 	if (c->epochs == 0 || c->epochs > MSG_EPOCHS_MAX)
 		BAD("epochs must be between 1 and %u", MSG_EPOCHS_MAX);
 	if (c->batch == 0 || c->batch > MSG_BATCH_MAX)
@@ -1776,7 +1794,7 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (s->clients = malloc((size_t)cfg->max_clients * sizeof *s->clients)) == NULL ||
 	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
 	    (s->slots = malloc((size_t)(cfg->sampling == SRV_SAMPLING_POISSON
-	                                    ? cfg->max_clients : cfg->clients_per_round) *
+	                                    ? cfg->max_clients : n_select(cfg)) *
 	                       sizeof *s->slots)) == NULL)
 		goto fail;
 	if (up_caps != 0) {

@@ -52,6 +52,10 @@ typedef struct srv_config {
 	float prox_mu;              /* FedProx proximal weight, >= 0 ("mu") */
 	srv_opt_config opt;         /* server optimizer applied to the average */
 	double target_accuracy;     /* finish once a round reaches it; 0: off */
+	double over_select;         /* select ceil(over_select * K) clients and
+	                               close the round at the K-th update (the
+	                               first arrivals); >= 1, 1: off. Fixed
+	                               sampling and plain rounds only */
 	const char *compress;       /* update encoding asked of clients that
 	                               support it (common/codec.h spec, e.g.
 	                               "topk:0.01,q8"); "none" or NULL: dense */

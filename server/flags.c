@@ -16,7 +16,7 @@ enum {
 	F_SECAGG, F_SA_DROPOUT, F_SA_COLLUSION, F_SA_PHASE, F_SA_SCALE,
 	F_SAMPLING, F_SAMPLE_RATE, F_DP, F_CLIP, F_NOISE, F_TARGET_EPS, F_EPS_BUDGET, F_DELTA,
 	F_DP_MIN_CLIENTS, F_DP_GAMMA, F_DP_ACCOUNTING,
-	F_CLIP_QUANTILE, F_CLIP_LR, F_CLIP_COUNT_STD,
+	F_CLIP_QUANTILE, F_CLIP_LR, F_CLIP_COUNT_STD, F_OVER_SELECT,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -30,6 +30,7 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"server-beta2", required_argument, NULL, SRV_FLAG_BASE + F_BETA2},
 	{"server-tau", required_argument, NULL, SRV_FLAG_BASE + F_TAU},
 	{"target-accuracy", required_argument, NULL, SRV_FLAG_BASE + F_TARGET},
+	{"over-select", required_argument, NULL, SRV_FLAG_BASE + F_OVER_SELECT},
 	{"compress", required_argument, NULL, SRV_FLAG_BASE + F_COMPRESS},
 	{"downlink", required_argument, NULL, SRV_FLAG_BASE + F_DOWNLINK},
 	{"secagg", required_argument, NULL, SRV_FLAG_BASE + F_SECAGG},
@@ -117,6 +118,12 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 			cfg->target_accuracy = v;
 		else
 			why = "expected an accuracy in (0, 1], e.g. 0.97";
+		break;
+	case F_OVER_SELECT:
+		if (cli_parse_number(arg, 1, 10, false, &v))
+			cfg->over_select = v;
+		else
+			why = "expected a factor in [1, 10], e.g. 1.3";
 		break;
 	case F_COMPRESS: {
 		cx_config c;
@@ -293,6 +300,9 @@ srv_flag_help(FILE *f)
 	    "      --server-tau T        adaptivity of fedadam/fedyogi [default: %g]\n"
 	    "      --target-accuracy A   finish as soon as a round's test accuracy reaches\n"
 	    "                            A (0 < A <= 1) [default: off]\n"
+	    "      --over-select F       select ceil(F*K) clients and aggregate the first K\n"
+	    "                            updates; the later ones are refused as stale\n"
+	    "                            (fixed sampling, plain rounds) [default: 1]\n"
 	    "\n"
 	    "Compression (PROTOCOL.md section 12):\n"
 	    "      --compress SPEC       update encoding asked of the clients that support\n"

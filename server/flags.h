@@ -14,7 +14,7 @@
 
 /* getopt_long ids of these flags are SRV_FLAG_BASE + index. */
 #define SRV_FLAG_BASE 1000
-#define SRV_FLAG_COUNT 31
+#define SRV_FLAG_COUNT 32
 
 /* SRV_FLAG_COUNT entries (not terminated): append them to a program's own
  * option table. */

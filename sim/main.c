@@ -1129,8 +1129,10 @@ main(int argc, char **argv)
 	cfg.seed = o.seed;
 	cfg.test = &test;
 	if (o.devices != NULL) {
-		/* Devices come and go: start with K waiting, end at a deadline. */
-		cfg.min_clients = o.per_round;
+		/* Devices come and go: start with K waiting (ceil(F*K) with
+		 * --over-select F), end at a deadline. */
+		double want = ceil(cfg.over_select * o.per_round - 1e-9);
+		cfg.min_clients = want < o.clients ? (uint32_t)want : o.clients;
 		cfg.min_reports = 1;
 		cfg.round_timeout_ms = (uint32_t)(o.round_timeout_s * 1e3);
 		cfg.secagg_phase_ms = 60000;

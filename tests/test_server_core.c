@@ -341,6 +341,81 @@ test_fedavg_weighted_by_examples(void **state)
 	h_fini(&h);
 }
 
+/* Over-selection (K = 2, factor 2): four clients get the task, the round
+ * closes at the second update with the FedAvg of exactly those two, and a
+ * third update is refused as stale. Secure rounds and Poisson sampling
+ * refuse the option. */
+static void
+test_over_selection_keeps_first_arrivals(void **state)
+{
+	harness h;
+	srv_config c;
+	base_config(&c);
+	c.min_clients = 4;
+	c.over_select = 2.0;
+	h_init(&h, &c);
+	size_t dim = h.dim;
+	float *before = malloc(dim * 4), *d1 = malloc(dim * 4), *d2 = malloc(dim * 4);
+	float *d3 = malloc(dim * 4);
+	memcpy(before, srv_core_params(h.s, NULL), dim * 4);
+	for (size_t j = 0; j < dim; j++) {
+		d1[j] = (float)((j % 7) * 0.25 - 0.5);
+		d2[j] = (float)((j % 5) * -0.125 + 0.1);
+		d3[j] = 100.0f;
+	}
+	uint32_t id[4];
+	uint64_t rq[4];
+	const char *names[4] = {"a", "b", "c", "d"};
+	for (int i = 0; i < 4; i++)
+		id[i] = hello(&h, names[i], 10, 0);
+	for (int i = 0; i < 4; i++)
+		rq[i] = checkin(&h, id[i], 0);
+	msg m;
+	for (int i = 0; i < 4; i++) {
+		assert_non_null(reply_to(&h, rq[i], &m));
+		assert_int_equal(m.type, MSG_TASK);
+	}
+	/* d arrives first, then b: the round closes with those two. */
+	assert_non_null(reply_to(&h, update(&h, id[3], 1, 1, d1, 10), &m));
+	assert_int_equal(m.type, MSG_ACK);
+	assert_non_null(reply_to(&h, update(&h, id[1], 1, 3, d2, 11), &m));
+	assert_int_equal(m.type, MSG_ACK);
+	srv_event ev;
+	bool ended = false;
+	while (srv_core_pop_event(h.s, &ev))
+		if (ev.kind == SRV_EV_ROUND_END) {
+			ended = true;
+			assert_int_equal(ev.stats.selected, 4);
+			assert_int_equal(ev.stats.reported, 2);
+			assert_int_equal(ev.stats.dropped, 2);
+			assert_false(ev.stats.abandoned);
+		}
+	assert_true(ended);
+	const float *after = srv_core_params(h.s, NULL);
+	for (size_t j = 0; j < dim; j++) {
+		double want = (double)before[j] + (1.0 * d1[j] + 3.0 * d2[j]) / 4.0;
+		assert_true(fabs(after[j] - want) <= 1e-6 * (1 + fabs(want)));
+	}
+	/* The late one is refused and never reaches the model. */
+	expect_error(&h, update(&h, id[0], 1, 1, d3, 12), SHOAL_ESTALE);
+	for (size_t j = 0; j < dim; j++)
+		assert_true(srv_core_params(h.s, NULL)[j] == after[j]);
+	free(before);
+	free(d1);
+	free(d2);
+	free(d3);
+	h_fini(&h);
+
+	srv_core *s;
+	base_config(&c);
+	c.over_select = 1.5;
+	c.secagg = SRV_SECAGG_FULL;
+	assert_int_equal(srv_core_new(&c, &s), SHOAL_EINVAL);
+	base_config(&c);
+	c.over_select = 0.5;
+	assert_int_equal(srv_core_new(&c, &s), SHOAL_EINVAL);
+}
+
 static void
 test_update_rejections(void **state)
 {
@@ -831,6 +906,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_park_expires_with_wait),
 		cmocka_unit_test(test_selection_independent_of_arrival_order),
 		cmocka_unit_test(test_fedavg_weighted_by_examples),
+	cmocka_unit_test(test_over_selection_keeps_first_arrivals),
 		cmocka_unit_test(test_update_rejections),
 		cmocka_unit_test(test_nonfinite_update_never_reaches_model),
 		cmocka_unit_test(test_garbage_gets_error_and_drop),
