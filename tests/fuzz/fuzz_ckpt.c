@@ -84,13 +84,20 @@ same_state(const srv_ckpt *a, const srv_ckpt *b)
 		CHECK(a->clients[i].n_examples == b->clients[i].n_examples);
 		CHECK(a->clients[i].cx_caps == b->clients[i].cx_caps);
 	}
+	CHECK(a->n_keys == b->n_keys);
+	for (uint32_t i = 0; i < a->n_keys; i++) {
+		const srv_ckpt_key *x = &a->keys[i], *y = &b->keys[i];
+		CHECK(x->id == y->id && x->enrolled == y->enrolled);
+		CHECK(memcmp(x->pk, y->pk, sizeof x->pk) == 0);
+		CHECK(!x->enrolled || memcmp(x->token, y->token, sizeof x->token) == 0);
+	}
 }
 
 /* Are buf's sections exactly the ones a writer emits for c, in order? */
 static bool
 canonical(const uint8_t *buf, size_t len, const srv_ckpt *c)
 {
-	const char *want[8];
+	const char *want[9];
 	size_t n = 0, off = SRV_CKPT_HEADER_BYTES, i = 0;
 	want[n++] = "CONF";
 	want[n++] = "PROG";
@@ -102,6 +109,8 @@ canonical(const uint8_t *buf, size_t len, const srv_ckpt *c)
 	if (c->dp != 0)
 		want[n++] = "PRIV";
 	want[n++] = "CLNT";
+	if (c->n_keys > 0)
+		want[n++] = "KEYS";
 	len -= SRV_CKPT_HASH_BYTES;
 	for (; off < len; i++) {
 		if (len - off < 8 || i == n || memcmp(buf + off, want[i], 4) != 0)

@@ -6,7 +6,11 @@
  * names, and decode again to the same fields; a decoder must not read past
  * the bytes it says it consumed. The opaque payloads go where the client
  * and the server send them: TASK "up" to cx_parse_spec, TASK "sa" to
- * sa_task_read, TASK "dq" / UPDATE "upd" to cx_validate. */
+ * sa_task_read, TASK "dq" / UPDATE "upd" to cx_validate; a request with a
+ * "sig" to id_verify (privacy/ident.h), which must refuse it (no input
+ * carries a valid signature of the harness's key), and which must accept
+ * it once id_sign has signed it, the signed bytes decoding to the same
+ * message. */
 #include "tests/fuzz/fuzz.h"
 
 #include <string.h>
@@ -14,7 +18,11 @@
 #include "common/codec.h"
 #include "common/log.h"
 #include "common/msg.h"
+#include "privacy/ident.h"
 #include "privacy/secagg.h"
+
+/* the harness's identity key (seed 0x5a...) */
+static uint8_t id_pk[ID_PK_BYTES], id_sk[ID_SK_BYTES];
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -22,6 +30,9 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argc;
 	(void)argv;
 	log_set_level(-1);
+	uint8_t seed[ID_SEED_BYTES];
+	memset(seed, 0x5a, sizeof seed);
+	id_keypair_from_seed(seed, id_pk, id_sk);
 	return 0;
 }
 
@@ -61,6 +72,34 @@ same_msg(const msg *a, const msg *b)
 	CHECK(a->has_sa == b->has_sa);
 	if (a->has_sa)
 		same_bytes(a->sa, a->sa_len, b->sa, b->sa_len);
+	CHECK(a->has_pk == b->has_pk && a->has_nonce == b->has_nonce && a->has_sig == b->has_sig);
+	CHECK(!a->has_pk || memcmp(a->pk, b->pk, sizeof a->pk) == 0);
+	CHECK(!a->has_nonce || memcmp(a->nonce, b->nonce, sizeof a->nonce) == 0);
+	CHECK(!a->has_sig || memcmp(a->sig, b->sig, sizeof a->sig) == 0);
+	CHECK(strcmp(a->token, b->token) == 0);
+}
+
+/* The server's signature check on the bytes of a request with a "sig";
+ * sign them with the harness key and check again. */
+static void
+signature(const uint8_t *buf, size_t n, const msg *m)
+{
+	shoal_err e = id_verify(id_pk, buf, n);
+	CHECK(e == SHOAL_EBADSIG || e == SHOAL_EMALFORMED);
+	uint8_t *s = malloc(n);
+	CHECK(s != NULL);
+	memcpy(s, buf, n);
+	if (id_sign(id_sk, s, n) == SHOAL_OK) {
+		CHECK(e == SHOAL_EBADSIG); /* id_sign takes what id_verify parses */
+		CHECK(id_verify(id_pk, s, n) == SHOAL_OK);
+		msg d;
+		CHECK(msg_decode(s, n, &d) == (long)n);
+		memcpy(d.sig, m->sig, sizeof d.sig); /* the one change */
+		same_msg(m, &d);
+		s[n / 2] ^= 1; /* any other byte breaks it */
+		CHECK(id_verify(id_pk, s, n) != SHOAL_OK);
+	}
+	free(s);
 }
 
 /* An update encoding as its receiver checks it; the dimension is the one
@@ -121,6 +160,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(msg_decode(copy, (size_t)n, &again) == n);
 	same_msg(&m, &again);
 	payloads(&again);
+	if (again.has_sig)
+		signature(copy, (size_t)n, &again);
 
 	/* Whatever decodes re-encodes to what decodes to the same message. */
 	size_t want = msg_encoded_size(&again);
@@ -135,6 +176,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t enc2_len = 0;
 	CHECK(msg_encode(&back, &enc2, &enc2_len) == SHOAL_OK);
 	same_bytes(enc, enc_len, enc2, enc2_len);
+	/* the writer puts "sig" last: what it writes can be signed */
+	if (back.has_sig) {
+		CHECK(id_sign(id_sk, enc2, enc2_len) == SHOAL_OK);
+		CHECK(id_verify(id_pk, enc2, enc2_len) == SHOAL_OK);
+	}
 	(void)msg_type_name(back.type);
 	free(enc2);
 	free(enc);

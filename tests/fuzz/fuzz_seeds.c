@@ -13,6 +13,7 @@
 #include "common/codec.h"
 #include "common/msg.h"
 #include "ml/ml.h"
+#include "privacy/ident.h"
 #include "privacy/secagg.h"
 #include "server/ckpt.h"
 #include "tests/fuzz/sa_sim.h"
@@ -199,15 +200,27 @@ secagg_seeds(void)
 
 /* ---- messages ------------------------------------------------------------ */
 
+static uint8_t id_pk[ID_PK_BYTES], id_sk[ID_SK_BYTES];
+
+/* Requests with a "sig" are signed (with a key of the generator's). */
 static void
 put_msg(const char *name, const msg *m)
 {
 	uint8_t *b;
 	size_t n;
-	if (msg_encode(m, &b, &n) != SHOAL_OK)
+	if (msg_encode(m, &b, &n) != SHOAL_OK || (m->has_sig && id_sign(id_sk, b, n) != SHOAL_OK))
 		abort();
 	put("msg", name, b, n);
 	free(b);
+}
+
+static void
+identity(msg *m, bool sig)
+{
+	for (unsigned i = 0; i < MSG_NONCE_BYTES; i++)
+		m->nonce[i] = (uint8_t)(0xa0 + i);
+	m->has_nonce = true;
+	m->has_sig = sig;
 }
 
 static void
@@ -231,14 +244,26 @@ msg_seeds(void)
 	if (nsa < 0)
 		abort();
 
+	uint8_t seed[ID_SEED_BYTES];
+	memset(seed, 0x33, sizeof seed);
+	id_keypair_from_seed(seed, id_pk, id_sk);
+
 	msg m = {.type = MSG_HELLO, .dim = 7850, .n_examples = 600, .cx_caps = MSG_CX_ALL};
 	strcpy(m.name, "pi-kitchen");
 	strcpy(m.model, "logreg");
 	put_msg("hello", &m);
+	memcpy(m.pk, id_pk, sizeof m.pk);
+	m.has_pk = true;
+	strcpy(m.token, "enrol-0123456789abcdef");
+	identity(&m, true);
+	put_msg("hello_signed_token", &m);
 	m = (msg){.type = MSG_WELCOME, .client_id = 17, .hold_ms = 30000};
-	put_msg("welcome", &m);
+	identity(&m, false);
+	put_msg("welcome_nonce", &m);
 	m = (msg){.type = MSG_CHECKIN, .client_id = 17, .model_ver = 4};
 	put_msg("checkin", &m);
+	identity(&m, true);
+	put_msg("checkin_signed", &m);
 	m = (msg){.type = MSG_TASK, .round = 3, .epochs = 1, .batch = 10, .lr = 0.1f,
 	          .deadline_ms = 60000, .seed = UINT64_C(0x123456789abcdef), .vec = (const uint8_t *)vec,
 	          .dim = 5};
@@ -258,7 +283,8 @@ msg_seeds(void)
 	m.sa = sa;
 	m.sa_len = (size_t)nsa;
 	m.has_sa = true;
-	put_msg("task_dq_sa", &m);
+	identity(&m, false);
+	put_msg("task_every_key", &m);
 	m = (msg){.type = MSG_UPDATE, .client_id = 17, .round = 3, .n_examples = 600, .loss = 0.4f,
 	          .vec = (const uint8_t *)vec, .dim = 5};
 	put_msg("update_delta", &m);
@@ -266,7 +292,8 @@ msg_seeds(void)
 	m.dim = 0;
 	m.blob = cx;
 	m.blob_len = (size_t)ncx;
-	put_msg("update_upd", &m);
+	identity(&m, true);
+	put_msg("update_upd_signed", &m);
 	m = (msg){.type = MSG_ACK, .round = 3};
 	put_msg("ack", &m);
 	m = (msg){.type = MSG_WAIT, .retry_ms = 500};
@@ -278,7 +305,8 @@ msg_seeds(void)
 	put_msg("done", &m);
 	m = (msg){.type = MSG_SA, .client_id = 2, .round = 3, .phase = 1, .sa = sa, .sa_len = 64,
 	          .has_sa = true};
-	put_msg("sa", &m);
+	identity(&m, true);
+	put_msg("sa_signed", &m);
 	m = (msg){.type = MSG_SA_REPLY, .round = 3, .phase = 4, .sa = sa, .sa_len = 0, .has_sa = true};
 	put_msg("sa_reply_empty", &m);
 }
@@ -346,7 +374,13 @@ ckpt_seeds(void)
 	c.dp_sigma = 0.825;
 	c.n_clients = 2;
 	c.clients = CL;
+	static srv_ckpt_key K[2] = {{.id = 1, .pk = {1, 2, 3}}, {.id = 2, .pk = {4, 5}, .enrolled = true,
+	                                                        .token = {9, 9, 9}}};
+	c.n_keys = 2;
+	c.keys = K;
 	put_ckpt("full", &c);
+	c.n_keys = 0;
+	c.keys = NULL;
 	/* the smallest: FedAvg, no downlink, no DP, no secure aggregation */
 	c.downlink_q8 = false;
 	c.shadow = NULL;
