@@ -86,57 +86,6 @@ ml_idx_parse(const uint8_t *buf, size_t len, ml_idx *out)
 	return SHOAL_OK;
 }
 
-shoal_err
-ml_idx_read(const char *path, ml_idx *out)
-{
-	uint8_t *buf = NULL;
-	struct stat st;
-	shoal_err err;
-	size_t len;
-	FILE *f;
-
-	memset(out, 0, sizeof *out);
-	f = fopen(path, "rb");
-	if (f == NULL) {
-		if (errno == ENOENT)
-			log_error("%s: not found; run scripts/setup.sh to download MNIST", path);
-		else
-			log_error("%s: %s", path, strerror(errno));
-		return SHOAL_EIO;
-	}
-	if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0) {
-		log_error("%s: not a readable regular file", path);
-		fclose(f);
-		return SHOAL_EIO;
-	}
-	len = (size_t)st.st_size;
-	buf = malloc(len > 0 ? len : 1);
-	if (buf == NULL) {
-		fclose(f);
-		return SHOAL_ENOMEM;
-	}
-	if (fread(buf, 1, len, f) != len) {
-		log_error("%s: read failed", path);
-		free(buf);
-		fclose(f);
-		return SHOAL_EIO;
-	}
-	fclose(f);
-	err = ml_idx_parse(buf, len, out);
-	if (err != SHOAL_OK) {
-		log_error("%s: not a valid IDX file (%s); run scripts/setup.sh to fetch it again",
-		          path, shoal_strerror(err));
-		free(buf);
-		return err;
-	}
-	/* Move the body to the front so owned == data: a dataset can then take
-	 * the buffer over without copying. */
-	memmove(buf, out->data, out->count);
-	out->data = buf;
-	out->owned = buf;
-	return SHOAL_OK;
-}
-
 void
 ml_idx_fini(ml_idx *idx)
 {
@@ -178,10 +127,43 @@ idx_open(const char *path, FILE **fp, ml_idx *h, size_t *hdr_len)
 	if (err != SHOAL_OK) {
 		log_error("%s: not a valid IDX file (%s); run scripts/setup.sh to fetch it again",
 		          path, shoal_strerror(err));
+		memset(h, 0, sizeof *h);
 		fclose(f);
 		return err;
 	}
 	*fp = f;
+	return SHOAL_OK;
+}
+
+shoal_err
+ml_idx_read(const char *path, ml_idx *out)
+{
+	size_t hdr;
+	uint8_t *buf;
+	shoal_err err;
+	FILE *f;
+
+	err = idx_open(path, &f, out, &hdr);
+	if (err != SHOAL_OK)
+		return err;
+	/* The body alone, so owned == data: a dataset can then take the
+	 * buffer over without copying. */
+	buf = malloc(out->count);
+	if (buf == NULL) {
+		fclose(f);
+		memset(out, 0, sizeof *out);
+		return SHOAL_ENOMEM;
+	}
+	if (fseeko(f, (off_t)hdr, SEEK_SET) != 0 || fread(buf, 1, out->count, f) != out->count) {
+		log_error("%s: read failed", path);
+		free(buf);
+		fclose(f);
+		memset(out, 0, sizeof *out);
+		return SHOAL_EIO;
+	}
+	fclose(f);
+	out->data = buf;
+	out->owned = buf;
 	return SHOAL_OK;
 }
 
