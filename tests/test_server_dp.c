@@ -55,6 +55,7 @@ struct world {
 	double change_mean[MAXROUNDS + 1];
 	uint32_t n_ends;
 	float task_clip;   /* "clip" of the last TASK */
+	bool draining;     /* send_to_server's loop is running */
 };
 
 static void
@@ -149,8 +150,10 @@ on_event(world *w, const srv_event *ev)
 	memcpy(w->prev, p, w->dim * sizeof *p);
 }
 
-/* Sends m from client i and handles every reply and event that follows
- * (depth first: a reply may trigger the next request). */
+/* Sends m from client i and handles every reply and event that follows; a
+ * reply may trigger the next request, which the same loop then handles
+ * (a loop, not recursion: 150 rounds of 40 clients would nest thousands
+ * of frames deep). */
 static uint64_t
 send_to_server(world *w, uint32_t i, const msg *m)
 {
@@ -164,6 +167,9 @@ send_to_server(world *w, uint32_t i, const msg *m)
 	w->c[i].req = req;
 	srv_core_on_request(w->s, req, buf, len, 0);
 	free(buf);
+	if (w->draining)
+		return req; /* the loop below, further up the stack, answers it */
+	w->draining = true;
 	while (srv_core_pop_event(w->s, &ev))
 		on_event(w, &ev);
 	while (srv_core_pop_reply(w->s, &r)) {
@@ -176,6 +182,7 @@ send_to_server(world *w, uint32_t i, const msg *m)
 		while (srv_core_pop_event(w->s, &ev))
 			on_event(w, &ev);
 	}
+	w->draining = false;
 	return w->c[i].req; /* 0 if answered with DONE, else what is outstanding */
 }
 
