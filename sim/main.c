@@ -217,6 +217,18 @@ usage(FILE *f, const char *argv0)
 	srv_flag_help(f);
 }
 
+/* arg is a or b: *is_a says which; false (with a message) otherwise. */
+static bool
+parse_choice(const char *flag, const char *arg, const char *a, const char *b, bool *is_a)
+{
+	if (strcmp(arg, a) == 0 || strcmp(arg, b) == 0) {
+		*is_a = strcmp(arg, a) == 0;
+		return true;
+	}
+	fprintf(stderr, "shoal-sim: %s: expected %s or %s, not '%s'\n", flag, a, b, arg);
+	return false;
+}
+
 /* Parse a decimal integer in [lo, hi]; false (with a message) otherwise. */
 static bool
 parse_u64(const char *flag, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
@@ -365,25 +377,13 @@ parse_flags(int argc, char **argv, sim_opts *o)
 			o->quiet = true;
 			break;
 		case OPT_EF:
-			if (strcmp(optarg, "on") == 0 || strcmp(optarg, "off") == 0) {
-				o->error_feedback = strcmp(optarg, "on") == 0;
-			} else {
-				fprintf(stderr, "shoal-sim: --error-feedback: expected on or off, not '%s'\n",
-				        optarg);
-				ok = false;
-			}
+			ok = parse_choice("--error-feedback", optarg, "on", "off", &o->error_feedback);
 			break;
 		case OPT_VERBOSE:
 			o->verbose = true;
 			break;
 		case OPT_TRANSPORT:
-			if (strcmp(optarg, "virtual") == 0 || strcmp(optarg, "nng") == 0) {
-				o->virtual_net = strcmp(optarg, "virtual") == 0;
-			} else {
-				fprintf(stderr, "shoal-sim: --transport: expected virtual or nng, not '%s'\n",
-				        optarg);
-				ok = false;
-			}
+			ok = parse_choice("--transport", optarg, "virtual", "nng", &o->virtual_net);
 			break;
 		case OPT_DEVICES:
 			o->devices = optarg;
@@ -397,19 +397,14 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		case OPT_AVAIL_AWARE:
 			o->avail_aware = true;
 			break;
-		case OPT_ROUND_TIMEOUT: {
-			char *end;
-
-			errno = 0;
-			o->round_timeout_s = strtod(optarg, &end);
-			if (errno != 0 || end == optarg || *end != '\0' || !(o->round_timeout_s > 0.0) ||
-			    o->round_timeout_s > 4e6) {
+		case OPT_ROUND_TIMEOUT:
+			if (!cli_parse_number(optarg, 0.0, 4e6, false, &o->round_timeout_s) ||
+			    !(o->round_timeout_s > 0.0)) {
 				fprintf(stderr, "shoal-sim: --device-round-timeout: '%s' is not a number of "
 				        "seconds in (0, 4e6]\n", optarg);
 				ok = false;
 			}
 			break;
-		}
 		case 'h':
 		case OPT_HELP:
 			usage(stdout, argv[0]);
