@@ -92,6 +92,29 @@ parse_count(const char *flag, const char *s, long max, long *out)
 	return 0;
 }
 
+double
+bench_status_bytes(long pid, const char *key)
+{
+	char path[64], line[256];
+	size_t kl = strlen(key);
+	double v = 0.0;
+	FILE *f;
+
+	if (pid == 0)
+		snprintf(path, sizeof path, "/proc/self/status");
+	else
+		snprintf(path, sizeof path, "/proc/%ld/status", pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0.0;
+	while (fgets(line, sizeof line, f) != NULL)
+		if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
+			v = 1024.0 * strtod(line + kl + 1, NULL);
+			break;
+		}
+	fclose(f);
+	return v;
+}
+
 void
 bench_emit(const char *bench, json_t *params, double value, const char *unit)
 {

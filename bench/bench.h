@@ -17,5 +17,8 @@ double bench_now_s(void);                /* monotonic seconds */
 double bench_median(double *v, long n);  /* sorts v */
 /* One result line on stdout: {"bench", "params", "value", "unit"}. */
 void bench_emit(const char *bench, json_t *params, double value, const char *unit);
+/* A "Key:   123 kB" line of /proc/PID/status (pid 0: this process), in
+ * bytes; 0 if absent. */
+double bench_status_bytes(long pid, const char *key);
 
 #endif

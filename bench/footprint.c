@@ -85,26 +85,6 @@ usage(FILE *f)
 	        ml_model_names());
 }
 
-/* A "Key:   123 kB" line of /proc/self/status, in bytes; 0 if absent. */
-static double
-status_bytes(const char *key)
-{
-	char line[256];
-	size_t kl = strlen(key);
-	double v = 0.0;
-	FILE *f = fopen("/proc/self/status", "r");
-
-	if (f == NULL)
-		return 0.0;
-	while (fgets(line, sizeof line, f) != NULL)
-		if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
-			v = 1024.0 * strtod(line + kl + 1, NULL);
-			break;
-		}
-	fclose(f);
-	return v;
-}
-
 /* Resident bytes of this process's own memory: every anonymous mapping
  * (heap, stacks, mmap'd buffers) and the program file itself, from
  * /proc/self/maps and mincore() on each. Shared libraries are left out
@@ -284,7 +264,8 @@ bench_footprint(int argc, char **argv)
 	char server_buf[PATH_MAX + 64], binary_buf[PATH_MAX + 64], sock_dir[] = "/tmp/shoal-fp.XXXXXX";
 	char url[PATH_MAX + 16], log_path[PATH_MAX + 16];
 	unsigned part = 0, parts = 100;
-	double rss_start = status_bytes("VmRSS"), rss_before, heap_before, peak_round, peak_proc;
+	double rss_start = bench_status_bytes(0, "VmRSS");
+	double rss_before, heap_before, peak_round, peak_proc;
 	ml_dataset full = {0}, local = {0};
 	ml_partition pt = {0};
 	uint32_t *idx = NULL;
@@ -410,14 +391,14 @@ bench_footprint(int argc, char **argv)
 	o.compress = "any";
 
 	/* From here on, the round: keep the peak so far, then reset it. */
-	peak_proc = status_bytes("VmHWM");
+	peak_proc = bench_status_bytes(0, "VmHWM");
 	if ((fd = open("/proc/self/clear_refs", O_WRONLY)) >= 0) {
 		if (write(fd, "5", 1) != 1)
 			fprintf(stderr, "shoal-bench footprint: cannot reset VmHWM: %s\n",
 			        strerror(errno));
 		close(fd);
 	}
-	rss_before = status_bytes("VmRSS");
+	rss_before = bench_status_bytes(0, "VmRSS");
 	heap_before = heap_in_use();
 	own_before = own_resident_bytes();
 	t.heap_max = heap_before;
@@ -425,7 +406,7 @@ bench_footprint(int argc, char **argv)
 	if (pthread_create(&sampler_thread, NULL, sampler_main, &sp) != 0)
 		goto done;
 	err = shoal_client_run(&o, &st);
-	peak_round = status_bytes("VmHWM");
+	peak_round = bench_status_bytes(0, "VmHWM");
 	pthread_mutex_lock(&sp.mu);
 	sp.stop = true;
 	pthread_mutex_unlock(&sp.mu);

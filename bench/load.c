@@ -219,27 +219,6 @@ proc_cpu_s(pid_t pid)
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-/* A "Key: 123 kB" line of /proc/PID/status, in bytes (0 if absent). */
-static double
-proc_status_bytes(pid_t pid, const char *key)
-{
-	char path[64], line[256];
-	size_t kl = strlen(key);
-	double v = 0.0;
-	FILE *f;
-
-	snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
-	if ((f = fopen(path, "r")) == NULL)
-		return 0.0;
-	while (fgets(line, sizeof line, f) != NULL)
-		if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
-			v = 1024.0 * strtod(line + kl + 1, NULL);
-			break;
-		}
-	fclose(f);
-	return v;
-}
-
 static int
 free_port(void)
 {
@@ -586,7 +565,7 @@ bench_load(int argc, char **argv)
 		if (w != server) {
 			double cpu = proc_cpu_s(server);
 			if (read_lines(metrics, &off, lines, L.rounds + 16, &n_lines, cpu, now - L.t0,
-			               proc_status_bytes(server, "VmHWM")))
+			               bench_status_bytes((long)server, "VmHWM")))
 				failed = true;
 		}
 		if (w == server) {
@@ -725,7 +704,7 @@ bench_load(int argc, char **argv)
 	emit("updates_acknowledged", base, (double)client_total, "updates");
 	emit("first_task_wait_max", base, first_max, "s");
 	emit("transport_timeouts_max", base, max_terr, "per client");
-	emit("harness_peak_rss", base, proc_status_bytes(getpid(), "VmHWM") / 1048576.0, "MiB");
+	emit("harness_peak_rss", base, bench_status_bytes(0, "VmHWM") / 1048576.0, "MiB");
 	fprintf(stderr,
 	        "load: %u clients x %u rounds (%u per round): server peak RSS %.1f MiB, CPU %.3f s "
 	        "per round (rounds 2..%u; max %.3f; round 1 with registrations %.3f; start-up "

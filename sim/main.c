@@ -627,11 +627,10 @@ start_clients(void *user)
 
 /* ---- totals for the summary -------------------------------------------- */
 
+/* Adds a round's figures to the summary's totals (both transports). */
 static void
-on_round(void *user, const srv_round_stats *st)
+totals_add(sim_totals *t, const srv_round_stats *st)
 {
-	sim_totals *t = ((sim_launch *)user)->totals;
-
 	t->bytes_up += st->bytes_up;
 	t->bytes_down += st->bytes_down;
 	if (st->abandoned)
@@ -641,6 +640,12 @@ on_round(void *user, const srv_round_stats *st)
 	t->accuracy = st->accuracy;
 	t->loss = st->loss;
 	t->epsilon = st->epsilon;
+}
+
+static void
+on_round(void *user, const srv_round_stats *st)
+{
+	totals_add(((sim_launch *)user)->totals, st);
 }
 
 /* ---- main --------------------------------------------------------------- */
@@ -767,17 +772,8 @@ static void
 v_round(void *user, const srv_round_stats *st, double virtual_s)
 {
 	vsim *v = user;
-	sim_totals *t = v->totals;
 
-	t->bytes_up += st->bytes_up;
-	t->bytes_down += st->bytes_down;
-	if (st->abandoned)
-		t->abandoned++;
-	else
-		t->completed++;
-	t->accuracy = st->accuracy;
-	t->loss = st->loss;
-	t->epsilon = st->epsilon;
+	totals_add(v->totals, st);
 	if (v->target > 0 && v->target_s < 0 && !st->abandoned && st->accuracy >= v->target)
 		v->target_s = virtual_s;
 	v->bytes += st->bytes_up + st->bytes_down;
