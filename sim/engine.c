@@ -80,6 +80,7 @@ typedef struct client {
 	uint32_t gen;         /* bumped when the client drops: older events die */
 	sim_avail av;
 	bool training, ready, done;
+	bool queued;          /* on the engine's list of trainings to run */
 	cli_step st;          /* the CLI_TRAIN step being trained */
 	uint32_t n_out;
 	float loss_out;
@@ -90,6 +91,9 @@ typedef struct engine {
 	const sim_engine_config *cfg;
 	sim_engine_stats *st;
 	client *c;
+	uint32_t *pend;       /* clients whose training started since the last
+	                         batch (n_clients capacity), in start order */
+	size_t n_pend;
 	heap h;
 	uint64_t now, timer_at;
 	uint32_t live;        /* clients not yet DONE */
@@ -223,20 +227,24 @@ pool_worker(void *arg)
 }
 
 /* Trains every client whose training has started and is not done, at once
- * on the pool: which clients that is depends only on the event order. */
+ * on the pool: which clients that is depends only on the event order. The
+ * list is kept as trainings start, so a batch costs its own size, not the
+ * population's. */
 static shoal_err
 train_pending(engine *e)
 {
-	pool_job j = {.e = e};
+	pool_job j = {.e = e, .list = e->pend};
 	pthread_t th[64];
 	unsigned nt = e->cfg->threads, started = 0;
 
-	j.list = malloc((size_t)e->cfg->n_clients * sizeof *j.list);
-	if (j.list == NULL)
-		return SHOAL_ENOMEM;
-	for (uint32_t i = 0; i < e->cfg->n_clients; i++)
-		if (e->c[i].training && !e->c[i].ready)
-			j.list[j.n++] = i;
+	for (size_t k = 0; k < e->n_pend; k++) {
+		client *c = &e->c[e->pend[k]];
+
+		c->queued = false;
+		if (c->training && !c->ready) /* not dropped since */
+			j.list[j.n++] = e->pend[k];
+	}
+	e->n_pend = 0;
 	if (nt > 64)
 		nt = 64;
 	if (nt > j.n)
@@ -252,7 +260,6 @@ train_pending(engine *e)
 	for (size_t k = 0; k < j.n; k++)
 		e->c[j.list[k]].ready = true;
 	e->st->trained += (uint32_t)j.n;
-	free(j.list);
 	return SHOAL_OK;
 }
 
@@ -292,6 +299,10 @@ run_client(engine *e, uint32_t i)
 		c->st = s;
 		c->training = true;
 		c->ready = false;
+		if (!c->queued) {
+			c->queued = true;
+			e->pend[e->n_pend++] = i;
+		}
 		if ((err = push(e, end, EV_TRAIN_DONE, i, NULL, 0, 0)) != SHOAL_OK)
 			return err;
 		/* A failure strikes at a uniform point of the training; going
@@ -433,8 +444,12 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 	    cfg->train == NULL || cfg->threads == 0)
 		return SHOAL_EINVAL;
 	e.c = calloc(cfg->n_clients, sizeof *e.c);
-	if (e.c == NULL)
+	e.pend = malloc((size_t)cfg->n_clients * sizeof *e.pend);
+	if (e.c == NULL || e.pend == NULL) {
+		free(e.c);
+		free(e.pend);
 		return SHOAL_ENOMEM;
+	}
 	e.live = cfg->n_clients;
 	for (uint32_t i = 0; i < cfg->n_clients && err == SHOAL_OK; i++) {
 		const sim_device *d = dev_of(&e, i);
@@ -482,5 +497,6 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 	for (uint32_t i = 0; i < cfg->n_clients; i++)
 		cli_core_free(e.c[i].core);
 	free(e.c);
+	free(e.pend);
 	return err;
 }
