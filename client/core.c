@@ -195,11 +195,6 @@ cli_core_new(const cli_config *cfg, cli_core **out)
 		c->cfg.backoff_min_ms = 100;
 	if (c->cfg.backoff_max_ms < c->cfg.backoff_min_ms)
 		c->cfg.backoff_max_ms = c->cfg.backoff_min_ms < 5000 ? 5000 : c->cfg.backoff_min_ms;
-	if ((c->global = malloc((size_t)cfg->dim * sizeof(float))) == NULL ||
-	    (c->work = malloc((size_t)cfg->dim * sizeof(float))) == NULL) {
-		cli_core_free(c);
-		return SHOAL_ENOMEM;
-	}
 	uint64_t h = 1469598103934665603ull; /* FNV-1a of the name: jitter stream */
 	for (size_t i = 0; i < nl; i++)
 		h = (h ^ (uint8_t)c->name[i]) * 1099511628211ull;
@@ -385,6 +380,15 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 	}
 	c->compress = false;
 	sa_end(c, false);
+	/* The model buffers exist from the first task on, and again after
+	 * cli_core_release. */
+	if ((c->global == NULL && (c->global = malloc((size_t)c->cfg.dim * sizeof(float))) == NULL) ||
+	    (c->work == NULL && (c->work = malloc((size_t)c->cfg.dim * sizeof(float))) == NULL)) {
+		log_error("client %s: no memory for the model (%u parameters); skipping round %u",
+		          c->name, c->cfg.dim, m->round);
+		drop_request(c);
+		return;
+	}
 	if (m->has_sa) {
 		shoal_err e = SHOAL_ESTATE;
 		if (!(c->cfg.cx_caps & MSG_CX_SECAGG) ||
@@ -940,6 +944,36 @@ const cli_stats *cli_core_stats(const cli_core *c) { return &c->stats; }
 const float *cli_core_global(const cli_core *c) { return c->have_global ? c->global : NULL; }
 uint32_t cli_core_model_version(const cli_core *c) { return c->held_ver; }
 const float *cli_core_residual(const cli_core *c) { return c->residual; }
+
+bool
+cli_core_idle(const cli_core *c)
+{
+	return (c->state == ST_HELLO || c->state == ST_CHECKIN) && !c->secure && c->sac == NULL;
+}
+
+void
+cli_core_release(cli_core *c)
+{
+	if (!cli_core_idle(c))
+		return;
+	free(c->global);
+	free(c->work);
+	free(c->residual);
+	c->global = c->work = c->residual = NULL;
+	c->have_global = false; /* held_ver stays: see cli_core_restore_global */
+}
+
+shoal_err
+cli_core_restore_global(cli_core *c, const float *global)
+{
+	if (c->held_ver == 0 || c->have_global)
+		return SHOAL_ESTATE;
+	if (c->global == NULL && (c->global = malloc((size_t)c->cfg.dim * sizeof(float))) == NULL)
+		return SHOAL_ENOMEM;
+	memcpy(c->global, global, (size_t)c->cfg.dim * sizeof(float));
+	c->have_global = true;
+	return SHOAL_OK;
+}
 
 shoal_err
 cli_core_set_residual(cli_core *c, const float *residual)

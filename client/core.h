@@ -109,4 +109,18 @@ uint32_t cli_core_model_version(const cli_core *c);
 const float *cli_core_residual(const cli_core *c);
 shoal_err cli_core_set_residual(cli_core *c, const float *residual);
 
+/* Keeping a large idle population small (the simulator): a core is idle
+ * between rounds (registering or checking in, no secure session open).
+ * cli_core_release frees an idle core's model buffers and residual (no-op
+ * when not idle); save the residual first (cli_core_residual) and hand it
+ * back with cli_core_set_residual before the core next needs it (at
+ * CLI_TRAIN). The core still says it holds its model version, so a server
+ * may answer with a delta against it: before handing such a TASK to
+ * cli_core_on_reply, give the core that version's model back with
+ * cli_core_restore_global (SHOAL_ESTATE if it holds no version or still has
+ * its model, SHOAL_ENOMEM). Without it the core asks for the full model. */
+bool cli_core_idle(const cli_core *c);
+void cli_core_release(cli_core *c);
+shoal_err cli_core_restore_global(cli_core *c, const float *global);
+
 #endif

@@ -95,6 +95,34 @@ shoal_err ml_partition_make(const char *spec, const ml_dataset *ds, size_t n_cli
 shoal_err ml_partition_check_spec(const char *spec);
 void ml_partition_fini(ml_partition *p);
 
+/* Populations larger than the dataset: each client draws its own seeded
+ * subset of m examples (distinct within a client; clients overlap), as a
+ * pure function of (spec, labels, m, seed, client), so nothing per client
+ * is stored and a draw is the same in any thread or process. spec as for
+ * ml_partition_make, applied per client: "iid" draws uniformly; "shards"
+ * picks 2 distinct labels and draws m/2 (and m - m/2) examples of each;
+ * "dirichlet:ALPHA" draws label proportions from Dirichlet(ALPHA) and then
+ * that many examples of each label (capped at the label's count, the rest
+ * going to the other labels). */
+typedef struct ml_subsets {
+	int kind;
+	double alpha;
+	uint32_t m;
+	uint64_t seed;
+	size_t n;
+	uint32_t class_start[ML_CLASSES + 1];
+	uint32_t *by_class;  /* the n example ids grouped by label */
+} ml_subsets;
+
+/* Errors: SHOAL_EINVAL (bad spec, m == 0 or > ds->n, shards and a label
+ * with fewer than m examples), SHOAL_ENOMEM. */
+shoal_err ml_subsets_init(ml_subsets *s, const char *spec, const ml_dataset *ds, uint32_t m,
+                          uint64_t seed);
+/* Writes client's m example ids to idx (m entries). Thread-safe; errors:
+ * SHOAL_ENOMEM (a scratch bitmap of the dataset's size). */
+shoal_err ml_subsets_draw(const ml_subsets *s, uint64_t client, uint32_t *idx);
+void ml_subsets_fini(ml_subsets *s);
+
 /* ---- Models ---------------------------------------------------------- */
 
 typedef struct ml_model ml_model;

@@ -1,7 +1,8 @@
 /* partition.c - split a dataset among simulated clients: IID, the
  * pathological non-IID "shards" split of McMahan et al. 2017, and the
  * label-skewed Dirichlet split of Hsu et al. 2019. Every split is a pure
- * function of (spec, labels, n_clients, seed). */
+ * function of (spec, labels, n_clients, seed). For populations larger than
+ * the dataset, the same three kinds as per-client seeded subsets. */
 #include "ml/ml.h"
 
 #include <math.h>
@@ -285,4 +286,137 @@ ml_partition_fini(ml_partition *p)
 	free(p->start);
 	free(p->idx);
 	memset(p, 0, sizeof *p);
+}
+
+/* ---- Per-client subsets ------------------------------------------------ */
+
+shoal_err
+ml_subsets_init(ml_subsets *s, const char *spec, const ml_dataset *ds, uint32_t m, uint64_t seed)
+{
+	uint32_t fill[ML_CLASSES];
+	shoal_err err;
+
+	memset(s, 0, sizeof *s);
+	if ((err = parse_spec(spec, &s->kind, &s->alpha)) != SHOAL_OK)
+		return err;
+	if (ds == NULL || m == 0 || m > ds->n || ds->n > UINT32_MAX)
+		return SHOAL_EINVAL;
+	for (size_t i = 0; i < ds->n; i++) {
+		if (ds->labels[i] >= ML_CLASSES)
+			return SHOAL_EINVAL;
+		s->class_start[ds->labels[i] + 1]++;
+	}
+	for (int c = 0; c < ML_CLASSES; c++) {
+		if (s->kind == PART_SHARDS && s->class_start[c + 1] < m)
+			return SHOAL_EINVAL; /* a shard client may need m of one label */
+		s->class_start[c + 1] += s->class_start[c];
+	}
+	if ((s->by_class = malloc(ds->n * sizeof *s->by_class)) == NULL)
+		return SHOAL_ENOMEM;
+	memcpy(fill, s->class_start, sizeof fill);
+	for (size_t i = 0; i < ds->n; i++)
+		s->by_class[fill[ds->labels[i]]++] = (uint32_t)i;
+	s->m = m;
+	s->seed = seed;
+	s->n = ds->n;
+	return SHOAL_OK;
+}
+
+/* Robert Floyd's sampling: k distinct positions of [0, n), marked in the
+ * bitmap (n bits, zero on entry), written to out as base[position]. */
+static void
+floyd(ml_rng *r, const uint32_t *base, uint32_t n, uint32_t k, uint8_t *bits, uint32_t *out)
+{
+	for (uint32_t j = n - k; j < n; j++) {
+		uint32_t t = ml_rng_below(r, j + 1);
+
+		if (bits[t >> 3] & (1u << (t & 7)))
+			t = j;
+		bits[t >> 3] |= (uint8_t)(1u << (t & 7));
+		*out++ = base[t];
+	}
+}
+
+/* How many of the m examples come from each label (dirichlet): rounded
+ * cumulative proportions, then capped at the label's count with the excess
+ * moved to labels that have room. */
+static void
+dirichlet_counts(const ml_subsets *s, ml_rng *r, uint32_t *cnt)
+{
+	double w[ML_CLASSES], wmax = -INFINITY, sum = 0.0, cum = 0.0;
+	uint32_t prev = 0, excess = 0;
+
+	for (int c = 0; c < ML_CLASSES; c++) {
+		w[c] = log_gamma_sample(r, s->alpha);
+		if (w[c] > wmax)
+			wmax = w[c];
+	}
+	for (int c = 0; c < ML_CLASSES; c++)
+		sum += (w[c] = exp(w[c] - wmax));
+	for (int c = 0; c < ML_CLASSES; c++) {
+		uint32_t cut = c == ML_CLASSES - 1 ? s->m : (uint32_t)llround((cum += w[c]) / sum * s->m);
+		uint32_t have = s->class_start[c + 1] - s->class_start[c];
+
+		if (cut < prev)
+			cut = prev;
+		cnt[c] = cut - prev;
+		prev = cut;
+		if (cnt[c] > have) {
+			excess += cnt[c] - have;
+			cnt[c] = have;
+		}
+	}
+	for (int c = 0; c < ML_CLASSES && excess > 0; c++) {
+		uint32_t room = s->class_start[c + 1] - s->class_start[c] - cnt[c];
+		uint32_t add = room < excess ? room : excess;
+
+		cnt[c] += add;
+		excess -= add;
+	}
+}
+
+shoal_err
+ml_subsets_draw(const ml_subsets *s, uint64_t client, uint32_t *idx)
+{
+	uint32_t cnt[ML_CLASSES] = {0};
+	uint8_t *bits = calloc((s->n + 7) / 8, 1);
+	ml_rng r;
+
+	if (bits == NULL)
+		return SHOAL_ENOMEM;
+	ml_rng_seed(&r, ml_seed_mix(s->seed, client));
+	if (s->kind == PART_IID) {
+		floyd(&r, s->by_class, (uint32_t)s->n, s->m, bits, idx);
+		free(bits);
+		return SHOAL_OK;
+	}
+	if (s->kind == PART_SHARDS) {
+		uint32_t a = ml_rng_below(&r, ML_CLASSES), b = ml_rng_below(&r, ML_CLASSES - 1);
+
+		b += b >= a; /* distinct from a */
+		cnt[a] = s->m / 2;
+		cnt[b] = s->m - s->m / 2;
+	} else {
+		dirichlet_counts(s, &r, cnt);
+	}
+	/* Label by label; a label's positions are its range of by_class, so
+	 * one bitmap serves them all. */
+	for (int c = 0; c < ML_CLASSES; c++) {
+		uint32_t lo = s->class_start[c];
+
+		floyd(&r, s->by_class + lo, s->class_start[c + 1] - lo, cnt[c], bits, idx);
+		idx += cnt[c];
+		memset(bits, 0, (s->n + 7) / 8);
+	}
+	free(bits);
+	return SHOAL_OK;
+}
+
+void
+ml_subsets_fini(ml_subsets *s)
+{
+	if (s == NULL)
+		return;
+	free(s->by_class);
+	memset(s, 0, sizeof *s);
 }

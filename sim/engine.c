@@ -11,6 +11,7 @@
 
 #include "common/log.h"
 #include "common/msg.h"
+#include "sim/store.h"
 
 enum { EV_WAKE = 1, EV_TO_SERVER, EV_TO_CLIENT, EV_TRAIN_DONE, EV_DROP, EV_TIMER };
 
@@ -94,6 +95,12 @@ typedef struct engine {
 	uint32_t *pend;       /* clients whose training started since the last
 	                         batch (n_clients capacity), in start order */
 	size_t n_pend;
+	sim_store *store;     /* residuals of idle clients */
+	float *scratch;       /* dim floats */
+	struct {
+		uint32_t ver;     /* 0: empty */
+		float *params;
+	} cache[2];           /* the newest model versions idle clients hold */
 	heap h;
 	uint64_t now, timer_at;
 	uint32_t live;        /* clients not yet DONE */
@@ -150,6 +157,77 @@ new_core(engine *e, uint32_t i)
 	if (e->cfg->setup != NULL)
 		e->cfg->setup(e->cfg->user, i, &cc);
 	return cli_core_new(&cc, &e->c[i].core);
+}
+
+/* Keeps one copy of the model of version ver (what an idle client holds)
+ * among the two newest. */
+static shoal_err
+cache_global(engine *e, uint32_t ver, const float *g)
+{
+	int k = e->cache[0].ver <= e->cache[1].ver ? 0 : 1; /* the older slot */
+
+	if (ver == 0 || ver == e->cache[0].ver || ver == e->cache[1].ver || ver < e->cache[k].ver)
+		return SHOAL_OK;
+	if (e->cache[k].params == NULL &&
+	    (e->cache[k].params = malloc((size_t)e->cfg->client.dim * sizeof(float))) == NULL)
+		return SHOAL_ENOMEM;
+	memcpy(e->cache[k].params, g, (size_t)e->cfg->client.dim * sizeof(float));
+	e->cache[k].ver = ver;
+	return SHOAL_OK;
+}
+
+/* Client i's core is between rounds: keep its residual and its model
+ * version's parameters aside and free its buffers. */
+static shoal_err
+park(engine *e, uint32_t i)
+{
+	cli_core *core = e->c[i].core;
+	const float *r, *g;
+	shoal_err err = SHOAL_OK;
+
+	if (e->cfg->keep_idle || !cli_core_idle(core))
+		return SHOAL_OK;
+	r = cli_core_residual(core);
+	g = cli_core_global(core);
+	if (r != NULL)
+		err = sim_store_put(e->store, i, r);
+	if (err == SHOAL_OK && g != NULL)
+		err = cache_global(e, cli_core_model_version(core), g);
+	if (err == SHOAL_OK)
+		cli_core_release(core);
+	return err;
+}
+
+/* A parked client is handed a task: give it back the model it holds, for
+ * a downlink delta (as it would still have it in memory). */
+static void
+unpark_global(engine *e, uint32_t i, const uint8_t *buf, size_t len)
+{
+	cli_core *core = e->c[i].core;
+	uint32_t ver = cli_core_model_version(core);
+	msg m;
+
+	if (ver == 0 || cli_core_global(core) != NULL || msg_decode(buf, len, &m) <= 0 ||
+	    m.type != MSG_TASK)
+		return;
+	for (int k = 0; k < 2; k++)
+		if (e->cache[k].ver == ver)
+			(void)cli_core_restore_global(core, e->cache[k].params);
+}
+
+/* A parked client starts training: give it back its residual. */
+static shoal_err
+unpark_residual(engine *e, uint32_t i)
+{
+	cli_core *core = e->c[i].core;
+	bool found;
+	shoal_err err;
+
+	if (e->cfg->keep_idle || cli_core_residual(core) != NULL)
+		return SHOAL_OK;
+	if ((err = sim_store_get(e->store, i, e->scratch, &found)) != SHOAL_OK || !found)
+		return err;
+	return cli_core_set_residual(core, e->scratch);
 }
 
 /* Server side ------------------------------------------------------------- */
@@ -272,6 +350,7 @@ run_client(engine *e, uint32_t i)
 	client *c = &e->c[i];
 	const sim_device *d = dev_of(e, i);
 	cli_step s;
+	shoal_err err;
 
 	if (c->done || c->training)
 		return SHOAL_OK;
@@ -286,16 +365,23 @@ run_client(engine *e, uint32_t i)
 		memcpy(copy, s.buf, s.len);
 		e->st->bytes_up += s.len;
 		t = e->now + (d != NULL ? ms_after((double)s.len / d->up_Bps + d->rtt_s / 2) : 0);
+		if ((err = park(e, i)) != SHOAL_OK) {
+			free(copy);
+			return err;
+		}
 		return push(e, t, EV_TO_SERVER, i, copy, s.len, 0);
 	}
 	case CLI_SLEEP:
+		if ((err = park(e, i)) != SHOAL_OK)
+			return err;
 		return push(e, s.until_ms > e->now ? s.until_ms : e->now, EV_WAKE, i, NULL, 0, 0);
 	case CLI_TRAIN: {
 		double flops = e->cfg->flops_per_example * e->cfg->n_examples[i] * s.epochs;
 		uint64_t train_ms = d != NULL ? ms_after(flops / d->flops) : 0, end = e->now + train_ms;
 		double at;
-		shoal_err err;
 
+		if ((err = unpark_residual(e, i)) != SHOAL_OK)
+			return err;
 		c->st = s;
 		c->training = true;
 		c->ready = false;
@@ -336,25 +422,25 @@ drop_client(engine *e, uint32_t i, uint32_t cause)
 {
 	client *c = &e->c[i];
 	const float *r = cli_core_residual(c->core);
-	float *keep = NULL;
-	shoal_err err;
+	shoal_err err = SHOAL_OK;
 
 	if (cause < SIM_DROP_CAUSES)
 		e->st->dropped[cause]++;
-	if (r != NULL) {
-		keep = malloc((size_t)e->cfg->client.dim * sizeof *keep);
-		if (keep == NULL)
-			return SHOAL_ENOMEM;
-		memcpy(keep, r, (size_t)e->cfg->client.dim * sizeof *keep);
+	if (r != NULL && e->cfg->keep_idle) {
+		memcpy(e->scratch, r, (size_t)e->cfg->client.dim * sizeof *e->scratch);
+		r = e->scratch;
+	} else if (r != NULL) {
+		err = sim_store_put(e->store, i, r); /* the new core takes it at CLI_TRAIN */
+		r = NULL;
 	}
 	cli_core_free(c->core);
 	c->core = NULL;
 	c->gen++;
 	c->training = c->ready = false;
-	err = new_core(e, i);
-	if (err == SHOAL_OK && keep != NULL)
-		err = cli_core_set_residual(c->core, keep);
-	free(keep);
+	if (err == SHOAL_OK)
+		err = new_core(e, i);
+	if (err == SHOAL_OK && r != NULL)
+		err = cli_core_set_residual(c->core, r);
 	if (err != SHOAL_OK)
 		return err;
 	/* Back when next available (offline), or after a restart (failed). */
@@ -412,6 +498,7 @@ handle(engine *e, const ev *x)
 			free(x->buf);
 			return drop_client(e, x->client, work ? SIM_DROP_OFFLINE : SIM_DROP_CAUSES);
 		}
+		unpark_global(e, x->client, x->buf, x->len);
 		cli_core_on_reply(c->core, x->buf, x->len, e->now);
 		free(x->buf);
 		return run_client(e, x->client);
@@ -445,9 +532,14 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 		return SHOAL_EINVAL;
 	e.c = calloc(cfg->n_clients, sizeof *e.c);
 	e.pend = malloc((size_t)cfg->n_clients * sizeof *e.pend);
-	if (e.c == NULL || e.pend == NULL) {
+	e.scratch = malloc((size_t)cfg->client.dim * sizeof *e.scratch);
+	if (e.c == NULL || e.pend == NULL || e.scratch == NULL ||
+	    sim_store_new(cfg->n_clients, cfg->client.dim,
+	                  cfg->residual_mem ? cfg->residual_mem : (uint64_t)256 << 20,
+	                  &e.store) != SHOAL_OK) {
 		free(e.c);
 		free(e.pend);
+		free(e.scratch);
 		return SHOAL_ENOMEM;
 	}
 	e.live = cfg->n_clients;
@@ -496,6 +588,12 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 	free(e.h.a);
 	for (uint32_t i = 0; i < cfg->n_clients; i++)
 		cli_core_free(e.c[i].core);
+	st->residuals = sim_store_count(e.store);
+	st->residuals_on_disk = sim_store_on_disk(e.store);
+	sim_store_free(e.store);
+	for (int k = 0; k < 2; k++)
+		free(e.cache[k].params);
+	free(e.scratch);
 	free(e.c);
 	free(e.pend);
 	return err;

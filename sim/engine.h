@@ -79,6 +79,15 @@ typedef struct sim_engine_config {
 	bool avail_aware;
 	uint64_t est_down_bytes, est_up_bytes;
 	uint32_t est_epochs;          /* local epochs of a round (0: 1) */
+	/* Idle clients are kept small: when a client's core is idle between
+	 * rounds, its model buffers are freed and its error-feedback residual
+	 * goes to a store (sim/store.h) that keeps up to residual_mem bytes
+	 * in memory (0: 256 MiB) and the rest in a temporary file; the models
+	 * of the two newest versions clients hold are kept once for all, to
+	 * apply downlink deltas. The run is bit-identical either way;
+	 * keep_idle keeps every client's buffers (for comparison). */
+	uint64_t residual_mem;
+	bool keep_idle;
 	double max_virtual_s;         /* give up (SHOAL_ETIMEDOUT) when the
 	                                 server is not done by then; 0: never */
 	volatile int *stop;           /* nonzero: stop between events */
@@ -90,6 +99,8 @@ typedef struct sim_engine_stats {
 	uint64_t bytes_up, bytes_down;/* every message, both ways */
 	uint32_t dropped[SIM_DROP_CAUSES];
 	uint32_t trained;             /* trainings run */
+	uint32_t residuals;           /* residuals in the store at the end */
+	bool residuals_on_disk;       /* the store moved to a file */
 } sim_engine_stats;
 
 /* Runs until the server core finishes (srv_core_finished) and every

@@ -51,13 +51,16 @@
 #define SIM_DEF_LR 0.1f
 #define SIM_DEF_DATA "data"
 #define SIM_DEF_SEED 1u
-#define SIM_MAX_CLIENTS 60000u
+#define SIM_MAX_CLIENTS 10000000u
+#define SIM_MAX_NNG_CLIENTS 2000u /* a thread and a socket each */
+#define SIM_DEF_SUBSET 60u
 #define SIM_ROUND_TIMEOUT_MS (60u * 60u * 1000u) /* no simulated dropouts */
 #define SIM_LINGER_MS 200u
 #define SIM_EXIT_USAGE 2
 
 typedef struct sim_opts {
 	uint32_t clients, per_round, rounds, epochs, batch, threads;
+	uint32_t subset;      /* --client-examples, above the training set */
 	float lr;
 	uint64_t seed;
 	const char *model, *partition, *data_dir, *metrics;
@@ -89,7 +92,8 @@ typedef struct sim_pool {
 
 typedef struct sim_shared {
 	const ml_dataset *train;
-	const ml_partition *part;
+	const ml_partition *part;   /* clients share out the training set, or */
+	const ml_subsets *subsets;  /* each draws its own subset (large N) */
 	sim_pool pool;
 	char url[64];
 	const sim_opts *o;
@@ -150,7 +154,14 @@ usage(FILE *f, const char *argv0)
 	    "evaluates the global model on the test set after every round.\n"
 	    "\n"
 	    "options (default in brackets):\n"
-	    "  --clients N            number of clients [%u]\n"
+	    "  --clients N            number of clients, up to %u [%u]. Up to the\n"
+	    "                         60000 training examples they share the\n"
+	    "                         training set out (--partition); beyond, each\n"
+	    "                         client draws its own seeded subset of\n"
+	    "                         --client-examples examples (iid: uniform;\n"
+	    "                         shards: 2 labels; dirichlet: per-client label\n"
+	    "                         proportions), overlapping other clients'\n"
+	    "  --client-examples M    examples per client in that case [%u]\n"
 	    "  --clients-per-round K  clients selected each round, <= N [%u]\n"
 	    "  --rounds R             rounds to run [%u]\n"
 	    "  --model NAME           model: %s [%s]\n"
@@ -210,7 +221,7 @@ usage(FILE *f, const char *argv0)
 	    "example:\n"
 	    "  %s --clients 100 --clients-per-round 10 --rounds 50 \\\n"
 	    "      --partition dirichlet:0.5 --metrics run.jsonl\n",
-	    argv0, SIM_DEF_CLIENTS, SIM_DEF_PER_ROUND, SIM_DEF_ROUNDS, ml_model_names(),
+	    argv0, SIM_MAX_CLIENTS, SIM_DEF_CLIENTS, SIM_DEF_SUBSET, SIM_DEF_PER_ROUND, SIM_DEF_ROUNDS, ml_model_names(),
 	    SIM_DEF_MODEL, SIM_DEF_PARTITION, SIM_DEF_EPOCHS, SIM_DEF_BATCH, (double)SIM_DEF_LR,
 	    ncpu > 0 ? ncpu : 1, SIM_DEF_DATA, SIM_DEF_SEED, argv0);
 	fputc('\n', f);
@@ -265,7 +276,7 @@ enum {
 	OPT_CLIENTS = 256, OPT_PER_ROUND, OPT_ROUNDS, OPT_MODEL, OPT_PARTITION, OPT_EPOCHS,
 	OPT_BATCH, OPT_LR, OPT_THREADS, OPT_DATA, OPT_METRICS, OPT_SEED, OPT_QUIET,
 	OPT_VERBOSE, OPT_HELP, OPT_EF, OPT_TRANSPORT, OPT_DEVICES, OPT_DEVICE_FILE,
-	OPT_ROUND_TIMEOUT, OPT_REPORT, OPT_AVAIL_AWARE,
+	OPT_ROUND_TIMEOUT, OPT_REPORT, OPT_AVAIL_AWARE, OPT_SUBSET,
 };
 
 /* Returns -1 to continue, else the exit status (0 after --help). */
@@ -275,6 +286,7 @@ parse_flags(int argc, char **argv, sim_opts *o)
 	static const struct option longopts[] = {
 		{"clients", required_argument, NULL, OPT_CLIENTS},
 		{"clients-per-round", required_argument, NULL, OPT_PER_ROUND},
+		{"client-examples", required_argument, NULL, OPT_SUBSET},
 		{"rounds", required_argument, NULL, OPT_ROUNDS},
 		{"model", required_argument, NULL, OPT_MODEL},
 		{"partition", required_argument, NULL, OPT_PARTITION},
@@ -309,6 +321,7 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		.threads = ncpu > 0 ? (uint32_t)ncpu : 1, .lr = SIM_DEF_LR, .seed = SIM_DEF_SEED,
 		.model = SIM_DEF_MODEL, .partition = SIM_DEF_PARTITION, .data_dir = SIM_DEF_DATA,
 		.error_feedback = true, .virtual_net = true, .round_timeout_s = 600.0,
+		.subset = SIM_DEF_SUBSET,
 	};
 	srv_config_defaults(&o->algo);
 	opterr = 0;
@@ -318,6 +331,9 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		switch (c) {
 		case OPT_CLIENTS:
 			ok = parse_u32("--clients", optarg, 1, SIM_MAX_CLIENTS, &o->clients);
+			break;
+		case OPT_SUBSET:
+			ok = parse_u32("--client-examples", optarg, 1, 60000, &o->subset);
 			break;
 		case OPT_PER_ROUND:
 			ok = parse_u32("--clients-per-round", optarg, 1, SIM_MAX_CLIENTS,
@@ -446,6 +462,12 @@ parse_flags(int argc, char **argv, sim_opts *o)
 		        "--clients (%" PRIu32 ")\n", o->per_round, o->clients);
 		goto usage_error;
 	}
+	if (!o->virtual_net && o->clients > SIM_MAX_NNG_CLIENTS) {
+		fprintf(stderr, "shoal-sim: --transport nng runs a thread and a socket per client; "
+		        "use it with at most %u clients (the virtual transport runs the same cores "
+		        "for any --clients)\n", SIM_MAX_NNG_CLIENTS);
+		goto usage_error;
+	}
 	if (o->quiet && o->verbose) {
 		fprintf(stderr, "shoal-sim: --quiet and --verbose exclude each other\n");
 		goto usage_error;
@@ -514,15 +536,47 @@ pool_release(sim_pool *p, size_t slot)
 
 /* ---- clients ------------------------------------------------------------ */
 
+/* How many examples client i has. */
+static uint32_t
+client_n(const sim_shared *sh, uint32_t i)
+{
+	if (sh->subsets != NULL)
+		return sh->subsets->m;
+	return sh->part->start[i + 1] - sh->part->start[i];
+}
+
+/* Client i's examples: its share of the partition, or its seeded subset
+ * drawn into *buf (the caller frees it). */
+static shoal_err
+client_examples(const sim_shared *sh, uint32_t i, const uint32_t **idx, uint32_t **buf)
+{
+	shoal_err e;
+
+	*buf = NULL;
+	if (sh->subsets == NULL) {
+		*idx = sh->part->idx + sh->part->start[i];
+		return SHOAL_OK;
+	}
+	if ((*buf = malloc((size_t)sh->subsets->m * sizeof **buf)) == NULL)
+		return SHOAL_ENOMEM;
+	if ((e = ml_subsets_draw(sh->subsets, i, *buf)) != SHOAL_OK) {
+		free(*buf);
+		*buf = NULL;
+		return e;
+	}
+	*idx = *buf;
+	return SHOAL_OK;
+}
+
 static int
 client_train(void *user, float *params, size_t dim, const shoal_train_info *info,
              uint32_t *n_examples, float *loss)
 {
 	sim_client *c = user;
 	sim_shared *sh = c->sh;
-	const ml_partition *part = sh->part;
-	const uint32_t *idx = part->idx + part->start[c->index];
-	size_t n = part->start[c->index + 1] - part->start[c->index];
+	const uint32_t *idx;
+	uint32_t *drawn;
+	size_t n = client_n(sh, c->index);
 	ml_sgd_config cfg = {
 		.epochs = info->epochs, .batch = info->batch, .lr = info->lr, .seed = info->seed,
 		.momentum = info->momentum, .weight_decay = info->weight_decay,
@@ -537,17 +591,23 @@ client_train(void *user, float *params, size_t dim, const shoal_train_info *info
 		          c->name, dim, info->batch);
 		return 1;
 	}
+	if ((e = client_examples(sh, c->index, &idx, &drawn)) != SHOAL_OK) {
+		log_error("%s: cannot draw its examples: %s", c->name, shoal_strerror(e));
+		return 1;
+	}
 	slot = pool_acquire(&sh->pool);
 	if (sh->pool.models[slot] == NULL) {
 		e = ml_model_new(sh->pool.model, sh->pool.max_batch, &sh->pool.models[slot]);
 		if (e != SHOAL_OK) {
 			pool_release(&sh->pool, slot);
+			free(drawn);
 			log_error("%s: cannot create model: %s", c->name, shoal_strerror(e));
 			return 1;
 		}
 	}
 	e = ml_train_sgd(sh->pool.models[slot], params, sh->train, idx, n, &cfg, &mean_loss);
 	pool_release(&sh->pool, slot);
+	free(drawn);
 	if (e != SHOAL_OK) {
 		log_error("%s: training failed: %s", c->name, shoal_strerror(e));
 		return 1;
@@ -571,7 +631,7 @@ client_main(void *arg)
 	o.name = c->name;
 	o.model = sh->o->model;
 	o.dim = sh->dim;
-	o.n_examples = (uint32_t)(sh->part->start[c->index + 1] - sh->part->start[c->index]);
+	o.n_examples = client_n(sh, c->index);
 	o.train = client_train;
 	o.user = c;
 	o.seed = sh->o->seed ^ ((uint64_t)c->index << 32); /* jitter, rounding noise */
@@ -893,7 +953,7 @@ io:
 /* Runs the whole simulation on the virtual network. Returns 0, or 1 after
  * logging why. */
 static int
-run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const ml_partition *part,
+run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const sim_shared *sh,
             const srv_config *cfg, FILE *metrics, sim_totals *totals)
 {
 	sim_device_set set;
@@ -915,7 +975,7 @@ run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const ml_par
 	if (n_ex == NULL || trained == NULL || absent == NULL)
 		goto oom;
 	for (uint32_t i = 0; i < o->clients; i++)
-		n_ex[i] = part->start[i + 1] - part->start[i];
+		n_ex[i] = client_n(sh, i);
 	sim_device_set_builtins(&set);
 	if (o->device_file != NULL && sim_device_load_file(&set, o->device_file) != SHOAL_OK)
 		goto out; /* said why */
@@ -1052,6 +1112,7 @@ main(int argc, char **argv)
 	sim_opts o;
 	ml_dataset train = {0}, test = {0};
 	ml_partition part = {0};
+	ml_subsets subsets = {0};
 	sim_shared sh = {0};
 	sim_client *clients = NULL;
 	sim_launch launch = {0};
@@ -1084,17 +1145,24 @@ main(int argc, char **argv)
 		goto out;
 	data_ready = true;
 	if (o.clients > train.n) {
-		log_error("--clients %" PRIu32 " exceeds the %zu training examples", o.clients,
-		          train.n);
-		status = SIM_EXIT_USAGE;
-		goto out;
-	}
-	if ((e = ml_partition_make(o.partition, &train, o.clients, o.seed, &part)) != SHOAL_OK) {
+		/* More clients than examples: each draws its own subset. */
+		if ((e = ml_subsets_init(&subsets, o.partition, &train, o.subset, o.seed)) !=
+		    SHOAL_OK) {
+			log_error("cannot draw subsets of %" PRIu32 " examples with '%s': %s%s",
+			          o.subset, o.partition, shoal_strerror(e),
+			          strcmp(o.partition, "shards") == 0
+			              ? " (shards needs --client-examples at most the smallest label's "
+			                "count)" : "");
+			goto out;
+		}
+		sh.subsets = &subsets;
+	} else if ((e = ml_partition_make(o.partition, &train, o.clients, o.seed, &part)) !=
+	           SHOAL_OK) {
 		log_error("cannot partition the training set with '%s': %s", o.partition,
 		          shoal_strerror(e));
 		goto out;
 	}
-	for (uint32_t i = 0; i < o.clients; i++) {
+	for (uint32_t i = 0; i < o.clients && sh.subsets == NULL; i++) {
 		if (part.start[i + 1] == part.start[i]) {
 			log_error("partition '%s' left client %" PRIu32 " without examples",
 			          o.partition, i);
@@ -1134,7 +1202,7 @@ main(int argc, char **argv)
 	}
 
 	sh.train = &train;
-	sh.part = &part;
+	sh.part = sh.subsets == NULL ? &part : NULL;
 	sh.o = &o;
 	sh.dim = ml_model_dim_of(o.model);
 	if (!o.virtual_net) {
@@ -1184,7 +1252,7 @@ main(int argc, char **argv)
 		        cfg.sample_rate);
 
 	if (o.virtual_net) {
-		int vr = run_virtual(&o, core, clients, &part, &cfg, metrics, &totals);
+		int vr = run_virtual(&o, core, clients, &sh, &cfg, metrics, &totals);
 
 		if (vr == 1)
 			goto out;
@@ -1262,6 +1330,7 @@ out:
 		srv_core_free(core);
 	if (part.start != NULL)
 		ml_partition_fini(&part);
+	ml_subsets_fini(&subsets);
 	if (data_ready) {
 		ml_dataset_fini(&test);
 		ml_dataset_fini(&train);

@@ -474,6 +474,74 @@ test_downlink_delta_applied(void **state)
 	cli_core_free(c);
 }
 
+/* Release and restore (a simulator keeping idle clients small): no-op
+ * while a round is in progress; once idle the model and residual are
+ * gone, the CHECKIN still names the held version, and with the model
+ * handed back a delta applies as if it had been kept. */
+static void
+test_release_and_restore(void **state)
+{
+	cli_config cfg = {.name = "pi-1", .model = "toy", .dim = DIM, .n_examples = 42, .seed = 3,
+	                  .cx_caps = MSG_CX_ALL, .error_feedback = true};
+	const float change[DIM] = {0.01f, -0.02f, 0.5f, 0, 0.25f, -1.0f};
+	float want[DIM], saved[DIM];
+	uint8_t dq[256], *k;
+	cli_core *c;
+	cli_step st;
+	msg m;
+
+	(void)state;
+	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_OK);
+	assert_true(cli_core_idle(c));
+	register_client(c);
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	free(k);
+	assert_int_equal(cli_core_restore_global(c, global), SHOAL_ESTATE); /* holds none */
+	msg t = {.type = MSG_TASK, .round = 1, .epochs = 1, .batch = 1, .lr = 0.1f,
+	         .model_ver = 1, .dim = DIM, .vec = (const uint8_t *)global};
+	strcpy(t.model, "toy");
+	strcpy(t.up, "topk:0.34");
+	reply(c, &t, 0);
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_TRAIN);
+	assert_false(cli_core_idle(c));
+	cli_core_release(c); /* training: kept */
+	assert_non_null(cli_core_global(c));
+	for (int j = 0; j < DIM; j++)
+		st.params[j] += 0.1f * (float)(j + 1);
+	assert_int_equal(cli_core_submit(c, 1, 0, 0), SHOAL_OK);
+	expect_send(c, 0, MSG_UPDATE, &m, &k);
+	free(k);
+	msg ack = {.type = MSG_ACK, .round = 1};
+	reply(c, &ack, 0);
+	assert_true(cli_core_idle(c));
+	assert_non_null(cli_core_residual(c));
+	memcpy(saved, cli_core_residual(c), sizeof saved);
+	cli_core_release(c);
+	assert_null(cli_core_global(c));
+	assert_null(cli_core_residual(c));
+	expect_send(c, 0, MSG_CHECKIN, &m, &k);
+	assert_int_equal(m.model_ver, 1);
+	free(k);
+	assert_int_equal(cli_core_restore_global(c, global), SHOAL_OK);
+	assert_int_equal(cli_core_restore_global(c, global), SHOAL_ESTATE); /* has it */
+	assert_int_equal(cli_core_set_residual(c, saved), SHOAL_OK);
+	long n = cx_encode_downlink(change, DIM, 64, dq, sizeof dq);
+	assert_true(n > 0);
+	memcpy(want, global, sizeof want);
+	assert_int_equal(cx_decode_add(dq, (size_t)n, DIM, want, NULL), n);
+	msg t2 = {.type = MSG_TASK, .round = 2, .epochs = 1, .batch = 1, .lr = 0.1f,
+	          .model_ver = 2, .base = 1, .blob = dq, .blob_len = (size_t)n};
+	strcpy(t2.model, "toy");
+	strcpy(t2.up, "topk:0.34");
+	reply(c, &t2, 0);
+	cli_core_step(c, 0, &st);
+	assert_int_equal(st.action, CLI_TRAIN);
+	assert_memory_equal(cli_core_global(c), want, sizeof want);
+	assert_memory_equal(cli_core_residual(c), saved, sizeof saved);
+	cli_core_free(c);
+}
+
 /* A client that does not handle the asked encoding skips the round. */
 static void
 test_unsupported_encoding_skipped(void **state)
@@ -596,6 +664,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_bad_config_refused),
 		cmocka_unit_test(test_compressed_update_and_residual),
 		cmocka_unit_test(test_downlink_delta_applied),
+		cmocka_unit_test(test_release_and_restore),
 		cmocka_unit_test(test_unsupported_encoding_skipped),
 		cmocka_unit_test(test_randk_skips_error_feedback),
 	};

@@ -30,6 +30,8 @@ typedef struct world {
 } world;
 
 static world W;
+static bool G_keep_idle;        /* sim_engine_config.keep_idle of run() */
+static uint64_t G_residual_mem; /* and residual_mem */
 
 static int
 setup(void **state)
@@ -130,6 +132,8 @@ run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool 
 		.seed = 9,
 		.failures = failures,
 		.availability = availability,
+		.keep_idle = G_keep_idle,
+		.residual_mem = G_residual_mem,
 	};
 	err = sim_engine_run(&ec, st);
 	if (out != NULL)
@@ -278,11 +282,45 @@ test_availability_aware_checkin(void **state)
 	assert_true(aware.dropped[SIM_DROP_OFFLINE] < plain.dropped[SIM_DROP_OFFLINE]);
 }
 
+/* Idle clients give back their buffers: residuals go to the store (here
+ * straight to its file), the model versions they hold to the engine's
+ * cache. Over rounds with failures, restarts and downlink deltas the run is
+ * bit for bit the one that keeps every client's buffers: same model, same
+ * bytes (a client that lost the model a delta applies to would ask for the
+ * full one), same events. */
+static void
+test_idle_clients_released_same_run(void **state)
+{
+	sim_device flaky = {.name = "flaky", .flops = 1e9, .up_Bps = 1e6, .down_Bps = 1e6,
+	                    .rtt_s = 0.05, .mem_bytes = 1u << 30, .on_s = 30, .off_s = 10,
+	                    .fail_p = 0.3};
+	const sim_device *dev[NCLIENTS];
+	float kept[7850], released[7850];
+	sim_engine_stats a, b;
+
+	(void)state;
+	for (int i = 0; i < NCLIENTS; i++)
+		dev[i] = &flaky;
+	G_keep_idle = true;
+	assert_int_equal(run(NCLIENTS, 4, 6, dev, true, true, 2, kept, &a), SHOAL_OK);
+	G_keep_idle = false;
+	G_residual_mem = 1; /* below one residual: the store is a file at once */
+	assert_int_equal(run(NCLIENTS, 4, 6, dev, true, true, 2, released, &b), SHOAL_OK);
+	G_residual_mem = 0;
+	assert_memory_equal(kept, released, sizeof kept);
+	assert_true(a.bytes_up == b.bytes_up && a.bytes_down == b.bytes_down);
+	assert_true(a.events == b.events && a.trained == b.trained);
+	assert_true(a.dropped[SIM_DROP_FAILED] + a.dropped[SIM_DROP_OFFLINE] > 0);
+	assert_int_equal(a.residuals, 0);
+	assert_true(b.residuals > 0 && b.residuals <= NCLIENTS && b.residuals_on_disk);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_virtual_time_by_hand),
 	cmocka_unit_test(test_trains_and_thread_count_independent),
 	cmocka_unit_test(test_failures_and_availability),
 	cmocka_unit_test(test_availability_aware_checkin),
+	cmocka_unit_test(test_idle_clients_released_same_run),
 };
 
 int

@@ -1,5 +1,6 @@
 /* test_partition.c - iid, shards and dirichlet partitions: disjointness,
- * coverage, label skew, determinism in the seed, and spec validation. */
+ * coverage, label skew, determinism in the seed, and spec validation; and
+ * the per-client subsets of populations larger than the dataset. */
 #include "tests/testutil.h"
 
 #include <stdlib.h>
@@ -352,6 +353,93 @@ test_rng_below_uniform(void **state)
 	}
 }
 
+/* Draws client c's subset and checks ids are in range and distinct;
+ * returns how many distinct labels it has. */
+static int
+subset_labels(const ml_subsets *s, const ml_dataset *ds, uint64_t c, uint32_t *idx)
+{
+	uint8_t *seen = calloc(ds->n, 1);
+	int labels[ML_CLASSES] = {0}, n = 0;
+
+	assert_non_null(seen);
+	assert_int_equal(ml_subsets_draw(s, c, idx), SHOAL_OK);
+	for (uint32_t j = 0; j < s->m; j++) {
+		assert_true(idx[j] < ds->n);
+		if (seen[idx[j]])
+			fail_msg("client %llu drew example %u twice", (unsigned long long)c, idx[j]);
+		seen[idx[j]] = 1;
+		labels[ds->labels[idx[j]]] = 1;
+	}
+	for (int l = 0; l < ML_CLASSES; l++)
+		n += labels[l];
+	free(seen);
+	return n;
+}
+
+static void
+test_subsets_iid(void **state)
+{
+	ml_subsets s;
+	uint32_t a[60], b[60];
+	int mixed = 0;
+
+	load_train();
+	assert_int_equal(ml_subsets_init(&s, "iid", &train, 60, 5), SHOAL_OK);
+	for (uint64_t c = 0; c < 200; c++)
+		mixed += subset_labels(&s, &train, c * 4999, a) >= 6;
+	assert_true(mixed >= 190); /* 60 uniform draws almost always span 6+ labels */
+	/* The same client draws the same subset; clients differ; the seed
+	 * matters. */
+	assert_int_equal(ml_subsets_draw(&s, 999999, a), SHOAL_OK);
+	assert_int_equal(ml_subsets_draw(&s, 999999, b), SHOAL_OK);
+	assert_memory_equal(a, b, sizeof a);
+	assert_int_equal(ml_subsets_draw(&s, 999998, b), SHOAL_OK);
+	assert_memory_not_equal(a, b, sizeof a);
+	ml_subsets_fini(&s);
+	assert_int_equal(ml_subsets_init(&s, "iid", &train, 60, 6), SHOAL_OK);
+	assert_int_equal(ml_subsets_draw(&s, 999999, b), SHOAL_OK);
+	assert_memory_not_equal(a, b, sizeof a);
+	ml_subsets_fini(&s);
+}
+
+static void
+test_subsets_shards_and_dirichlet(void **state)
+{
+	ml_subsets s;
+	uint32_t idx[61];
+	double skew = 0.0, flat = 0.0;
+
+	load_train();
+	assert_int_equal(ml_subsets_init(&s, "shards", &train, 61, 5), SHOAL_OK);
+	for (uint64_t c = 0; c < 100; c++)
+		assert_int_equal(subset_labels(&s, &train, c, idx), 2);
+	ml_subsets_fini(&s);
+	assert_int_equal(ml_subsets_init(&s, "dirichlet:0.1", &train, 61, 5), SHOAL_OK);
+	for (uint64_t c = 0; c < 100; c++)
+		skew += subset_labels(&s, &train, c, idx);
+	ml_subsets_fini(&s);
+	assert_int_equal(ml_subsets_init(&s, "dirichlet:1000", &train, 61, 5), SHOAL_OK);
+	for (uint64_t c = 0; c < 100; c++)
+		flat += subset_labels(&s, &train, c, idx);
+	ml_subsets_fini(&s);
+	/* alpha 0.1: a few labels per client (4.1 on average here); alpha
+	 * 1000: about 6 of each label, so all ten. */
+	assert_true(skew / 100 < 6.0);
+	assert_true(flat / 100 > 9.5);
+	/* Whole-label draws: m equal to a label's size is capped and moved. */
+	ml_dataset ds = synthetic(100);
+	uint32_t all[100];
+	assert_int_equal(ml_subsets_init(&s, "dirichlet:0.01", &ds, 100, 1), SHOAL_OK);
+	assert_int_equal(subset_labels(&s, &ds, 3, all), ML_CLASSES);
+	ml_subsets_fini(&s);
+	/* Bad arguments. */
+	assert_int_equal(ml_subsets_init(&s, "iid", &ds, 0, 1), SHOAL_EINVAL);
+	assert_int_equal(ml_subsets_init(&s, "iid", &ds, 101, 1), SHOAL_EINVAL);
+	assert_int_equal(ml_subsets_init(&s, "shards", &ds, 11, 1), SHOAL_EINVAL);
+	assert_int_equal(ml_subsets_init(&s, "bogus", &ds, 10, 1), SHOAL_EINVAL);
+	free(ds.labels);
+}
+
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_rng_known_answers),
 	cmocka_unit_test(test_rng_below_uniform),
@@ -365,6 +453,8 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_dirichlet_alpha_controls_skew),
 	cmocka_unit_test(test_deterministic_in_seed),
 	cmocka_unit_test(test_bad_specs),
+	cmocka_unit_test(test_subsets_iid),
+	cmocka_unit_test(test_subsets_shards_and_dirichlet),
 };
 
 SHOAL_TEST_MAIN(tests)
