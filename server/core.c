@@ -85,6 +85,22 @@ typedef struct event_queue {
 
 enum phase { PH_IDLE, PH_RUNNING, PH_FINISHED };
 
+/* Parked check-ins in the order they were parked, which is the order of
+ * their hold deadlines (now + hold_ms, now never decreasing): the next
+ * deadline is at the head, so timers cost the check-ins that expire, not
+ * the registry. An entry is stale once its client is no longer parked
+ * until that time (selected, answered, parked again); stale entries are
+ * dropped when they reach the head. */
+typedef struct park_entry {
+	uint64_t until;
+	uint32_t client;
+} park_entry;
+
+typedef struct park_queue {
+	park_entry *v;
+	size_t head, len, cap;
+} park_queue;
+
 struct srv_core {
 	srv_config cfg;
 	char model[MSG_MODEL_MAX + 1];
@@ -119,6 +135,9 @@ struct srv_core {
 	uint32_t *table;    /* name hash -> client index + 1 (0 = empty) */
 	uint32_t table_mask;
 	uint32_t n_parked;
+	park_queue parkq;
+	uint32_t *expired;  /* on_timer scratch: clients whose hold ended */
+	size_t expired_cap;
 
 	enum phase phase;
 	uint32_t round;
@@ -422,6 +441,85 @@ unpark(srv_core *s, client *c)
 	if (c->parked) {
 		c->parked = false;
 		s->n_parked--;
+	}
+}
+
+static bool
+park_live(const srv_core *s, const park_entry *p)
+{
+	const client *c = &s->clients[p->client];
+
+	return c->parked && c->park_until == p->until;
+}
+
+/* Appends client i's hold deadline (false: out of memory, and the caller
+ * answers at once rather than hold a request no timer would release). */
+static bool
+park_push(srv_core *s, uint32_t i, uint64_t until)
+{
+	park_queue *q = &s->parkq;
+
+	if (q->len == q->cap) {
+		size_t cap = q->cap ? 2 * q->cap : 256;
+		park_entry *v = malloc(cap * sizeof *v);
+
+		if (v == NULL)
+			return false;
+		for (size_t k = 0; k < q->len; k++)
+			v[k] = q->v[(q->head + k) % q->cap];
+		free(q->v);
+		q->v = v;
+		q->head = 0;
+		q->cap = cap;
+	}
+	q->v[(q->head + q->len++) % q->cap] = (park_entry){until, i};
+	return true;
+}
+
+/* Drops stale entries at the head. */
+static void
+park_prune(srv_core *s)
+{
+	park_queue *q = &s->parkq;
+
+	while (q->len > 0 && !park_live(s, &q->v[q->head])) {
+		q->head = (q->head + 1) % q->cap;
+		q->len--;
+	}
+}
+
+static int
+cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Answers every check-in whose hold ended by now, in client order. */
+static void
+park_expire(srv_core *s, uint64_t now)
+{
+	park_queue *q = &s->parkq;
+	size_t n = 0;
+
+	for (park_prune(s); q->len > 0 && q->v[q->head].until <= now; park_prune(s)) {
+		if (n == s->expired_cap) {
+			size_t cap = s->expired_cap ? 2 * s->expired_cap : 256;
+			uint32_t *v = realloc(s->expired, cap * sizeof *v);
+
+			if (v == NULL)
+				break; /* the rest at the next timer */
+			s->expired = v;
+			s->expired_cap = cap;
+		}
+		s->expired[n++] = q->v[q->head].client;
+		unpark(s, &s->clients[q->v[q->head].client]);
+	}
+	qsort(s->expired, n, sizeof *s->expired, cmp_u32);
+	for (size_t k = 0; k < n; k++) {
+		client *c = &s->clients[s->expired[k]];
+		reply_simple_c(s, c, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
 	}
 }
 
@@ -1450,6 +1548,11 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t l
 	c->held_ver = m->model_ver;
 	c->park_req = req;
 	c->park_until = now + s->cfg.hold_ms;
+	if (!park_push(s, (uint32_t)(c - s->clients), c->park_until)) {
+		unpark(s, c);
+		reply_simple_c(s, c, req, MSG_WAIT);
+		return;
+	}
 	if (s->phase == PH_RUNNING && c->selected_round == s->round && decline(s, c, now))
 		return; /* the round closed (and maybe the next one started) */
 	try_start_round(s, now);
@@ -1570,8 +1673,18 @@ on_sa(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len, u
 		sa_close_phase(s, now);
 }
 
+static void on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len,
+                       uint64_t now);
+
 void
 srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, uint64_t now)
+{
+	on_request(s, req, buf, len, now);
+	park_prune(s);
+}
+
+static void
+on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, uint64_t now)
 {
 	msg m;
 	long used;
@@ -1621,23 +1734,27 @@ srv_core_on_timer(srv_core *s, uint64_t now)
 		log_info("round %u deadline: %u of %u reported", s->round, s->n_reported, s->n_slots);
 		close_round(s, now);
 	}
-	for (uint32_t i = 0; i < s->n_clients; i++) {
-		client *c = &s->clients[i];
-		if (c->parked && now >= c->park_until) {
-			unpark(s, c);
-			reply_simple_c(s, c, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
-		}
-	}
+	park_expire(s, now);
 	try_start_round(s, now);
+	park_prune(s);
 }
 
 uint64_t
 srv_core_next_deadline(const srv_core *s)
 {
 	uint64_t t = s->phase != PH_RUNNING ? UINT64_MAX : s->sa != NULL ? s->sa_deadline : s->deadline;
-	for (uint32_t i = 0; i < s->n_clients; i++)
-		if (s->clients[i].parked && s->clients[i].park_until < t)
-			t = s->clients[i].park_until;
+	const park_queue *q = &s->parkq;
+
+	/* The first live entry (the head, but for what changed since the
+	 * last prune) holds the earliest hold deadline. */
+	for (size_t k = 0; k < q->len; k++) {
+		const park_entry *p = &q->v[(q->head + k) % q->cap];
+		if (park_live(s, p)) {
+			if (p->until < t)
+				t = p->until;
+			break;
+		}
+	}
 	return t;
 }
 
@@ -1864,6 +1981,8 @@ srv_core_free(srv_core *s)
 	free(s->slots);
 	free(s->table);
 	free(s->clients);
+	free(s->parkq.v);
+	free(s->expired);
 	free(s->acc);
 	free(s->params);
 	free(s->scratch);
