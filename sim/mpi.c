@@ -160,8 +160,19 @@ sim_mpi_built(void)
 int
 sim_mpi_init(int *argc, char ***argv)
 {
+	const char *n = getenv("OMPI_COMM_WORLD_SIZE");
+
 	(void)argc;
 	(void)argv;
+	if (n == NULL)
+		n = getenv("PMI_SIZE");
+	/* P copies of the whole run would write the same files at once. */
+	if (n != NULL && strcmp(n, "1") != 0) {
+		log_error("started by an MPI launcher with %s ranks, but this shoal-sim has no MPI "
+		          "built in: run it without mpirun, or install libopenmpi-dev and rebuild "
+		          "(docs/mpi.md)", n);
+		return 1;
+	}
 	return 0;
 }
 

@@ -23,7 +23,8 @@ bool sim_mpi_built(void);
 
 /* Initialises MPI when an MPI launcher started this process (mpirun sets
  * OMPI_COMM_WORLD_SIZE; Hydra PMI_SIZE; PMIx PMIX_RANK), else nothing.
- * Returns 0, or 1 after saying why. */
+ * Without MPI built in, refuses a launch of more than one rank. Returns 0,
+ * or 1 after saying why. */
 int sim_mpi_init(int *argc, char ***argv);
 
 /* This process's rank and the number of ranks (0 and 1 without MPI). */
