@@ -24,9 +24,12 @@ as_root() {
 
 # 1. Debian packages ---------------------------------------------------------
 # libmbedtls-dev: nng's TLS engine, which the transport also uses to check
-# certificates; openssl: tests/tls_e2e.sh makes its certificates with it.
+# certificates; openssl: tests/tls_e2e.sh makes its certificates with it;
+# libopenmpi-dev and openmpi-bin (mpirun): shoal-sim over MPI ranks
+# (docs/mpi.md, tests/mpi_e2e.sh).
 packages="build-essential cmake pkg-config libsodium-dev libnng-dev libmsgpack-dev
-libcmocka-dev libopenblas-dev libjansson-dev libmbedtls-dev openssl ca-certificates"
+libcmocka-dev libopenblas-dev libjansson-dev libmbedtls-dev openssl ca-certificates
+libopenmpi-dev openmpi-bin"
 missing=""
 for p in $packages; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -297,11 +297,40 @@ pool_worker(void *arg)
 			return NULL;
 		uint32_t i = j->list[k];
 		client *c = &j->e->c[i];
+		const sim_spread *sp = j->e->cfg->spread;
+		if (sp != NULL && !sp->owns(sp->user, i))
+			continue; /* another process trains it (sim_spread) */
 		c->n_out = j->e->cfg->n_examples[i];
 		c->loss_out = 0.0f;
 		c->rc = j->e->cfg->train(j->e->cfg->user, i, c->st.params, c->st.dim, &c->st,
 		                         &c->n_out, &c->loss_out);
 	}
+}
+
+/* Hands a batch to cfg->spread->exchange and takes back the results of
+ * the clients that other processes trained. */
+static shoal_err
+exchange(engine *e, const uint32_t *list, size_t n)
+{
+	sim_trained *b = malloc(n * sizeof *b);
+	shoal_err err;
+
+	if (b == NULL)
+		return SHOAL_ENOMEM;
+	for (size_t k = 0; k < n; k++) {
+		client *c = &e->c[list[k]];
+		b[k] = (sim_trained){.client = list[k], .params = c->st.params, .dim = c->st.dim,
+		                     .n_examples = c->n_out, .loss = c->loss_out, .rc = c->rc};
+	}
+	err = e->cfg->spread->exchange(e->cfg->spread->user, b, n);
+	for (size_t k = 0; err == SHOAL_OK && k < n; k++) {
+		client *c = &e->c[list[k]];
+		c->n_out = b[k].n_examples;
+		c->loss_out = b[k].loss;
+		c->rc = b[k].rc;
+	}
+	free(b);
+	return err;
 }
 
 /* Trains every client whose training has started and is not done, at once
@@ -335,6 +364,11 @@ train_pending(engine *e)
 	for (unsigned t = 0; t < started; t++)
 		pthread_join(th[t], NULL);
 	pthread_mutex_destroy(&j.mu);
+	if (e->cfg->spread != NULL && j.n > 0) {
+		shoal_err err = exchange(e, j.list, j.n);
+		if (err != SHOAL_OK)
+			return err;
+	}
 	for (size_t k = 0; k < j.n; k++)
 		e->c[j.list[k]].ready = true;
 	e->st->trained += (uint32_t)j.n;

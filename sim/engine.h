@@ -18,7 +18,10 @@
  * order in which events are created, which depends only on the seed.
  * Training runs on a pool of threads: every client whose training is due
  * trains at once, one client per thread, and the results are handed back
- * in client order, so the run is identical for any thread count. */
+ * in client order, so the run is identical for any thread count. With a
+ * sim_spread (sim/mpi.h), several processes run the same loop and each
+ * trains only the clients it owns; the results are then exchanged, so
+ * every process goes on with all of them and the run stays identical. */
 #ifndef SHOAL_SIM_ENGINE_H
 #define SHOAL_SIM_ENGINE_H
 
@@ -44,6 +47,30 @@ typedef void (*sim_round_fn)(void *user, const srv_round_stats *st, double virtu
  * re-created after a drop): e.g. its name (a buffer the caller keeps) and
  * seed. */
 typedef void (*sim_setup_fn)(void *user, uint32_t client, cli_config *cc);
+
+/* One training of a batch, as sim_exchange_fn sees it: the client, its
+ * trained model (dim floats) and what its sim_train_fn returned. */
+typedef struct sim_trained {
+	uint32_t client;
+	float *params;
+	uint32_t dim;
+	uint32_t n_examples;
+	float loss;
+	int rc;
+} sim_trained;
+
+/* Training spread over processes that run the same event loop (sim/mpi.h).
+ * owns says whether this process trains client i; after the process has
+ * trained its own clients of a batch, exchange gets the whole batch (the
+ * same clients in the same order in every process) and fills in the
+ * entries of the clients it does not own from their owners. It may set
+ * *stop (sim_engine_config.stop) so that every process stops at the same
+ * event. Returns SHOAL_OK or an error that ends the run. */
+typedef struct sim_spread {
+	bool (*owns)(void *user, uint32_t client);
+	shoal_err (*exchange)(void *user, sim_trained *batch, size_t n);
+	void *user;
+} sim_spread;
 
 /* Why a client left a round. */
 enum { SIM_DROP_FAILED = 0, SIM_DROP_OFFLINE = 1, SIM_DROP_CAUSES = 2 };
@@ -91,6 +118,7 @@ typedef struct sim_engine_config {
 	double max_virtual_s;         /* give up (SHOAL_ETIMEDOUT) when the
 	                                 server is not done by then; 0: never */
 	volatile int *stop;           /* nonzero: stop between events */
+	const sim_spread *spread;     /* NULL: this process trains every client */
 } sim_engine_config;
 
 typedef struct sim_engine_stats {

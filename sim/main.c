@@ -37,6 +37,7 @@
 #include "shoal/client.h"
 #include "sim/device.h"
 #include "sim/engine.h"
+#include "sim/mpi.h"
 
 /* Defaults of the flags. The round count and learning rate were measured so
  * that the default run (2NN, IID, 100 clients, 10 per round, E=1, B=10)
@@ -224,6 +225,10 @@ usage(FILE *f, const char *argv0)
 	    argv0, SIM_MAX_CLIENTS, SIM_DEF_CLIENTS, SIM_DEF_SUBSET, SIM_DEF_PER_ROUND, SIM_DEF_ROUNDS, ml_model_names(),
 	    SIM_DEF_MODEL, SIM_DEF_PARTITION, SIM_DEF_EPOCHS, SIM_DEF_BATCH, (double)SIM_DEF_LR,
 	    ncpu > 0 ? ncpu : 1, SIM_DEF_DATA, SIM_DEF_SEED, argv0);
+	fprintf(f, sim_mpi_built()
+	        ? "\nMPI: built in. mpirun -np P shoal-sim ... spreads the clients' training\n"
+	          "over P ranks, with the same results as one process (docs/mpi.md).\n"
+	        : "\nMPI: not built in (install libopenmpi-dev and reconfigure; docs/mpi.md).\n");
 	fputc('\n', f);
 	srv_flag_help(f);
 }
@@ -963,6 +968,8 @@ run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const sim_sh
 	uint32_t *n_ex = NULL, *trained = NULL, refused[SIM_DEVICE_MAX] = {0};
 	bool *absent = NULL;
 	sim_engine_stats es;
+	volatile int *stop;
+	const sim_spread *spread = sim_mpi_spread((volatile int *)&g_stop, &stop);
 	vsim v = {.o = o, .clients = clients, .metrics = metrics, .totals = totals,
 	          .target_s = -1.0, .target = cfg->target_accuracy};
 	size_t dim = ml_model_dim_of(o->model);
@@ -1038,10 +1045,11 @@ run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const sim_sh
 		/* A year of virtual time: only a population that can never
 		 * finish a round gets there. */
 		.max_virtual_s = 365.0 * 86400.0,
-		.stop = (volatile int *)&g_stop,
+		.stop = stop,
+		.spread = spread, /* NULL unless under mpirun (sim/mpi.h) */
 	};
 	e = sim_engine_run(&ec, &es);
-	if (e == SHOAL_ECLOSED && g_stop) {
+	if (e == SHOAL_ECLOSED && *stop) {
 		rc = 130;
 		goto out;
 	}
@@ -1053,6 +1061,12 @@ run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const sim_sh
 	}
 	if (e != SHOAL_OK) {
 		log_error("the simulation failed: %s", shoal_strerror(e));
+		goto out;
+	}
+	/* Each rank counted the trainings it ran. */
+	sim_mpi_sum_u32(trained, o->clients);
+	if (sim_mpi_rank() > 0) {
+		rc = 0;
 		goto out;
 	}
 	if (!o->quiet || dev != NULL) {
@@ -1128,13 +1142,28 @@ main(int argc, char **argv)
 
 	if ((r = parse_flags(argc, argv, &o)) >= 0)
 		return r;
+	if (sim_mpi_init(&argc, &argv) != 0)
+		return 1;
 	/* Per-client info lines (100 registrations, 100 DONEs) would bury the
 	 * progress lines: those are for --verbose. */
 	log_set_level(o.verbose ? LOG_DEBUG : LOG_WARN);
+	if (sim_mpi_rank() > 0) {
+		/* Under mpirun, rank 0 writes every output; the others say only
+		 * what goes wrong. */
+		log_set_level(LOG_ERROR);
+		o.quiet = true;
+		o.metrics = NULL;
+		o.report = NULL;
+	}
 	t0 = now_s();
+	if (sim_mpi_size() > 1 && !o.virtual_net) {
+		log_error("--transport nng runs in one process: start it without mpirun");
+		status = SIM_EXIT_USAGE;
+		goto out;
+	}
 	if (sodium_init() < 0) {
 		log_error("libsodium failed to initialise");
-		return 1;
+		goto out;
 	}
 	/* Parallelism is across clients; a threaded BLAS would oversubscribe. */
 	ml_set_blas_threads(1);
@@ -1262,7 +1291,8 @@ main(int argc, char **argv)
 			goto out;
 		}
 		metrics = NULL;
-		print_summary(&o, core, &totals, &cfg, t0, vr == 130);
+		if (sim_mpi_rank() == 0)
+			print_summary(&o, core, &totals, &cfg, t0, vr == 130);
 		status = vr == 130 ? 130 : 0;
 		goto out;
 	}
@@ -1335,5 +1365,5 @@ out:
 		ml_dataset_fini(&test);
 		ml_dataset_fini(&train);
 	}
-	return status;
+	return sim_mpi_exit(status);
 }

@@ -2,7 +2,8 @@
  * server and client cores, training logistic regression on real MNIST:
  * the virtual clock adds up message hops and training time as computed by
  * hand, training happens, failures drop clients and abandon rounds without
- * touching the model, and the result does not depend on the thread count. */
+ * touching the model, the result does not depend on the thread count, and
+ * training spread over processes (sim_spread) gives the same model. */
 #include "testutil.h"
 
 #include <math.h>
@@ -27,6 +28,8 @@ typedef struct world {
 	uint32_t reported[16];
 	bool abandoned[16];
 	uint32_t rounds_seen;
+	const sim_spread *spread;  /* run() passes these to the engine */
+	volatile int *stop;
 } world;
 
 static world W;
@@ -134,6 +137,8 @@ run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool 
 		.availability = availability,
 		.keep_idle = G_keep_idle,
 		.residual_mem = G_residual_mem,
+		.spread = W.spread,
+		.stop = W.stop,
 	};
 	err = sim_engine_run(&ec, st);
 	if (out != NULL)
@@ -188,6 +193,107 @@ test_trains_and_thread_count_independent(void **state)
 	assert_memory_equal(a, b, sizeof a);
 	assert_int_equal(s1.events, s2.events);
 	assert_true(s1.bytes_up == s2.bytes_up && s1.bytes_down == s2.bytes_down);
+}
+
+/* A stand-in for other processes (sim/mpi.c does it with MPI). Recording,
+ * it owns every client and keeps each training's result in batch order;
+ * replaying, it owns the even clients only, checks that those came
+ * trained exactly as recorded, and fills in the odd ones from the record,
+ * as their owner would send them. */
+#define FAKE_MAX 64
+
+typedef struct fake_peer {
+	bool replay;
+	size_t n, at;         /* trainings recorded, replayed */
+	uint32_t client[FAKE_MAX], n_ex[FAKE_MAX];
+	float loss[FAKE_MAX], params[FAKE_MAX][7850];
+	uint32_t batches, here, there;
+	bool bad;             /* replay differs from the record */
+	uint32_t stop_after;  /* replaying: set stop after this many batches */
+	volatile int stop;
+} fake_peer;
+
+static fake_peer P;
+
+static bool
+fake_owns(void *user, uint32_t i)
+{
+	return !((fake_peer *)user)->replay || i % 2 == 0;
+}
+
+static shoal_err
+fake_exchange(void *user, sim_trained *b, size_t n)
+{
+	fake_peer *p = user;
+
+	p->batches++;
+	for (size_t k = 0; k < n; k++) {
+		if (b[k].dim != 7850 || b[k].rc != 0)
+			p->bad = true;
+		if (!p->replay) {
+			if (p->n == FAKE_MAX)
+				return SHOAL_ENOMEM;
+			p->client[p->n] = b[k].client;
+			p->n_ex[p->n] = b[k].n_examples;
+			p->loss[p->n] = b[k].loss;
+			memcpy(p->params[p->n++], b[k].params, sizeof p->params[0]);
+			continue;
+		}
+		if (p->at == p->n || p->client[p->at] != b[k].client) {
+			p->bad = true;
+			return SHOAL_EINVAL;
+		}
+		if (fake_owns(p, b[k].client)) {
+			p->here++;
+			p->bad |= b[k].n_examples != p->n_ex[p->at] || b[k].loss != p->loss[p->at] ||
+			          memcmp(b[k].params, p->params[p->at], sizeof p->params[0]) != 0;
+		} else {
+			p->there++;
+			b[k].n_examples = p->n_ex[p->at];
+			b[k].loss = p->loss[p->at];
+			memcpy(b[k].params, p->params[p->at], sizeof p->params[0]);
+		}
+		p->at++;
+	}
+	if (p->replay && p->stop_after > 0 && p->batches >= p->stop_after)
+		p->stop = 1;
+	return SHOAL_OK;
+}
+
+/* Training spread over processes: a run that trains only the even clients
+ * and takes the odd ones' results from the exchange ends with the model
+ * of a run that trains them all, bit for bit; a stop the exchange sets
+ * ends the run at once. */
+static void
+test_spread_matches_one_process(void **state)
+{
+	static float a[7850], b[7850];
+	sim_spread sp = {.owns = fake_owns, .exchange = fake_exchange, .user = &P};
+	sim_engine_stats s1, s2;
+
+	(void)state;
+	memset(&P, 0, sizeof P);
+	W.spread = &sp;
+	W.stop = &P.stop;
+	assert_int_equal(run(NCLIENTS, 4, 3, NULL, false, false, 2, a, &s1), SHOAL_OK);
+	assert_int_equal(P.n, 12);
+	P.replay = true;
+	P.batches = 0;
+	assert_int_equal(run(NCLIENTS, 4, 3, NULL, false, false, 2, b, &s2), SHOAL_OK);
+	assert_false(P.bad);
+	assert_int_equal(P.at, 12);
+	assert_true(P.here > 0 && P.there > 0);
+	assert_memory_equal(a, b, sizeof a);
+	assert_int_equal(s1.events, s2.events);
+	assert_int_equal(s2.trained, 12);
+	/* A stop agreed in the exchange ends the run before round 3. */
+	P.at = 0;
+	P.batches = 0;
+	P.stop_after = 1;
+	assert_int_equal(run(NCLIENTS, 4, 3, NULL, false, false, 2, b, &s2), SHOAL_ECLOSED);
+	assert_true(W.rounds_seen < 3);
+	W.spread = NULL;
+	W.stop = NULL;
 }
 
 /* Every selected client fails mid-training: every round is abandoned, the
@@ -318,6 +424,7 @@ test_idle_clients_released_same_run(void **state)
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_virtual_time_by_hand),
 	cmocka_unit_test(test_trains_and_thread_count_independent),
+	cmocka_unit_test(test_spread_matches_one_process),
 	cmocka_unit_test(test_failures_and_availability),
 	cmocka_unit_test(test_availability_aware_checkin),
 	cmocka_unit_test(test_idle_clients_released_same_run),
