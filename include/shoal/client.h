@@ -48,10 +48,12 @@ typedef struct shoal_train_info {
 	   and may stop earlier (e.g. on its own clock) if it stores the steps
 	   it did in *steps_done; otherwise the library reports
 	   min(max_steps, E * ceil(n / B)) steps (all E epochs when max_steps
-	   is 0). The library sets max_steps from the time per step it measured
-	   in earlier budgeted rounds: 0 before the first measurement, when the
-	   callback may time a step itself (shoal-client does) or do the full
-	   work. */
+	   is 0). The library sets max_steps to floor(budget_ms / t), where t
+	   is the wall time of the last budgeted callback divided by its steps
+	   (so it includes the callback's own overhead, and follows the device
+	   as it speeds up or slows down); 0 before the first measurement, when
+	   the callback may time a few steps itself (shoal-client does) or do
+	   the full work. */
 	uint32_t budget_ms;   /* local training time budget, 0: none */
 	uint32_t max_steps;   /* steps to stop after, 0: all E epochs */
 	uint32_t *steps_done; /* out, optional: steps done when stopping early */
