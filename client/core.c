@@ -49,6 +49,9 @@ struct cli_core {
 	uint32_t round, epochs, batch, deadline;
 	float lr, momentum, weight_decay, prox_mu;
 	float clip;         /* DP: L2 bound of what is sent (TASK "clip"), 0: none */
+	uint32_t budget_ms; /* TASK "budget": local time budget, 0: none */
+	uint32_t ref_steps; /* TASK "nsteps": S of the FedNova scaling */
+	uint32_t tau;       /* steps done, sent as "tau" (budgeted rounds) */
 	uint64_t seed;
 	/* secure aggregation: the round's parameters, the session, the
 	 * encoded input, and what was sent of the shared coordinates (added
@@ -323,6 +326,7 @@ cli_core_step(cli_core *c, uint64_t now, cli_step *out)
 		out->momentum = c->momentum;
 		out->weight_decay = c->weight_decay;
 		out->prox_mu = c->prox_mu;
+		out->budget_ms = c->budget_ms;
 		out->seed = c->seed;
 		out->deadline_ms = c->deadline;
 		return;
@@ -449,6 +453,11 @@ on_task(cli_core *c, const msg *m, uint64_t now)
 	c->weight_decay = m->weight_decay;
 	c->prox_mu = m->prox_mu;
 	c->clip = m->clip;
+	/* A budget alone: do fewer steps and report them (FedAvg weighting);
+	 * with S ("nsteps") also normalize (FedNova). S without a budget is
+	 * ignored. */
+	c->budget_ms = m->budget_ms;
+	c->ref_steps = m->budget_ms > 0 ? m->ref_steps : 0;
 	c->seed = m->seed;
 	c->deadline = m->deadline_ms;
 	set_state(c, ST_TRAIN);
@@ -722,7 +731,7 @@ static shoal_err
 sa_send(cli_core *c, uint32_t ph, uint8_t *p, size_t len, uint64_t now)
 {
 	msg m = {.type = MSG_SA, .client_id = c->id, .round = c->round, .phase = ph, .sa = p,
-	         .sa_len = len, .has_sa = true};
+	         .sa_len = len, .has_sa = true, .tau = ph == SA_PH_MASKED ? c->tau : 0};
 	drop_request(c);
 	shoal_err e = msg_encode(&m, &c->req, &c->req_len);
 	free(p);
@@ -733,6 +742,29 @@ sa_send(cli_core *c, uint32_t ph, uint8_t *p, size_t len, uint64_t now)
 	c->sa_phase = ph;
 	c->wake = now;
 	return SHOAL_OK;
+}
+
+/* Time-budgeted local work (PROTOCOL.md section 17): tau, the steps done
+ * (steps, 0: the full E * ceil(n / B)), goes out as "tau". Under FedNova
+ * (S > 0) the delta of tau local steps becomes delta * S / tau, the
+ * normalized update d / tau in units of S reference steps, so that its
+ * magnitude stays that of a full-work delta for the clip, the quantizer
+ * and the residual. It happens before clipping and before the residual is
+ * added: the residual lives in the same normalized scale, being "input -
+ * what was sent" of these normalized inputs. */
+static void
+normalize_update(cli_core *c, uint32_t n_examples, uint32_t steps)
+{
+	uint64_t full = (uint64_t)c->epochs * ((n_examples + (uint64_t)c->batch - 1) / c->batch);
+	uint32_t tau = steps > 0 && steps < full ? steps
+	                                         : (uint32_t)(full < UINT32_MAX ? full : UINT32_MAX);
+
+	c->tau = tau;
+	if (c->ref_steps == 0 || tau == c->ref_steps)
+		return;
+	float f = (float)((double)c->ref_steps / (double)tau);
+	for (uint32_t j = 0; j < c->cfg.dim; j++)
+		c->work[j] *= f;
 }
 
 /* Distributed DP (TASK "sa" flags bit 1, PROTOCOL.md section 14.2): the
@@ -867,6 +899,13 @@ on_sa_reply(cli_core *c, const msg *m, uint64_t now)
 shoal_err
 cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 {
+	return cli_core_submit_steps(c, n_examples, 0, loss, now);
+}
+
+shoal_err
+cli_core_submit_steps(cli_core *c, uint32_t n_examples, uint32_t steps, float loss,
+                      uint64_t now)
+{
 	size_t dim = c->cfg.dim;
 	shoal_err e;
 
@@ -874,6 +913,7 @@ cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 		return SHOAL_ESTATE;
 	if (n_examples == 0)
 		return SHOAL_EINVAL;
+	c->tau = 0;
 	for (size_t j = 0; j < dim; j++) {
 		c->work[j] -= c->global[j];
 		if (!isfinite(c->work[j])) {
@@ -884,6 +924,8 @@ cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 			return SHOAL_ENONFINITE;
 		}
 	}
+	if (c->budget_ms > 0)
+		normalize_update(c, n_examples, steps);
 	if (c->clip > 0)
 		clip_update(c);
 	if (c->secure) {
@@ -903,6 +945,7 @@ cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now)
 	    .round = c->round,
 	    .n_examples = n_examples,
 	    .loss = isfinite(loss) ? loss : 0.0f,
+	    .tau = c->tau,
 	};
 	uint8_t *enc = NULL;
 	if (c->compress) {

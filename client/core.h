@@ -62,6 +62,11 @@ typedef struct cli_step {
 	uint32_t round, epochs, batch, deadline_ms; /* TRAIN */
 	float lr;
 	float momentum, weight_decay, prox_mu; /* TRAIN: 0 when not used */
+	uint32_t budget_ms;   /* TRAIN: local time budget (TASK "budget"); 0:
+	                         none, train the full E epochs */
+	uint32_t max_steps;   /* TRAIN: left 0 by the core; a driver that turns
+	                         budget_ms into a step cap for its train
+	                         function puts it here (sim/engine.c) */
 	uint64_t seed;
 	shoal_err err;        /* DONE: SHOAL_OK, or why the client gave up */
 } cli_step;
@@ -90,6 +95,15 @@ void cli_core_on_transport_error(cli_core *c, shoal_err err, uint64_t now_ms);
  * UPDATE with delta = local - global. Errors: SHOAL_ESTATE (no training in
  * progress), SHOAL_ENONFINITE (local model has NaN/Inf), SHOAL_EINVAL. */
 shoal_err cli_core_submit(cli_core *c, uint32_t n_examples, float loss, uint64_t now_ms);
+/* cli_core_submit for a task with a time budget (cli_step.budget_ms):
+ * steps is the number of local SGD steps tau actually done (0: the full
+ * E * ceil(n_examples / B)), sent as "tau". When the task also gives S
+ * (TASK "nsteps": FedNova) the core sends delta * S / tau, the
+ * normalization of PROTOCOL.md section 17, and keeps the error-feedback
+ * residual in that normalized scale. Without a budget steps is ignored
+ * and nothing changes. */
+shoal_err cli_core_submit_steps(cli_core *c, uint32_t n_examples, uint32_t steps, float loss,
+                                uint64_t now_ms);
 void cli_core_abort_train(cli_core *c, uint64_t now_ms);
 
 const cli_stats *cli_core_stats(const cli_core *c);

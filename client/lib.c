@@ -3,6 +3,7 @@
  * the nng transport, the monotonic clock and the user's train callback. */
 #include "shoal/client.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <string.h>
 #include <time.h>
@@ -23,6 +24,29 @@ static bool
 stopped(const shoal_client_options *o)
 {
 	return o->stop != NULL && *o->stop != 0;
+}
+
+/* E * ceil(n / B): the steps of the full work. */
+static uint32_t
+full_steps(uint32_t n, uint32_t batch, uint32_t epochs)
+{
+	uint64_t full = batch > 0 ? (uint64_t)epochs * (((uint64_t)n + batch - 1) / batch) : 1;
+	return full > UINT32_MAX ? UINT32_MAX : (uint32_t)full;
+}
+
+/* The step cap of a budgeted task: floor(budget / ms_per_step) within
+ * [1, E * ceil(n / B)]; 0 (no cap known: the callback may measure) when
+ * nothing was measured yet (ms_per_step 0). */
+static uint32_t
+budget_steps(uint32_t budget_ms, double ms_per_step, uint32_t n, uint32_t batch,
+             uint32_t epochs)
+{
+	uint32_t full = full_steps(n, batch, epochs);
+
+	if (budget_ms == 0 || !(ms_per_step > 0))
+		return 0;
+	double s = floor(budget_ms / ms_per_step);
+	return s < 1 ? 1 : s >= (double)full ? (uint32_t)full : (uint32_t)s;
 }
 
 /* Sleep until `until` (monotonic ms) or *stop. */
@@ -211,6 +235,7 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 		return e;
 	}
 
+	double ms_per_step = 0; /* measured in budgeted rounds; 0: not yet */
 	for (;;) {
 		if (stopped(o)) {
 			e = SHOAL_ECLOSED;
@@ -275,14 +300,28 @@ shoal_client_run(const shoal_client_options *o, shoal_client_stats *stats)
 				.seed = st.seed,
 				.deadline_ms = st.deadline_ms,
 			};
-			uint32_t n = o->n_examples;
+			uint32_t n = o->n_examples, done = 0;
 			float loss = 0.0f;
+			uint64_t t0 = clock_now_ms();
+			if (st.budget_ms > 0) {
+				info.budget_ms = st.budget_ms;
+				info.max_steps = budget_steps(st.budget_ms, ms_per_step, o->n_examples,
+				                              st.batch, st.epochs);
+				info.steps_done = &done;
+			}
 			int rc = o->train(o->user, st.params, st.dim, &info, &n, &loss);
+			if (rc == 0 && st.budget_ms > 0) {
+				uint32_t full = full_steps(n, st.batch, st.epochs);
+				if (done == 0 || done > full)
+					done = info.max_steps > 0 && info.max_steps < full ? info.max_steps : full;
+				ms_per_step = (double)(clock_now_ms() - t0) / done;
+			}
 			if (rc != 0) {
 				log_info("client %s: training callback skipped round %u (returned %d)",
 				         o->name, (unsigned)st.round, rc);
 				cli_core_abort_train(core, clock_now_ms());
-			} else if ((e = cli_core_submit(core, n, loss, clock_now_ms())) != SHOAL_OK) {
+			} else if ((e = cli_core_submit_steps(core, n, done, loss, clock_now_ms())) !=
+			           SHOAL_OK) {
 				log_warn("client %s: update for round %u not sent: %s", o->name,
 				         (unsigned)st.round, shoal_strerror(e));
 			}

@@ -477,6 +477,43 @@ typedef struct trainer {
 	float *dump_global;    /* the global model of the round being trained */
 } trainer;
 
+static double
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A task with a local time budget and no step cap from the library yet
+ * (its first budgeted round, shoal/client.h): time up to 8 steps on a copy
+ * of the global model and cap the real run at the steps that fit what is
+ * left of the budget, floor(left / time per step) within [1, full]. */
+static uint32_t
+measure_step_cap(trainer *t, const float *params, size_t dim, const ml_sgd_config *sgd,
+                 uint32_t budget_ms, uint32_t full)
+{
+	float *scratch = malloc(dim * sizeof *scratch);
+	ml_sgd_config probe = *sgd;
+	uint32_t m = full < 8 ? full : 8;
+
+	if (scratch == NULL)
+		return full;
+	memcpy(scratch, params, dim * sizeof *scratch);
+	probe.max_steps = m;
+	double t0 = mono_ms();
+	shoal_err err = ml_train_sgd(t->model, scratch, t->ds, t->idx, t->n, &probe, NULL);
+	double took = mono_ms() - t0, per = took / m, left = budget_ms - took;
+	free(scratch);
+	if (err != SHOAL_OK || !(per > 0))
+		return full;
+	double cap = floor(left / per);
+	log_debug(PROG ": budget %" PRIu32 " ms: %.3f ms a step measured, %.0f steps fit", budget_ms,
+	          per, cap);
+	return cap < 1 ? 1 : cap >= full ? full : (uint32_t)cap;
+}
+
 /* After every accepted update: persist the residual (--state-dir). */
 static void
 save_state(void *user, uint32_t round)
@@ -548,6 +585,21 @@ train(void *user, float *params, size_t dim, const shoal_train_info *info,
 	sgd.momentum = info->momentum;
 	sgd.weight_decay = info->weight_decay;
 	sgd.prox_mu = info->prox_mu;
+	if (info->budget_ms > 0) {
+		/* Time-budgeted local work: at most the steps that fit the
+		 * budget (PROTOCOL.md section 17). */
+		uint32_t full = ml_sgd_steps(t->n, sgd.batch, sgd.epochs);
+		sgd.max_steps = info->max_steps > 0 ? info->max_steps
+		                                    : measure_step_cap(t, params, dim, &sgd,
+		                                                       info->budget_ms, full);
+		if (sgd.max_steps > full)
+			sgd.max_steps = full;
+		if (info->steps_done != NULL)
+			*info->steps_done = sgd.max_steps;
+		log_info(PROG ": round %" PRIu32 ": time budget %" PRIu32 " ms: %" PRIu32
+		         " of %" PRIu32 " local steps", info->round, info->budget_ms, sgd.max_steps,
+		         full);
+	}
 	if (t->dump_dir != NULL) {
 		if (t->dump_global == NULL && (t->dump_global = malloc(dim * sizeof *params)) == NULL)
 			return -1;

@@ -27,7 +27,7 @@
 #include <string.h>
 
 /* Structure limits of the decoder (also in PROTOCOL.md). A valid message
- * has at most 39 objects and depth 1; the slack is for future keys. */
+ * has at most 43 objects and depth 1; the slack is for future keys. */
 #define MSG_DEPTH_MAX 16
 #define MSG_OBJECTS_MAX 1024
 
@@ -102,6 +102,8 @@ static const field f_task[] = {
 	{ "dq", F_BIN, 0, 1, MSG_BIN_MAX, true },
 	{ "sa", F_SA, 0, 1, MSG_BIN_MAX, true },
 	{ "clip", F_F32, offsetof(msg, clip), 2, 0, true },
+	OPT_U32("budget", budget_ms),
+	OPT_U32("nsteps", ref_steps),
 	NONCE,
 };
 static const field f_update[] = {
@@ -111,6 +113,7 @@ static const field f_update[] = {
 	{ "loss", F_F32, offsetof(msg, loss), 0, 0, false },
 	{ "delta", F_VEC, 0, 0, 0, true },
 	{ "upd", F_BIN, 0, 1, MSG_BIN_MAX, true },
+	OPT_U32("tau", tau),
 	NONCE,
 	SIG,
 };
@@ -127,6 +130,7 @@ static const field f_sa[] = {
 	U32ANY("round", round),
 	U32("ph", phase, 1, 5),
 	{ "sa", F_SA, 0, 0, MSG_BIN_MAX, false },
+	OPT_U32("tau", tau),
 	NONCE,
 	SIG,
 };

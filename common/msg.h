@@ -15,15 +15,15 @@
  *   4 TASK      s->c round:uint, model:str, E:uint, B:uint, lr:float,
  *                    deadline:uint, seed:uint, [mom:float, wd:float,
  *                    mu:float, up:str, ver:uint, base:uint, sa:bin,
- *                    clip:float],
+ *                    clip:float, budget:uint, nsteps:uint],
  *                    params:bin | dq:bin
- *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float,
+ *   5 UPDATE    c->s id:uint, round:uint, n:uint, loss:float, [tau:uint],
  *                    delta:bin | upd:bin
  *   6 ACK       s->c round:uint
  *   7 WAIT      s->c retry:uint
  *   8 ERROR     s->c code:int, msg:str
  *   9 DONE      s->c round:uint
- *  10 SA        c->s id:uint, round:uint, ph:uint, sa:bin   (secure
+ *  10 SA        c->s id:uint, round:uint, ph:uint, sa:bin, [tau:uint] (secure
  *                    aggregation phase message, PROTOCOL.md section 13)
  *  11 SA_REPLY  s->c round:uint, ph:uint, sa:bin
  * and client identity (PROTOCOL.md section 16): every type may end with
@@ -52,8 +52,8 @@
  * 1..MSG_DIM_MAX. ERROR code is a negative int32. A float64 beyond the
  * float32 range is SHOAL_ENONFINITE. Map keys must be msgpack str. To bound
  * decoding work, a message may nest at most 16 deep and hold at most 1024
- * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 39 (TASK:
- * 19 keys, 19 values, the map). "pk", "nonce" and "sig" have one length
+ * msgpack objects (SHOAL_ETOOBIG); a valid v1 message has at most 43 (TASK:
+ * 21 keys, 21 values, the map). "pk", "nonce" and "sig" have one length
  * each (else SHOAL_EMALFORMED). */
 #ifndef SHOAL_MSG_H
 #define SHOAL_MSG_H
@@ -125,6 +125,14 @@ typedef struct msg {
 	float prox_mu;      /* "mu": TASK, optional, FedProx proximal weight >= 0 */
 	float clip;         /* "clip": TASK, optional, DP: clip the update to this
 	                       L2 norm before encoding it (0: no clipping) */
+	uint32_t budget_ms; /* "budget": TASK, optional, local time budget in ms
+	                       (time-budgeted local work, PROTOCOL.md section 17);
+	                       0: train the full E epochs */
+	uint32_t ref_steps; /* "nsteps": TASK, optional, with "budget": S, the
+	                       reference step count the client scales its
+	                       normalized update by (d * S / tau) */
+	uint32_t tau;       /* "tau": UPDATE, SA, optional, local SGD steps done
+	                       (0: absent = the full E epochs) */
 	uint32_t cx_caps;   /* "cx": HELLO, optional, MSG_CX_* bits */
 	uint32_t model_ver; /* "ver": CHECKIN (model version the client holds, 0:
 	                       none), TASK (version of the model in the task) */

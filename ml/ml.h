@@ -195,12 +195,21 @@ typedef struct ml_sgd_config {
 	float prox_mu;      /* FedProx (Li et al. 2020): g += mu * (p - p_start),
 	                       the gradient of (mu/2)|p - p_start|^2 where p_start
 	                       is params on entry (the global model) */
+	uint32_t max_steps; /* stop after this many minibatch steps (a local
+	                       time budget, FedNova); 0: all E epochs */
 } ml_sgd_config;
+
+/* Minibatch steps of E epochs over n examples: E * ceil(n / B). */
+uint32_t ml_sgd_steps(size_t n, uint32_t batch, uint32_t epochs);
+/* Examples the first `steps` of them visit (short last batches included),
+ * for the FLOPs of a truncated run. */
+uint64_t ml_sgd_examples(size_t n, uint32_t batch, uint32_t steps);
 
 /* Minibatch SGD over examples idx[0..n) of ds, updating params in place.
  * Each epoch visits a fresh seeded permutation; the last batch may be
  * short. *mean_loss (may be NULL) gets the mean of the batch losses (data
- * term only). With momentum, weight_decay and prox_mu all 0 this is plain
+ * term only). With max_steps it stops after that many batches (epochs
+ * and shuffles as without it, so the first steps are the same). With momentum, weight_decay and prox_mu all 0 this is plain
  * SGD with the step fused into backward; otherwise the gradient goes
  * through a buffer (three dim-sized allocations per call, none per batch).
  * Errors: SHOAL_EINVAL (n == 0, batch 0 or > max_batch, epochs 0, momentum

@@ -464,11 +464,16 @@ ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *i
 	for (uint32_t e = 0; e < cfg->epochs; e++) {
 		ml_rng r;
 
+		if (cfg->max_steps > 0 && batches == cfg->max_steps)
+			break;
 		ml_rng_seed(&r, ml_seed_mix(cfg->seed, e));
 		memcpy(perm, idx, n * sizeof *perm);
 		ml_rng_shuffle(&r, perm, n);
 		for (size_t s = 0; s < n; s += cfg->batch) {
 			size_t nb = n - s < cfg->batch ? n - s : cfg->batch;
+
+			if (cfg->max_steps > 0 && batches == cfg->max_steps)
+				break;
 
 			ml_gather(ds, perm + s, nb, m->x, m->y);
 			m->ops->forward(m, params, m->x, nb);
@@ -500,6 +505,25 @@ ml_train_sgd(ml_model *m, float *params, const ml_dataset *ds, const uint32_t *i
 	if (mean_loss != NULL)
 		*mean_loss = total / (double)batches;
 	return SHOAL_OK;
+}
+
+uint32_t
+ml_sgd_steps(size_t n, uint32_t batch, uint32_t epochs)
+{
+	uint64_t s = batch > 0 ? (uint64_t)epochs * ((n + batch - 1) / batch) : 0;
+
+	return s > UINT32_MAX ? UINT32_MAX : (uint32_t)s;
+}
+
+uint64_t
+ml_sgd_examples(size_t n, uint32_t batch, uint32_t steps)
+{
+	uint64_t per_epoch = batch > 0 ? (n + batch - 1) / batch : 0;
+
+	if (per_epoch == 0)
+		return 0;
+	uint64_t rest = (uint64_t)(steps % per_epoch) * batch;
+	return (uint64_t)(steps / per_epoch) * n + (rest < n ? rest : n);
 }
 
 void

@@ -20,6 +20,7 @@
 #include "privacy/secagg.h"
 #include "server/ckpt.h"
 #include "server/dp.h"
+#include "server/nova.h"
 
 typedef struct client {
 	char name[MSG_NAME_MAX + 1];
@@ -44,6 +45,8 @@ typedef struct slot {
 	size_t delta_len;
 	bool compressed;
 	bool sa_parked;    /* secure mode: its phase message awaits the close */
+	bool sa_in;        /* secure mode: its masked input was taken (in U3) */
+	uint32_t tau;      /* local time budget: steps it reported, 0: none */
 	uint64_t sa_req;
 } slot;
 
@@ -147,6 +150,7 @@ struct srv_core {
 	srv_round_stats st;
 	uint32_t refused[SRV_CODES]; /* error replies since the last round ended */
 	srv_dp *dp;         /* central DP (server/dp.h), NULL when off */
+	uint32_t nova_S;    /* FedNova: S of the open round (server/nova.h), 0: off */
 	bool ckpt_on;       /* encode a checkpoint at every round boundary */
 	uint8_t *ckpt;      /* the newest one not yet taken, or NULL */
 	size_t ckpt_len;
@@ -625,6 +629,83 @@ publish_inner(srv_core *s, const double *d)
 	}
 }
 
+/* ---- time-budgeted local work (FedNova, server/nova.h) -------------------- */
+
+/* Opens the budget of the round just selected (slots 0..k): S, when FedNova
+ * aggregates, from the selected clients' HELLO example counts. */
+static void
+nova_open(srv_core *s, uint32_t k)
+{
+	uint64_t n_sum = 0;
+
+	s->nova_S = 0;
+	if (s->cfg.local_budget_ms == 0 || s->cfg.budget_agg != SRV_BUDGET_FEDNOVA || k == 0)
+		return;
+	for (uint32_t i = 0; i < k; i++)
+		n_sum += s->clients[s->slots[i].client].n_examples;
+	s->nova_S = srv_nova_ref_steps(n_sum, k, s->cfg.epochs, s->cfg.batch);
+}
+
+/* The example count a slot's update carries: the UPDATE's "n" (plain), or
+ * the HELLO's in secure mode, where the weight travels masked. */
+static uint32_t
+nova_n(const srv_core *s, const slot *sl)
+{
+	return s->sa != NULL ? s->clients[sl->client].n_examples : sl->n;
+}
+
+/* A slot's local steps: what it reported, clamped to the full work;
+ * an update without "tau" (an older client) did the full work. */
+static uint32_t
+nova_tau(const srv_core *s, const slot *sl)
+{
+	uint32_t full = srv_nova_full_steps(nova_n(s, sl), s->cfg.epochs, s->cfg.batch);
+
+	return sl->tau > 0 && sl->tau < full ? sl->tau : full;
+}
+
+/* Weight of a plain round's update in the sum: n, and for an update
+ * without "tau" under FedNova n * S / tau_full, since its client sent the
+ * raw delta d rather than d * S / tau (PROTOCOL.md section 17). */
+static double
+nova_weight(const srv_core *s, const slot *sl)
+{
+	if (s->nova_S == 0 || sl->tau != 0)
+		return (double)sl->n;
+	return (double)sl->n * s->nova_S / nova_tau(s, sl);
+}
+
+/* At the close of a budgeted round, before publishing the average d of the
+ * updates in the sum: tau_eff = sum p_i tau_i over them (p_i: the weights
+ * of the average: n_i, min(n_i, wmax) in secure mode, 1 with DP), and
+ * under FedNova d *= tau_eff / S. */
+static void
+nova_close(srv_core *s, double *d)
+{
+	double sw = 0, swt = 0;
+
+	if (s->cfg.local_budget_ms == 0)
+		return;
+	for (uint32_t i = 0; i < s->n_slots; i++) {
+		const slot *sl = &s->slots[i];
+		if (!(s->sa != NULL ? sl->sa_in : sl->reported))
+			continue;
+		double w = 1;
+		if (s->dp == NULL && s->sa == NULL)
+			w = sl->n;
+		else if (s->dp == NULL)
+			w = nova_n(s, sl) < s->sat.wmax ? nova_n(s, sl) : s->sat.wmax;
+		sw += w;
+		swt += w * nova_tau(s, sl);
+	}
+	s->st.tau_eff = sw > 0 ? swt / sw : 0;
+	if (s->nova_S == 0 || !(sw > 0))
+		return;
+	double f = s->st.tau_eff / s->nova_S;
+	for (size_t j = 0; j < s->dim; j++)
+		d[j] *= f;
+}
+
 /* Central DP (server/dp.h): every reported update clipped and summed with
  * weight 1 in selection order, the noised sum over the fixed denominator
  * published, whoever reported (even nobody). False if the release failed. */
@@ -654,6 +735,7 @@ dp_aggregate(srv_core *s)
 		          "unchanged", s->round, shoal_strerror(e));
 		return false;
 	}
+	nova_close(s, s->acc);
 	publish(s, s->acc);
 	evaluate(s);
 	return true;
@@ -690,16 +772,18 @@ close_round(srv_core *s, uint64_t now)
 			slot *sl = &s->slots[i];
 			if (!sl->reported)
 				continue;
+			double w = nova_weight(s, sl);
 			if (sl->compressed)
-				cx_accumulate(sl->delta, sl->delta_len, (uint32_t)s->dim, (double)sl->n,
-				              s->acc, s->scratch); /* validated on arrival */
+				cx_accumulate(sl->delta, sl->delta_len, (uint32_t)s->dim, w, s->acc,
+				              s->scratch); /* validated on arrival */
 			else
-				cx_accumulate_dense(sl->delta, s->dim, (double)sl->n, s->acc);
+				cx_accumulate_dense(sl->delta, s->dim, w, s->acc);
 			total += sl->n;
 			loss += (double)sl->loss * sl->n;
 		}
 		for (size_t j = 0; j < s->dim; j++)
 			s->acc[j] /= total;
+		nova_close(s, s->acc);
 		publish(s, s->acc);
 		st->train_loss = loss / total;
 		evaluate(s);
@@ -1006,6 +1090,7 @@ sa_finish(srv_core *s)
 			          shoal_strerror(e));
 			return false;
 		}
+		nova_close(s, s->acc);
 		publish(s, s->acc);
 		return true;
 	}
@@ -1025,6 +1110,7 @@ sa_finish(srv_core *s)
 	}
 	if (s->cfg.secagg_scale <= 0 && amax > 0)
 		s->sa_scale = (float)(2 * amax); /* adaptive: twice the largest mean */
+	nova_close(s, s->acc);
 	publish(s, s->acc);
 	return true;
 }
@@ -1088,6 +1174,7 @@ try_start_round(srv_core *s, uint64_t now)
 	if (s->dp != NULL)
 		srv_dp_round_open(s->dp, s->round, n, s->n_clients);
 	s->n_slots = k;
+	nova_open(s, k);
 	uint8_t *sa_blob = NULL;
 	size_t sa_len = 0;
 	uint32_t tmin = s->dp != NULL ? srv_dp_min_clients(s->dp) : 0;
@@ -1128,6 +1215,8 @@ try_start_round(srv_core *s, uint64_t now)
 		    .seed = rng_u64(&r),
 		    .model_ver = s->version,
 		    .clip = s->dp != NULL ? (float)srv_dp_clip(s->dp) : 0.0f,
+		    .budget_ms = s->cfg.local_budget_ms,
+		    .ref_steps = s->nova_S,
 		};
 		memcpy(task.model, s->model, sizeof task.model);
 		if (sa_blob != NULL) {
@@ -1619,6 +1708,7 @@ on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t le
 	sl->compressed = m->blob != NULL;
 	sl->n = m->n_examples;
 	sl->loss = m->loss;
+	sl->tau = s->cfg.local_budget_ms > 0 ? m->tau : 0;
 	sl->reported = true;
 	s->n_reported++;
 	msg ack = {.type = MSG_ACK, .round = s->round};
@@ -1669,6 +1759,10 @@ on_sa(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len, u
 	}
 	sl->sa_parked = true;
 	sl->sa_req = req;
+	if (m->phase == SA_PH_MASKED) { /* its input is in the sum */
+		sl->sa_in = true;
+		sl->tau = s->cfg.local_budget_ms > 0 ? m->tau : 0;
+	}
 	if (sa_phase_complete(s))
 		sa_close_phase(s, now);
 }

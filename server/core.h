@@ -34,6 +34,8 @@ enum { SRV_SAMPLING_FIXED = 0, SRV_SAMPLING_POISSON = 1 };
 enum { SRV_DP_OFF = 0, SRV_DP_CENTRAL = 1, SRV_DP_DISTRIBUTED = 2 };
 /* How distributed DP is accounted (privacy/rdp.h, dp_ddg.sub). */
 enum { SRV_DP_ACCT_BOUND = 0, SRV_DP_ACCT_GAUSSIAN = 1 };
+/* How rounds with a local time budget aggregate (server/nova.h). */
+enum { SRV_BUDGET_FEDNOVA = 0, SRV_BUDGET_FEDAVG = 1 };
 #define SRV_DP_KEY_BYTES 32
 #define SRV_NONCE_KEY_BYTES 32
 
@@ -51,6 +53,14 @@ typedef struct srv_config {
 	float weight_decay;         /* client L2 weight decay, >= 0 ("wd") */
 	float prox_mu;              /* FedProx proximal weight, >= 0 ("mu") */
 	srv_opt_config opt;         /* server optimizer applied to the average */
+	/* Time-budgeted local work (PROTOCOL.md section 17): TASK "budget" asks
+	 * each client to do only the local SGD steps that fit this much
+	 * training time on its hardware (at least 1, at most E epochs), and to
+	 * report them ("tau"). FedNova aggregation (server/nova.h) normalizes
+	 * for the unequal step counts; FedAvg weighting averages as without
+	 * a budget (the ablation). 0: off, every client does E epochs. */
+	uint32_t local_budget_ms;
+	uint32_t budget_agg;        /* SRV_BUDGET_FEDNOVA / _FEDAVG */
 	double target_accuracy;     /* finish once a round reaches it; 0: off */
 	double over_select;         /* select ceil(over_select * K) clients and
 	                               close the round at the K-th update (the
@@ -166,6 +176,9 @@ typedef struct srv_round_stats {
 	                         SA_REPLYs in secure mode) */
 	uint32_t sa_threshold; /* secure mode: Shamir threshold t, else 0 */
 	double epsilon;       /* DP: epsilon spent after this round; NaN if off */
+	double tau_eff;       /* local time budget: the weighted mean of the local
+	                         steps in the sum (FedNova's tau_eff); 0 when no
+	                         budget or nothing was summed */
 	uint64_t start_ms, end_ms;
 	/* ERROR replies by code, refused[-code], since the previous round
 	 * ended, in any phase (every limit and bad input is counted here; the
@@ -268,6 +281,7 @@ shoal_err srv_core_restore_key(srv_core *s, const struct srv_ckpt_key *k);
 
 /* One JSON object per line with the shared metrics keys (round, accuracy,
  * loss, clients, dropped, bytes_up, bytes_down), plus abandoned, rejected,
+ * tau_eff (when > 0),
  * train_loss, refused (an object: error name -> count, non-zero counts
  * only; "connections" for connections refused), connections (open at the
  * round's end, when the driver counts them), epsilon when DP is on

@@ -17,6 +17,7 @@ enum {
 	F_SAMPLING, F_SAMPLE_RATE, F_DP, F_CLIP, F_NOISE, F_TARGET_EPS, F_EPS_BUDGET, F_DELTA,
 	F_DP_MIN_CLIENTS, F_DP_GAMMA, F_DP_ACCOUNTING,
 	F_CLIP_QUANTILE, F_CLIP_LR, F_CLIP_COUNT_STD, F_OVER_SELECT,
+	F_LOCAL_BUDGET, F_BUDGET_AGG,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -52,6 +53,8 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"clip-quantile", required_argument, NULL, SRV_FLAG_BASE + F_CLIP_QUANTILE},
 	{"clip-lr", required_argument, NULL, SRV_FLAG_BASE + F_CLIP_LR},
 	{"clip-count-std", required_argument, NULL, SRV_FLAG_BASE + F_CLIP_COUNT_STD},
+	{"local-budget", required_argument, NULL, SRV_FLAG_BASE + F_LOCAL_BUDGET},
+	{"budget-aggregation", required_argument, NULL, SRV_FLAG_BASE + F_BUDGET_AGG},
 };
 
 int
@@ -118,6 +121,19 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 			cfg->target_accuracy = v;
 		else
 			why = "expected an accuracy in (0, 1], e.g. 0.97";
+		break;
+	case F_LOCAL_BUDGET:
+		if (cli_parse_number(arg, 0, 86400, false, &v) && (v == 0 || v >= 0.001))
+			cfg->local_budget_ms = (uint32_t)lround(v * 1000);
+		else
+			why = "expected seconds of local training, 0 (off) or 0.001..86400, e.g. 2.5";
+		break;
+	case F_BUDGET_AGG:
+		if (strcmp(arg, "fednova") == 0 || strcmp(arg, "fedavg") == 0)
+			cfg->budget_agg = strcmp(arg, "fedavg") == 0 ? SRV_BUDGET_FEDAVG
+			                                             : SRV_BUDGET_FEDNOVA;
+		else
+			why = "expected fednova or fedavg";
 		break;
 	case F_OVER_SELECT:
 		if (cli_parse_number(arg, 1, 10, false, &v))
@@ -303,6 +319,14 @@ srv_flag_help(FILE *f)
 	    "      --over-select F       select ceil(F*K) clients and aggregate the first K\n"
 	    "                            updates; the later ones are refused as stale\n"
 	    "                            (fixed sampling, plain rounds) [default: 1]\n"
+	    "      --local-budget SEC    local training time budget sent in each task: a\n"
+	    "                            client does only the SGD steps that fit SEC on\n"
+	    "                            its hardware (at least 1, at most the E epochs)\n"
+	    "                            and reports them; 0 is off (PROTOCOL.md section\n"
+	    "                            17) [default: 0]\n"
+	    "      --budget-aggregation A  with a budget: fednova normalizes each update\n"
+	    "                            by its step count (Wang et al. 2020); fedavg\n"
+	    "                            averages as without a budget [default: fednova]\n"
 	    "\n"
 	    "Compression (PROTOCOL.md section 12):\n"
 	    "      --compress SPEC       update encoding asked of the clients that support\n"

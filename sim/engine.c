@@ -11,6 +11,7 @@
 
 #include "common/log.h"
 #include "common/msg.h"
+#include "ml/ml.h"
 #include "sim/store.h"
 
 enum { EV_WAKE = 1, EV_TO_SERVER, EV_TO_CLIENT, EV_TRAIN_DONE, EV_DROP, EV_TIMER };
@@ -411,6 +412,17 @@ run_client(engine *e, uint32_t i)
 		return push(e, s.until_ms > e->now ? s.until_ms : e->now, EV_WAKE, i, NULL, 0, 0);
 	case CLI_TRAIN: {
 		double flops = e->cfg->flops_per_example * e->cfg->n_examples[i] * s.epochs;
+		if (s.budget_ms > 0 && d != NULL) {
+			/* Time-budgeted local work: the steps that fit the budget on
+			 * this device (at least 1, at most E epochs), and the time of
+			 * those steps only. An infinitely fast client (no device)
+			 * does the full work. */
+			uint32_t n = e->cfg->n_examples[i];
+			s.max_steps = sim_device_steps_in(d, s.budget_ms / 1e3,
+			                                  e->cfg->flops_per_example * s.batch,
+			                                  ml_sgd_steps(n, s.batch, s.epochs));
+			flops = e->cfg->flops_per_example * (double)ml_sgd_examples(n, s.batch, s.max_steps);
+		}
 		uint64_t train_ms = d != NULL ? ms_after(flops / d->flops) : 0, end = e->now + train_ms;
 		double at;
 
@@ -542,8 +554,8 @@ handle(engine *e, const ev *x)
 		c->training = c->ready = false;
 		if (c->rc != 0) {
 			cli_core_abort_train(c->core, e->now);
-		} else if ((err = cli_core_submit(c->core, c->n_out, c->loss_out, e->now)) !=
-		           SHOAL_OK) {
+		} else if ((err = cli_core_submit_steps(c->core, c->n_out, c->st.max_steps,
+		                                        c->loss_out, e->now)) != SHOAL_OK) {
 			log_warn("sim: client c%u: update for round %u not sent: %s", x->client,
 			         c->st.round, shoal_strerror(err));
 		}

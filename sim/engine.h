@@ -33,7 +33,10 @@
 #include "sim/device.h"
 
 /* Trains client `client` on params (dim floats, the global model on entry)
- * as st asks (epochs, batch, lr, ...). Called from pool threads, never twice
+ * as st asks (epochs, batch, lr, ...; with a local time budget it must stop
+ * after st->max_steps minibatch steps, which the engine sets to the steps
+ * that fit the budget on the client's device, and the training time is that
+ * of those steps only). Called from pool threads, never twice
  * at once for one client. Returns 0 and sets *n_examples and *loss, or
  * nonzero to skip the round (the core then aborts its training). */
 typedef int (*sim_train_fn)(void *user, uint32_t client, float *params, uint32_t dim,

@@ -585,7 +585,7 @@ client_train(void *user, float *params, size_t dim, const shoal_train_info *info
 	ml_sgd_config cfg = {
 		.epochs = info->epochs, .batch = info->batch, .lr = info->lr, .seed = info->seed,
 		.momentum = info->momentum, .weight_decay = info->weight_decay,
-		.prox_mu = info->prox_mu,
+		.prox_mu = info->prox_mu, .max_steps = info->max_steps,
 	};
 	double mean_loss = 0.0;
 	shoal_err e;
@@ -811,6 +811,7 @@ v_train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st,
 		.round = st->round, .epochs = st->epochs, .batch = st->batch, .lr = st->lr,
 		.momentum = st->momentum, .weight_decay = st->weight_decay, .prox_mu = st->prox_mu,
 		.seed = st->seed, .deadline_ms = st->deadline_ms,
+		.budget_ms = st->budget_ms, .max_steps = st->max_steps,
 	};
 
 	v->trained[i]++; /* one client is trained by one thread at a time */

@@ -43,6 +43,20 @@ typedef struct shoal_train_info {
 	                         local loss; 0 = plain FedAvg */
 	uint64_t seed;        /* use for shuffling, so runs are reproducible */
 	uint32_t deadline_ms; /* time left before the server closes the round */
+	/* Time-budgeted local work (PROTOCOL.md section 17). With a budget the
+	   callback must stop after max_steps minibatch steps when it is not 0,
+	   and may stop earlier (e.g. on its own clock) if it stores the steps
+	   it did in *steps_done; otherwise the library reports
+	   min(max_steps, E * ceil(n / B)) steps (all E epochs when max_steps
+	   is 0). The library sets max_steps to floor(budget_ms / t), where t
+	   is the wall time of the last budgeted callback divided by its steps
+	   (so it includes the callback's own overhead, and follows the device
+	   as it speeds up or slows down); 0 before the first measurement, when
+	   the callback may time a few steps itself (shoal-client does) or do
+	   the full work. */
+	uint32_t budget_ms;   /* local training time budget, 0: none */
+	uint32_t max_steps;   /* steps to stop after, 0: all E epochs */
+	uint32_t *steps_done; /* out, optional: steps done when stopping early */
 } shoal_train_info;
 
 /* Return 0 on success; non-zero skips this round (nothing is sent). */
