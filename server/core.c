@@ -31,6 +31,11 @@ typedef struct client {
 	uint32_t cx_caps;   /* HELLO "cx" */
 	uint32_t held_ver;  /* model version it says it holds (CHECKIN "ver") */
 	uint32_t key;       /* identity: index + 1 of its key in keys, 0: none */
+	/* asynchronous rounds */
+	uint32_t task_round; /* round id of the task it trains, 0: none */
+	uint32_t task_ver;  /* model version that task carried */
+	uint64_t task_until; /* its slot is given up then */
+	uint32_t acked_round; /* round id of its last accepted update */
 } client;
 
 typedef struct slot {
@@ -45,6 +50,7 @@ typedef struct slot {
 	bool compressed;
 	bool sa_parked;    /* secure mode: its phase message awaits the close */
 	uint64_t sa_req;
+	uint32_t tau;      /* async: staleness when it arrived */
 } slot;
 
 /* Client identity (PROTOCOL.md section 16). Every key the server admits
@@ -128,6 +134,8 @@ struct srv_core {
 	srv_round_stats st;
 	uint32_t refused[SRV_CODES]; /* error replies since the last round ended */
 	srv_dp *dp;         /* central DP (server/dp.h), NULL when off */
+	uint32_t n_training; /* async: clients with a task in flight */
+	uint64_t n_tasks;   /* async: TASKs sent, numbers their seed streams */
 	bool ckpt_on;       /* encode a checkpoint at every round boundary */
 	uint8_t *ckpt;      /* the newest one not yet taken, or NULL */
 	size_t ckpt_len;
@@ -178,6 +186,7 @@ srv_config_defaults(srv_config *c)
 	c->hold_ms = 2000;
 	c->max_clients = 10000;
 	c->max_message = 64u << 20;
+	c->max_staleness = 20;
 	c->seed = 1;
 	c->test = NULL;
 }
@@ -451,6 +460,9 @@ static void free_slots(srv_core *s);
 static void try_start_round(srv_core *s, uint64_t now);
 static void checkpoint(srv_core *s);
 static bool sa_finish(srv_core *s);
+static void async_drop(srv_core *s, client *c, const char *why);
+static void async_expire(srv_core *s, uint64_t now);
+static bool take_update(srv_core *s, client *c, uint64_t req, const msg *m, slot *sl);
 
 static void
 finish(srv_core *s)
@@ -931,6 +943,38 @@ sa_finish(srv_core *s)
 	return true;
 }
 
+/* A TASK of the open round for client c (without "sa" or "up"), with the
+ * model as c can take it: the q8 change when it holds the previous
+ * version, else the full model (a client further behind, as in
+ * asynchronous rounds, or new). */
+static void
+task_init(const srv_core *s, const client *c, uint64_t seed, msg *task)
+{
+	*task = (msg){
+	    .type = MSG_TASK,
+	    .round = s->round,
+	    .epochs = s->cfg.epochs,
+	    .batch = s->cfg.batch,
+	    .lr = round_lr(s),
+	    .momentum = s->cfg.momentum,
+	    .weight_decay = s->cfg.weight_decay,
+	    .prox_mu = s->cfg.prox_mu,
+	    .deadline_ms = s->cfg.round_timeout_ms,
+	    .seed = seed,
+	    .model_ver = s->version,
+	    .clip = s->dp != NULL ? (float)srv_dp_clip(s->dp) : 0.0f,
+	};
+	memcpy(task->model, s->model, sizeof task->model);
+	if (s->dq_len > 0 && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver + 1 == s->version) {
+		task->blob = s->dq; /* it holds the previous version: send the change */
+		task->blob_len = s->dq_len;
+		task->base = c->held_ver;
+	} else {
+		task->vec = (const uint8_t *)s->params;
+		task->dim = (uint32_t)s->dim;
+	}
+}
+
 /* Clients a fixed-sampling round selects: ceil(over_select * K). */
 static uint32_t
 n_select(const srv_config *c)
@@ -940,9 +984,15 @@ n_select(const srv_config *c)
 	return c->over_select > 1.0 && n < 1e9 ? (uint32_t)n : c->clients_per_round;
 }
 
+static void async_dispatch(srv_core *s, uint64_t now);
+
 static void
 try_start_round(srv_core *s, uint64_t now)
 {
+	if (s->cfg.async_k > 0) {
+		async_dispatch(s, now);
+		return;
+	}
 	if (s->phase == PH_IDLE && s->dp != NULL && !srv_dp_round_allowed(s->dp, s->round + 1)) {
 		finish(s); /* the privacy budget is spent */
 		return;
@@ -1017,21 +1067,8 @@ try_start_round(srv_core *s, uint64_t now)
 	for (uint32_t i = 0; i < k; i++) {
 		client *c = &s->clients[cand[i]];
 		c->selected_round = s->round;
-		msg task = {
-		    .type = MSG_TASK,
-		    .round = s->round,
-		    .epochs = s->cfg.epochs,
-		    .batch = s->cfg.batch,
-		    .lr = round_lr(s),
-		    .momentum = s->cfg.momentum,
-		    .weight_decay = s->cfg.weight_decay,
-		    .prox_mu = s->cfg.prox_mu,
-		    .deadline_ms = s->cfg.round_timeout_ms,
-		    .seed = rng_u64(&r),
-		    .model_ver = s->version,
-		    .clip = s->dp != NULL ? (float)srv_dp_clip(s->dp) : 0.0f,
-		};
-		memcpy(task.model, s->model, sizeof task.model);
+		msg task;
+		task_init(s, c, rng_u64(&r), &task);
 		if (sa_blob != NULL) {
 			uint8_t me[4] = {(uint8_t)(i + 1), (uint8_t)((i + 1) >> 8), (uint8_t)((i + 1) >> 16),
 			                 (uint8_t)((i + 1) >> 24)};
@@ -1041,14 +1078,6 @@ try_start_round(srv_core *s, uint64_t now)
 			task.has_sa = true;
 		} else if (s->up_spec[0] != '\0' && (c->cx_caps & s->up_caps) == s->up_caps) {
 			memcpy(task.up, s->up_spec, sizeof task.up);
-		}
-		if (s->dq_len > 0 && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver + 1 == s->version) {
-			task.blob = s->dq; /* it holds the previous version: send the change */
-			task.blob_len = s->dq_len;
-			task.base = c->held_ver;
-		} else {
-			task.vec = (const uint8_t *)s->params;
-			task.dim = (uint32_t)s->dim;
 		}
 		unpark(s, c);
 		reply_msg_c(s, c, c->park_req, &task, &s->st.bytes_down);
@@ -1379,6 +1408,8 @@ on_hello(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len
 		unpark(s, &s->clients[i]);
 		reply_simple_c(s, &s->clients[i], s->clients[i].park_req, MSG_WAIT);
 	}
+	if (s->clients[i].task_round != 0)
+		async_drop(s, &s->clients[i], "registered again (restarted) during its task");
 	if (s->cfg.identity && s->clients[i].key == 0 &&
 	    !bind_key(s, (uint32_t)i, key, tok, m->pk)) {
 		reply_error(s, req, SHOAL_ENOMEM, false, "server out of memory");
@@ -1430,6 +1461,215 @@ decline(srv_core *s, const client *c, uint64_t now)
 	return false;
 }
 
+/* ---- asynchronous buffered aggregation (FedBuff) ------------------------- */
+
+/* Stream of the seed of asynchronous task n: apart from the rounds'
+ * selection (seed, r), noise (2^62 | r) and nonces (3 * 2^62). */
+#define SRV_ASYNC_STREAM (UINT64_C(1) << 61)
+
+double
+srv_staleness_weight(uint32_t tau)
+{
+	/* FedBuff (Nguyen et al. 2022, section 5) scales a stale update by
+	 * 1/sqrt(1 + tau), the polynomial rule of Xie et al. 2019. */
+	return 1.0 / sqrt(1.0 + (double)tau);
+}
+
+static uint32_t
+async_concurrency(const srv_config *c)
+{
+	return c->concurrency > 0 ? c->concurrency : c->clients_per_round;
+}
+
+/* Opens asynchronous round s->round + 1: its statistics start from zero;
+ * tasks in flight stay in flight. */
+static void
+async_open(srv_core *s, uint64_t now)
+{
+	s->round++;
+	s->phase = PH_RUNNING;
+	s->deadline = UINT64_MAX; /* tasks have their own deadlines */
+	memset(&s->st, 0, sizeof s->st);
+	s->st.round = s->round;
+	s->st.start_ms = now;
+	s->st.epsilon = NAN;
+	s->st.async = true;
+	s->n_slots = s->n_reported = s->n_declined = 0;
+	push_event(s, SRV_EV_ROUND_START);
+}
+
+/* Gives up client c's task (why: logged); it counts as dropped. */
+static void
+async_drop(srv_core *s, client *c, const char *why)
+{
+	log_info("round %u: client %s %s", s->round, c->name, why);
+	c->task_round = 0;
+	s->n_training--;
+	s->st.dropped++;
+}
+
+/* Sends parked client c a task on the current model. */
+static void
+async_task(srv_core *s, client *c, uint64_t now)
+{
+	rng r;
+	msg task;
+
+	rng_init(&r, s->cfg.seed, SRV_ASYNC_STREAM | s->n_tasks++);
+	task_init(s, c, rng_u64(&r), &task);
+	rng_fini(&r);
+	if (s->up_spec[0] != '\0' && (c->cx_caps & s->up_caps) == s->up_caps)
+		memcpy(task.up, s->up_spec, sizeof task.up);
+	c->task_round = s->round;
+	c->task_ver = s->version;
+	c->task_until = now + s->cfg.round_timeout_ms;
+	s->n_training++;
+	s->st.selected++;
+	unpark(s, c);
+	reply_msg_c(s, c, c->park_req, &task, &s->st.bytes_down);
+}
+
+/* While fewer than C clients train, the client parked longest (then the
+ * lowest id) gets a task. Opens round 1 on the first call. */
+static void
+async_dispatch(srv_core *s, uint64_t now)
+{
+	if (s->phase == PH_IDLE)
+		async_open(s, now);
+	while (s->phase == PH_RUNNING && s->n_parked > 0 &&
+	       s->n_training < async_concurrency(&s->cfg)) {
+		client *next = NULL;
+		for (uint32_t i = 0; i < s->n_clients; i++) {
+			client *c = &s->clients[i];
+			if (c->parked && (next == NULL || c->park_until < next->park_until))
+				next = c;
+		}
+		async_task(s, next, now);
+	}
+}
+
+/* Gives up the tasks past their deadline. */
+static void
+async_expire(srv_core *s, uint64_t now)
+{
+	for (uint32_t i = 0; i < s->n_clients; i++) {
+		client *c = &s->clients[i];
+		if (c->task_round != 0 && now >= c->task_until)
+			async_drop(s, c, "did not report before its task's deadline");
+	}
+}
+
+/* The buffer is full: the model moves by the server optimizer applied to
+ * d = sum s(tau_i) n_i delta_i / sum n_i (FedBuff, Nguyen et al. 2022,
+ * Algorithm 1, with FedAvg's example weights: when no update is stale this
+ * is FedAvg of the buffer), summed in arrival order. Then the round ends
+ * and the next one opens, unless training is over. */
+static void
+async_close(srv_core *s, uint64_t now)
+{
+	srv_round_stats *st = &s->st;
+	double total = 0, loss = 0, tau = 0;
+
+	memset(s->acc, 0, s->dim * sizeof *s->acc);
+	st->staleness_max = 0;
+	for (uint32_t i = 0; i < s->n_slots; i++) {
+		const slot *sl = &s->slots[i];
+		double w = srv_staleness_weight(sl->tau) * sl->n;
+		if (sl->compressed)
+			cx_accumulate(sl->delta, sl->delta_len, (uint32_t)s->dim, w, s->acc, s->scratch);
+		else
+			cx_accumulate_dense(sl->delta, s->dim, w, s->acc);
+		total += sl->n;
+		loss += (double)sl->loss * sl->n;
+		tau += sl->tau;
+		st->staleness_max = sl->tau > st->staleness_max ? sl->tau : st->staleness_max;
+	}
+	st->abandoned = !(total > 0);
+	if (!st->abandoned) {
+		for (size_t j = 0; j < s->dim; j++)
+			s->acc[j] /= total;
+		publish(s, s->acc);
+		evaluate(s);
+	}
+	st->reported = s->n_slots;
+	st->train_loss = total > 0 ? loss / total : NAN;
+	st->staleness = tau / s->n_slots;
+	st->accuracy = s->accuracy;
+	st->loss = s->loss;
+	st->end_ms = now;
+	free_slots(s);
+	memcpy(st->refused, s->refused, sizeof st->refused);
+	memset(s->refused, 0, sizeof s->refused);
+	push_event(s, SRV_EV_ROUND_END);
+	if (s->round >= s->cfg.rounds) {
+		finish(s);
+	} else if (s->cfg.target_accuracy > 0 && st->accuracy >= s->cfg.target_accuracy) {
+		log_info("round %u reached the target accuracy %.4f", s->round, s->cfg.target_accuracy);
+		finish(s);
+	} else {
+		async_open(s, now);
+	}
+}
+
+/* Refuses an UPDATE that is not for client c's task in flight, or too
+ * stale (giving the task up); true if it may be buffered. */
+static bool
+async_check(srv_core *s, uint64_t req, const msg *m, client *c)
+{
+	char text[MSG_TEXT_MAX + 1];
+
+	if (s->phase != PH_RUNNING) {
+		reply_simple_c(s, c, req, MSG_DONE); /* training is over: the update is not needed */
+		return false;
+	}
+	if (c->task_round == 0 || m->round != c->task_round) {
+		if (m->round == c->acked_round && m->round != 0) {
+			reply_error_c(s, c, req, SHOAL_EDUP, false, "update already received");
+			return false;
+		}
+		snprintf(text, sizeof text, "no task of round %u is open for this client (it was "
+		         "given up: deadline, or a check-in since): check in for a new one", m->round);
+		reply_error_c(s, c, req, SHOAL_ESTALE, false, text);
+		return false;
+	}
+	uint32_t tau = s->version - c->task_ver;
+	if (tau > s->cfg.max_staleness) {
+		snprintf(text, sizeof text, "update trained on model version %u is %u versions "
+		         "behind (more than --max-staleness %u): check in for a fresh task",
+		         c->task_ver, tau, s->cfg.max_staleness);
+		reply_error_c(s, c, req, SHOAL_ESTALE, false, text);
+		async_drop(s, c, "sent an update too stale to use");
+		return false;
+	}
+	return true;
+}
+
+/* An UPDATE in asynchronous mode: buffered with its staleness; the K-th
+ * closes the round; the freed slot goes to a parked client. */
+static void
+async_update(srv_core *s, uint64_t req, const msg *m, size_t len, client *c, uint64_t now)
+{
+	if (s->phase == PH_RUNNING)
+		s->st.bytes_up += len;
+	if (!async_check(s, req, m, c))
+		goto dispatch;
+	slot *sl = &s->slots[s->n_slots];
+	*sl = (slot){.client = (uint32_t)(c - s->clients), .tau = s->version - c->task_ver};
+	if (!take_update(s, c, req, m, sl))
+		return; /* the task stays in flight: the client checks in (declines) next */
+	s->n_slots++;
+	s->n_reported++;
+	c->task_round = 0;
+	c->acked_round = m->round;
+	s->n_training--;
+	msg ack = {.type = MSG_ACK, .round = m->round};
+	reply_msg_c(s, c, req, &ack, NULL);
+	if (s->n_slots == s->cfg.async_k)
+		async_close(s, now);
+dispatch:
+	async_dispatch(s, now);
+}
+
 static void
 on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
            uint64_t now)
@@ -1442,6 +1682,8 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t l
 		reply_simple_c(s, c, req, MSG_DONE);
 		return;
 	}
+	if (c->task_round != 0)
+		async_drop(s, c, "checked in without its update (declined its task)");
 	if (c->parked) /* the transport re-sent: answer the older request */
 		reply_simple_c(s, c, c->park_req, MSG_WAIT);
 	else
@@ -1455,6 +1697,49 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t l
 	try_start_round(s, now);
 }
 
+/* Validates the update in m (dimension, or the whole encoding: index
+ * bounds and order, finite values) and copies its wire bytes into sl,
+ * marked reported. False after replying with the error (-12, a codec
+ * error, -1). */
+static bool
+take_update(srv_core *s, client *c, uint64_t req, const msg *m, slot *sl)
+{
+	char text[MSG_TEXT_MAX + 1];
+	const uint8_t *payload = m->vec;
+	size_t plen = 4 * (size_t)m->dim;
+
+	if (m->blob != NULL) {
+		long v = cx_validate(m->blob, m->blob_len, (uint32_t)s->dim, s->scratch);
+		if (v < 0) {
+			snprintf(text, sizeof text, "compressed update refused: %s",
+			         shoal_strerror((shoal_err)v));
+			reply_error_c(s, c, req, (shoal_err)v, false, text);
+			return false;
+		}
+		payload = m->blob;
+		plen = m->blob_len;
+	} else if (m->dim != s->dim) {
+		snprintf(text, sizeof text, "update has %u parameters, model has %zu", m->dim, s->dim);
+		reply_error_c(s, c, req, SHOAL_EDIM, false, text);
+		return false;
+	}
+	sl->delta = malloc(plen);
+	if (sl->delta == NULL) {
+		reply_error_c(s, c, req, SHOAL_ENOMEM, false, "server out of memory");
+		return false;
+	}
+	memcpy(sl->delta, payload, plen);
+	sl->delta_len = plen;
+	sl->compressed = m->blob != NULL;
+	sl->n = m->n_examples;
+	sl->loss = m->loss;
+	sl->reported = true;
+	return true;
+}
+
+static void async_update(srv_core *s, uint64_t req, const msg *m, size_t len, client *c,
+                         uint64_t now);
+
 static void
 on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
           uint64_t now)
@@ -1464,6 +1749,10 @@ on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t le
 
 	if (c == NULL || !auth_request(s, req, m, buf, len, c))
 		return;
+	if (s->cfg.async_k > 0) {
+		async_update(s, req, m, len, c, now);
+		return;
+	}
 	if (s->phase == PH_RUNNING && m->round == s->round)
 		s->st.bytes_up += len;
 	if (s->phase != PH_RUNNING || m->round != s->round) {
@@ -1489,34 +1778,8 @@ on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t le
 		reply_error_c(s, c, req, SHOAL_EDUP, false, "update already received for this round");
 		return;
 	}
-	const uint8_t *payload = m->vec;
-	size_t plen = 4 * (size_t)m->dim;
-	if (m->blob != NULL) {
-		long v = cx_validate(m->blob, m->blob_len, (uint32_t)s->dim, s->scratch);
-		if (v < 0) {
-			snprintf(text, sizeof text, "compressed update refused: %s",
-			         shoal_strerror((shoal_err)v));
-			reply_error_c(s, c, req, (shoal_err)v, false, text);
-			return;
-		}
-		payload = m->blob;
-		plen = m->blob_len;
-	} else if (m->dim != s->dim) {
-		snprintf(text, sizeof text, "update has %u parameters, model has %zu", m->dim, s->dim);
-		reply_error_c(s, c, req, SHOAL_EDIM, false, text);
+	if (!take_update(s, c, req, m, sl))
 		return;
-	}
-	sl->delta = malloc(plen);
-	if (sl->delta == NULL) {
-		reply_error_c(s, c, req, SHOAL_ENOMEM, false, "server out of memory");
-		return;
-	}
-	memcpy(sl->delta, payload, plen);
-	sl->delta_len = plen;
-	sl->compressed = m->blob != NULL;
-	sl->n = m->n_examples;
-	sl->loss = m->loss;
-	sl->reported = true;
 	s->n_reported++;
 	msg ack = {.type = MSG_ACK, .round = s->round};
 	reply_msg_c(s, c, req, &ack, NULL);
@@ -1620,6 +1883,8 @@ srv_core_on_timer(srv_core *s, uint64_t now)
 	} else if (s->phase == PH_RUNNING && s->sa == NULL && now >= s->deadline) {
 		log_info("round %u deadline: %u of %u reported", s->round, s->n_reported, s->n_slots);
 		close_round(s, now);
+	} else if (s->phase == PH_RUNNING && s->cfg.async_k > 0) {
+		async_expire(s, now);
 	}
 	for (uint32_t i = 0; i < s->n_clients; i++) {
 		client *c = &s->clients[i];
@@ -1635,9 +1900,13 @@ uint64_t
 srv_core_next_deadline(const srv_core *s)
 {
 	uint64_t t = s->phase != PH_RUNNING ? UINT64_MAX : s->sa != NULL ? s->sa_deadline : s->deadline;
-	for (uint32_t i = 0; i < s->n_clients; i++)
-		if (s->clients[i].parked && s->clients[i].park_until < t)
-			t = s->clients[i].park_until;
+	for (uint32_t i = 0; i < s->n_clients; i++) {
+		const client *c = &s->clients[i];
+		if (c->parked && c->park_until < t)
+			t = c->park_until;
+		if (s->phase == PH_RUNNING && c->task_round != 0 && c->task_until < t)
+			t = c->task_until; /* async: its slot is given up then */
+	}
 	return t;
 }
 
@@ -1682,6 +1951,34 @@ ident_init(srv_core *s, const srv_config *cfg)
 		if (find_token(s, cfg->tokens[i]) < 0)
 			memcpy(s->tokens[s->n_tokens++].hash, cfg->tokens[i], ID_HASH_BYTES);
 	return SHOAL_OK;
+}
+
+/* Asynchronous rounds: what they do not compose with. */
+static shoal_err
+check_async(const srv_config *c)
+{
+	const char *why = NULL;
+
+	if (c->async_k > SRV_ASYNC_K_MAX)
+		why = "the buffer size K of --async must be at most 65536";
+	else if (async_concurrency(c) > c->max_clients)
+		why = "--concurrency exceeds --max-clients: lower it";
+	else if (c->secagg != SRV_SECAGG_OFF)
+		why = "--async does not compose with secure aggregation: masks cancel only in the "
+		      "sum of a round's selected clients, and buffered updates arrive one by one "
+		      "from different model versions; drop --async (synchronous secure rounds) or "
+		      "--secagg";
+	else if (c->dp != SRV_DP_OFF || c->sampling != SRV_SAMPLING_FIXED)
+		why = "--async does not compose with --dp or --sampling poisson: the accountant "
+		      "assumes each round Poisson-samples the clients, which buffered rounds of "
+		      "first arrivals do not; drop --async (synchronous DP rounds) or --dp";
+	else if (c->over_select > 1.0)
+		why = "--over-select is for synchronous rounds (asynchronous ones already "
+		      "aggregate the first K arrivals): drop it";
+	if (why == NULL)
+		return SHOAL_OK;
+	log_error("%s", why);
+	return SHOAL_EINVAL;
 }
 
 static shoal_err
@@ -1748,6 +2045,8 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 			    "the clients per round",
 			    c->clients_per_round, k, c->secagg_collusion, c->secagg_dropout);
 	}
+	if (c->async_k > 0 && check_async(c) != SHOAL_OK)
+		return SHOAL_EINVAL; /* it said why */
 	if (srv_dp_check(c, dim) != SHOAL_OK)
 		return SHOAL_EINVAL; /* it said why */
 	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
@@ -1793,7 +2092,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (s->acc = malloc(dim * sizeof *s->acc)) == NULL ||
 	    (s->clients = malloc((size_t)cfg->max_clients * sizeof *s->clients)) == NULL ||
 	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
-	    (s->slots = malloc((size_t)(cfg->sampling == SRV_SAMPLING_POISSON
+	    (s->slots = malloc((size_t)(cfg->async_k > 0 ? cfg->async_k
+	                                : cfg->sampling == SRV_SAMPLING_POISSON
 	                                    ? cfg->max_clients : n_select(cfg)) *
 	                       sizeof *s->slots)) == NULL)
 		goto fail;

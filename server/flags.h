@@ -3,7 +3,8 @@
  * client momentum, weight decay, FedProx mu, lr decay, the server optimizer,
  * an accuracy target that ends training early, the update encodings
  * (--compress, --downlink), secure aggregation (--secagg ...), client
- * sampling and differential privacy (--sampling, --dp ...). */
+ * sampling and differential privacy (--sampling, --dp ...), asynchronous
+ * buffered rounds (--async, --concurrency, --max-staleness). */
 #ifndef SHOAL_SERVER_FLAGS_H
 #define SHOAL_SERVER_FLAGS_H
 
@@ -14,7 +15,7 @@
 
 /* getopt_long ids of these flags are SRV_FLAG_BASE + index. */
 #define SRV_FLAG_BASE 1000
-#define SRV_FLAG_COUNT 32
+#define SRV_FLAG_COUNT 35
 
 /* SRV_FLAG_COUNT entries (not terminated): append them to a program's own
  * option table. */

@@ -1179,6 +1179,11 @@ main(int argc, char **argv)
 		        "delta %g\n", cfg.dp == SRV_DP_DISTRIBUTED ? "distributed" : "central",
 		        cfg.sample_rate, cfg.clip, srv_dp_noise_multiplier(srv_core_dp(core)),
 		        cfg.target_epsilon > 0 ? " (calibrated for --target-epsilon)" : "", cfg.delta);
+	else if (!o.quiet && cfg.async_k > 0)
+		fprintf(stderr, "shoal-sim: asynchronous rounds: every %" PRIu32 " updates, %" PRIu32
+		        " clients training at once, max staleness %" PRIu32 "\n", cfg.async_k,
+		        cfg.concurrency > 0 ? cfg.concurrency : cfg.clients_per_round,
+		        cfg.max_staleness);
 	else if (!o.quiet && cfg.sampling == SRV_SAMPLING_POISSON)
 		fprintf(stderr, "shoal-sim: Poisson sampling, q=%g (--clients-per-round not used)\n",
 		        cfg.sample_rate);
