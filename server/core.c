@@ -108,6 +108,9 @@ struct srv_core {
 	                       quantization error still to be sent */
 	uint8_t *dq;        /* downlink: encoding of version-1 -> version */
 	size_t dq_len, dq_cap;
+	uint8_t *dq0;       /* downlink: the empty change (all-zero q8 blocks),
+	                       for a client that holds the current version */
+	size_t dq0_len;
 	double accuracy, loss;
 
 	/* secure aggregation */
@@ -968,6 +971,11 @@ task_init(const srv_core *s, const client *c, uint64_t seed, msg *task)
 	if (s->dq_len > 0 && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver + 1 == s->version) {
 		task->blob = s->dq; /* it holds the previous version: send the change */
 		task->blob_len = s->dq_len;
+		task->base = c->held_ver;
+	} else if (s->dq0 != NULL && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver == s->version) {
+		task->blob = s->dq0; /* it holds this version (async, or after an abandoned
+		                        round): no change, a quarter of the bytes */
+		task->blob_len = s->dq0_len;
 		task->base = c->held_ver;
 	} else {
 		task->vec = (const uint8_t *)s->params;
@@ -2061,6 +2069,26 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 #undef BAD
 }
 
+/* s->dq0: the q8 downlink encoding of a zero change (decoding it adds
+ * +0.0 to every coordinate). */
+static shoal_err
+empty_change(srv_core *s)
+{
+	float *zero = calloc(s->dim, sizeof *zero);
+	long n;
+
+	if (zero == NULL || (s->dq0 = malloc(s->dq_cap)) == NULL) {
+		free(zero);
+		return SHOAL_ENOMEM;
+	}
+	n = cx_encode_downlink(zero, (uint32_t)s->dim, CX_BLOCK_DEFAULT, s->dq0, s->dq_cap);
+	free(zero);
+	if (n < 0)
+		return (shoal_err)n;
+	s->dq0_len = (size_t)n;
+	return SHOAL_OK;
+}
+
 shoal_err
 srv_core_new(const srv_config *cfg, srv_core **out)
 {
@@ -2124,6 +2152,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (cfg->downlink_q8 && ((s->shadow = malloc(dim * sizeof *s->shadow)) == NULL ||
 	                          (s->dq = malloc(s->dq_cap)) == NULL)))
 		goto fail;
+	if (cfg->downlink_q8 && (e = empty_change(s)) != SHOAL_OK)
+		goto fail;
 	if ((e = srv_opt_init(&s->opt, &cfg->opt, dim)) != SHOAL_OK) {
 		if (e == SHOAL_EINVAL)
 			log_error("server optimizer: lr and tau must be > 0, betas in [0, 1)");
@@ -2169,6 +2199,7 @@ srv_core_free(srv_core *s)
 	free(s->scratch);
 	free(s->shadow);
 	free(s->dq);
+	free(s->dq0);
 	free(s->change);
 	free(s->ckpt);
 	srv_opt_fini(&s->opt);

@@ -61,7 +61,8 @@ typedef struct srv_config {
 	                               "topk:0.01,q8"); "none" or NULL: dense */
 	bool downlink_q8;           /* after a client's first full model, send
 	                               q8 model deltas (TASK "dq") when it holds
-	                               the previous version */
+	                               the previous version, and the empty
+	                               change when it holds the current one */
 	/* Secure aggregation (PROTOCOL.md section 13): the server learns only
 	 * the sum of the selected clients' updates. The update encoding's
 	 * ratio sets the size of the shared index set ("none": every

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/codec.h"
 #include "common/msg.h"
 #include "ml/ml.h"
 #include "server/core.h"
@@ -335,6 +336,38 @@ test_task_model_by_held_version(void **state)
 	h_fini(&h);
 }
 
+/* A client that holds the current version (K = 2: the model has not
+ * moved since its last task) gets the empty change, about a quarter of
+ * the full model's bytes, which leaves its model bit for bit. */
+static void
+test_task_empty_change_for_current_version(void **state)
+{
+	harness h;
+	srv_config c;
+	msg m;
+
+	(void)state;
+	async_config(&c, 2, 1);
+	c.downlink_q8 = true;
+	h_init(&h, &c);
+	uint32_t a = hello(&h, "a", MSG_CX_ALL);
+	assert_int_equal(reply_type(&h, checkin(&h, a, 0, 0), &m), MSG_TASK);
+	assert_int_equal(reply_type(&h, update(&h, a, 1, 1, 0.01f, 1), &m), MSG_ACK);
+	assert_int_equal(srv_core_model_version(h.s), 1);
+	assert_int_equal(reply_type(&h, checkin(&h, a, 1, 2), &m), MSG_TASK);
+	assert_null(m.vec);
+	assert_non_null(m.blob);
+	assert_int_equal(m.base, 1);
+	assert_int_equal(m.model_ver, 1);
+	assert_true(m.blob_len * 3 < 4 * h.dim);
+	float *p = malloc(h.dim * sizeof *p);
+	memcpy(p, srv_core_params(h.s, NULL), h.dim * sizeof *p);
+	assert_true(cx_decode_add(m.blob, m.blob_len, (uint32_t)h.dim, p, NULL) >= 0);
+	assert_memory_equal(p, srv_core_params(h.s, NULL), h.dim * sizeof *p);
+	free(p);
+	h_fini(&h);
+}
+
 static void
 test_refused_settings(void **state)
 {
@@ -516,6 +549,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_too_stale_update_refused),
 		cmocka_unit_test(test_duplicate_and_deadline),
 		cmocka_unit_test(test_task_model_by_held_version),
+		cmocka_unit_test(test_task_empty_change_for_current_version),
 		cmocka_unit_test(test_refused_settings),
 		cmocka_unit_test_setup_teardown(test_sim_deterministic_and_learns, setup, teardown),
 	};
