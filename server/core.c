@@ -947,9 +947,10 @@ sa_finish(srv_core *s)
 }
 
 /* A TASK of the open round for client c (without "sa" or "up"), with the
- * model as c can take it: the q8 change when it holds the previous
- * version, else the full model (a client further behind, as in
- * asynchronous rounds, or new). */
+ * model as c can take it (PROTOCOL.md 12.1): the q8 change when it holds
+ * the previous version, the empty change when it holds this one, else the
+ * full model (a client further behind, as often in asynchronous rounds, or
+ * new). */
 static void
 task_init(const srv_core *s, const client *c, uint64_t seed, msg *task)
 {
