@@ -32,6 +32,11 @@ typedef struct client {
 	uint32_t cx_caps;   /* HELLO "cx" */
 	uint32_t held_ver;  /* model version it says it holds (CHECKIN "ver") */
 	uint32_t key;       /* identity: index + 1 of its key in keys, 0: none */
+	/* asynchronous rounds */
+	uint32_t task_round; /* round id of the task it trains, 0: none */
+	uint32_t task_ver;  /* model version that task carried */
+	uint64_t task_until; /* its slot is given up then */
+	uint32_t acked_round; /* round id of its last accepted update */
 } client;
 
 typedef struct slot {
@@ -48,6 +53,7 @@ typedef struct slot {
 	bool sa_in;        /* secure mode: its masked input was taken (in U3) */
 	uint32_t tau;      /* local time budget: steps it reported, 0: none */
 	uint64_t sa_req;
+	uint32_t stale;    /* async: staleness when it arrived */
 } slot;
 
 /* Client identity (PROTOCOL.md section 16). Every key the server admits
@@ -121,6 +127,9 @@ struct srv_core {
 	                       quantization error still to be sent */
 	uint8_t *dq;        /* downlink: encoding of version-1 -> version */
 	size_t dq_len, dq_cap;
+	uint8_t *dq0;       /* downlink: the empty change (all-zero q8 blocks),
+	                       for a client that holds the current version */
+	size_t dq0_len;
 	double accuracy, loss;
 
 	/* secure aggregation */
@@ -151,6 +160,8 @@ struct srv_core {
 	uint32_t refused[SRV_CODES]; /* error replies since the last round ended */
 	srv_dp *dp;         /* central DP (server/dp.h), NULL when off */
 	uint32_t nova_S;    /* FedNova: S of the open round (server/nova.h), 0: off */
+	uint32_t n_training; /* async: clients with a task in flight */
+	uint64_t n_tasks;   /* async: TASKs sent, numbers their seed streams */
 	bool ckpt_on;       /* encode a checkpoint at every round boundary */
 	uint8_t *ckpt;      /* the newest one not yet taken, or NULL */
 	size_t ckpt_len;
@@ -201,6 +212,7 @@ srv_config_defaults(srv_config *c)
 	c->hold_ms = 2000;
 	c->max_clients = 10000;
 	c->max_message = 64u << 20;
+	c->max_staleness = 20;
 	c->seed = 1;
 	c->test = NULL;
 }
@@ -553,6 +565,9 @@ static void free_slots(srv_core *s);
 static void try_start_round(srv_core *s, uint64_t now);
 static void checkpoint(srv_core *s);
 static bool sa_finish(srv_core *s);
+static void async_drop(srv_core *s, client *c, const char *why);
+static void async_expire(srv_core *s, uint64_t now);
+static bool take_update(srv_core *s, client *c, uint64_t req, const msg *m, slot *sl);
 
 static void
 finish(srv_core *s)
@@ -1115,6 +1130,46 @@ sa_finish(srv_core *s)
 	return true;
 }
 
+/* A TASK of the open round for client c (without "sa" or "up"), with the
+ * model as c can take it (PROTOCOL.md 12.1): the q8 change when it holds
+ * the previous version, the empty change when it holds this one, else the
+ * full model (a client further behind, as often in asynchronous rounds, or
+ * new). */
+static void
+task_init(const srv_core *s, const client *c, uint64_t seed, msg *task)
+{
+	*task = (msg){
+	    .type = MSG_TASK,
+	    .round = s->round,
+	    .epochs = s->cfg.epochs,
+	    .batch = s->cfg.batch,
+	    .lr = round_lr(s),
+	    .momentum = s->cfg.momentum,
+	    .weight_decay = s->cfg.weight_decay,
+	    .prox_mu = s->cfg.prox_mu,
+	    .deadline_ms = s->cfg.round_timeout_ms,
+	    .seed = seed,
+	    .model_ver = s->version,
+	    .clip = s->dp != NULL ? (float)srv_dp_clip(s->dp) : 0.0f,
+	    .budget_ms = s->cfg.local_budget_ms,
+	    .ref_steps = s->nova_S,
+	};
+	memcpy(task->model, s->model, sizeof task->model);
+	if (s->dq_len > 0 && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver + 1 == s->version) {
+		task->blob = s->dq; /* it holds the previous version: send the change */
+		task->blob_len = s->dq_len;
+		task->base = c->held_ver;
+	} else if (s->dq0 != NULL && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver == s->version) {
+		task->blob = s->dq0; /* it holds this version (async, or after an abandoned
+		                        round): no change, a quarter of the bytes */
+		task->blob_len = s->dq0_len;
+		task->base = c->held_ver;
+	} else {
+		task->vec = (const uint8_t *)s->params;
+		task->dim = (uint32_t)s->dim;
+	}
+}
+
 /* Clients a fixed-sampling round selects: ceil(over_select * K). */
 static uint32_t
 n_select(const srv_config *c)
@@ -1124,9 +1179,15 @@ n_select(const srv_config *c)
 	return c->over_select > 1.0 && n < 1e9 ? (uint32_t)n : c->clients_per_round;
 }
 
+static void async_dispatch(srv_core *s, uint64_t now);
+
 static void
 try_start_round(srv_core *s, uint64_t now)
 {
+	if (s->cfg.async_k > 0) {
+		async_dispatch(s, now);
+		return;
+	}
 	if (s->phase == PH_IDLE && s->dp != NULL && !srv_dp_round_allowed(s->dp, s->round + 1)) {
 		finish(s); /* the privacy budget is spent */
 		return;
@@ -1202,23 +1263,8 @@ try_start_round(srv_core *s, uint64_t now)
 	for (uint32_t i = 0; i < k; i++) {
 		client *c = &s->clients[cand[i]];
 		c->selected_round = s->round;
-		msg task = {
-		    .type = MSG_TASK,
-		    .round = s->round,
-		    .epochs = s->cfg.epochs,
-		    .batch = s->cfg.batch,
-		    .lr = round_lr(s),
-		    .momentum = s->cfg.momentum,
-		    .weight_decay = s->cfg.weight_decay,
-		    .prox_mu = s->cfg.prox_mu,
-		    .deadline_ms = s->cfg.round_timeout_ms,
-		    .seed = rng_u64(&r),
-		    .model_ver = s->version,
-		    .clip = s->dp != NULL ? (float)srv_dp_clip(s->dp) : 0.0f,
-		    .budget_ms = s->cfg.local_budget_ms,
-		    .ref_steps = s->nova_S,
-		};
-		memcpy(task.model, s->model, sizeof task.model);
+		msg task;
+		task_init(s, c, rng_u64(&r), &task);
 		if (sa_blob != NULL) {
 			uint8_t me[4] = {(uint8_t)(i + 1), (uint8_t)((i + 1) >> 8), (uint8_t)((i + 1) >> 16),
 			                 (uint8_t)((i + 1) >> 24)};
@@ -1228,14 +1274,6 @@ try_start_round(srv_core *s, uint64_t now)
 			task.has_sa = true;
 		} else if (s->up_spec[0] != '\0' && (c->cx_caps & s->up_caps) == s->up_caps) {
 			memcpy(task.up, s->up_spec, sizeof task.up);
-		}
-		if (s->dq_len > 0 && (c->cx_caps & MSG_CX_DOWN_Q8) && c->held_ver + 1 == s->version) {
-			task.blob = s->dq; /* it holds the previous version: send the change */
-			task.blob_len = s->dq_len;
-			task.base = c->held_ver;
-		} else {
-			task.vec = (const uint8_t *)s->params;
-			task.dim = (uint32_t)s->dim;
 		}
 		unpark(s, c);
 		reply_msg_c(s, c, c->park_req, &task, &s->st.bytes_down);
@@ -1566,6 +1604,8 @@ on_hello(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len
 		unpark(s, &s->clients[i]);
 		reply_simple_c(s, &s->clients[i], s->clients[i].park_req, MSG_WAIT);
 	}
+	if (s->clients[i].task_round != 0)
+		async_drop(s, &s->clients[i], "registered again (restarted) during its task");
 	if (s->cfg.identity && s->clients[i].key == 0 &&
 	    !bind_key(s, (uint32_t)i, key, tok, m->pk)) {
 		reply_error(s, req, SHOAL_ENOMEM, false, "server out of memory");
@@ -1617,6 +1657,215 @@ decline(srv_core *s, const client *c, uint64_t now)
 	return false;
 }
 
+/* ---- asynchronous buffered aggregation (FedBuff) ------------------------- */
+
+/* Stream of the seed of asynchronous task n: apart from the rounds'
+ * selection (seed, r), noise (2^62 | r) and nonces (3 * 2^62). */
+#define SRV_ASYNC_STREAM (UINT64_C(1) << 61)
+
+double
+srv_staleness_weight(uint32_t tau)
+{
+	/* FedBuff (Nguyen et al. 2022, section 5) scales a stale update by
+	 * 1/sqrt(1 + tau), the polynomial rule of Xie et al. 2019. */
+	return 1.0 / sqrt(1.0 + (double)tau);
+}
+
+static uint32_t
+async_concurrency(const srv_config *c)
+{
+	return c->concurrency > 0 ? c->concurrency : c->clients_per_round;
+}
+
+/* Opens asynchronous round s->round + 1: its statistics start from zero;
+ * tasks in flight stay in flight. */
+static void
+async_open(srv_core *s, uint64_t now)
+{
+	s->round++;
+	s->phase = PH_RUNNING;
+	s->deadline = UINT64_MAX; /* tasks have their own deadlines */
+	memset(&s->st, 0, sizeof s->st);
+	s->st.round = s->round;
+	s->st.start_ms = now;
+	s->st.epsilon = NAN;
+	s->st.async = true;
+	s->n_slots = s->n_reported = s->n_declined = 0;
+	push_event(s, SRV_EV_ROUND_START);
+}
+
+/* Gives up client c's task (why: logged); it counts as dropped. */
+static void
+async_drop(srv_core *s, client *c, const char *why)
+{
+	log_info("round %u: client %s %s", s->round, c->name, why);
+	c->task_round = 0;
+	s->n_training--;
+	s->st.dropped++;
+}
+
+/* Sends parked client c a task on the current model. */
+static void
+async_task(srv_core *s, client *c, uint64_t now)
+{
+	rng r;
+	msg task;
+
+	rng_init(&r, s->cfg.seed, SRV_ASYNC_STREAM | s->n_tasks++);
+	task_init(s, c, rng_u64(&r), &task);
+	rng_fini(&r);
+	if (s->up_spec[0] != '\0' && (c->cx_caps & s->up_caps) == s->up_caps)
+		memcpy(task.up, s->up_spec, sizeof task.up);
+	c->task_round = s->round;
+	c->task_ver = s->version;
+	c->task_until = now + s->cfg.round_timeout_ms;
+	s->n_training++;
+	s->st.selected++;
+	unpark(s, c);
+	reply_msg_c(s, c, c->park_req, &task, &s->st.bytes_down);
+}
+
+/* While fewer than C clients train, the client parked longest (then the
+ * lowest id) gets a task. Opens round 1 on the first call. */
+static void
+async_dispatch(srv_core *s, uint64_t now)
+{
+	if (s->phase == PH_IDLE)
+		async_open(s, now);
+	while (s->phase == PH_RUNNING && s->n_parked > 0 &&
+	       s->n_training < async_concurrency(&s->cfg)) {
+		client *next = NULL;
+		for (uint32_t i = 0; i < s->n_clients; i++) {
+			client *c = &s->clients[i];
+			if (c->parked && (next == NULL || c->park_until < next->park_until))
+				next = c;
+		}
+		async_task(s, next, now);
+	}
+}
+
+/* Gives up the tasks past their deadline. */
+static void
+async_expire(srv_core *s, uint64_t now)
+{
+	for (uint32_t i = 0; i < s->n_clients; i++) {
+		client *c = &s->clients[i];
+		if (c->task_round != 0 && now >= c->task_until)
+			async_drop(s, c, "did not report before its task's deadline");
+	}
+}
+
+/* The buffer is full: the model moves by the server optimizer applied to
+ * d = sum s(tau_i) n_i delta_i / sum n_i (FedBuff, Nguyen et al. 2022,
+ * Algorithm 1, with FedAvg's example weights: when no update is stale this
+ * is FedAvg of the buffer), summed in arrival order. Then the round ends
+ * and the next one opens, unless training is over. */
+static void
+async_close(srv_core *s, uint64_t now)
+{
+	srv_round_stats *st = &s->st;
+	double total = 0, loss = 0, stale = 0;
+
+	memset(s->acc, 0, s->dim * sizeof *s->acc);
+	st->staleness_max = 0;
+	for (uint32_t i = 0; i < s->n_slots; i++) {
+		const slot *sl = &s->slots[i];
+		double w = srv_staleness_weight(sl->stale) * sl->n;
+		if (sl->compressed)
+			cx_accumulate(sl->delta, sl->delta_len, (uint32_t)s->dim, w, s->acc, s->scratch);
+		else
+			cx_accumulate_dense(sl->delta, s->dim, w, s->acc);
+		total += sl->n;
+		loss += (double)sl->loss * sl->n;
+		stale += sl->stale;
+		st->staleness_max = sl->stale > st->staleness_max ? sl->stale : st->staleness_max;
+	}
+	st->abandoned = !(total > 0);
+	if (!st->abandoned) {
+		for (size_t j = 0; j < s->dim; j++)
+			s->acc[j] /= total;
+		publish(s, s->acc);
+		evaluate(s);
+	}
+	st->reported = s->n_slots;
+	st->train_loss = total > 0 ? loss / total : NAN;
+	st->staleness = stale / s->n_slots;
+	st->accuracy = s->accuracy;
+	st->loss = s->loss;
+	st->end_ms = now;
+	free_slots(s);
+	memcpy(st->refused, s->refused, sizeof st->refused);
+	memset(s->refused, 0, sizeof s->refused);
+	push_event(s, SRV_EV_ROUND_END);
+	if (s->round >= s->cfg.rounds) {
+		finish(s);
+	} else if (s->cfg.target_accuracy > 0 && st->accuracy >= s->cfg.target_accuracy) {
+		log_info("round %u reached the target accuracy %.4f", s->round, s->cfg.target_accuracy);
+		finish(s);
+	} else {
+		async_open(s, now);
+	}
+}
+
+/* Refuses an UPDATE that is not for client c's task in flight, or too
+ * stale (giving the task up); true if it may be buffered. */
+static bool
+async_check(srv_core *s, uint64_t req, const msg *m, client *c)
+{
+	char text[MSG_TEXT_MAX + 1];
+
+	if (s->phase != PH_RUNNING) {
+		reply_simple_c(s, c, req, MSG_DONE); /* training is over: the update is not needed */
+		return false;
+	}
+	if (c->task_round == 0 || m->round != c->task_round) {
+		if (m->round == c->acked_round && m->round != 0) {
+			reply_error_c(s, c, req, SHOAL_EDUP, false, "update already received");
+			return false;
+		}
+		snprintf(text, sizeof text, "no task of round %u is open for this client (it was "
+		         "given up: deadline, or a check-in since): check in for a new one", m->round);
+		reply_error_c(s, c, req, SHOAL_ESTALE, false, text);
+		return false;
+	}
+	uint32_t tau = s->version - c->task_ver;
+	if (tau > s->cfg.max_staleness) {
+		snprintf(text, sizeof text, "update trained on model version %u is %u versions "
+		         "behind (more than --max-staleness %u): check in for a fresh task",
+		         c->task_ver, tau, s->cfg.max_staleness);
+		reply_error_c(s, c, req, SHOAL_ESTALE, false, text);
+		async_drop(s, c, "sent an update too stale to use");
+		return false;
+	}
+	return true;
+}
+
+/* An UPDATE in asynchronous mode: buffered with its staleness; the K-th
+ * closes the round; the freed slot goes to a parked client. */
+static void
+async_update(srv_core *s, uint64_t req, const msg *m, size_t len, client *c, uint64_t now)
+{
+	if (s->phase == PH_RUNNING)
+		s->st.bytes_up += len;
+	if (!async_check(s, req, m, c))
+		goto dispatch;
+	slot *sl = &s->slots[s->n_slots];
+	*sl = (slot){.client = (uint32_t)(c - s->clients), .stale = s->version - c->task_ver};
+	if (!take_update(s, c, req, m, sl))
+		return; /* the task stays in flight: the client checks in (declines) next */
+	s->n_slots++;
+	s->n_reported++;
+	c->task_round = 0;
+	c->acked_round = m->round;
+	s->n_training--;
+	msg ack = {.type = MSG_ACK, .round = m->round};
+	reply_msg_c(s, c, req, &ack, NULL);
+	if (s->n_slots == s->cfg.async_k)
+		async_close(s, now);
+dispatch:
+	async_dispatch(s, now);
+}
+
 static void
 on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
            uint64_t now)
@@ -1629,6 +1878,8 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t l
 		reply_simple_c(s, c, req, MSG_DONE);
 		return;
 	}
+	if (c->task_round != 0)
+		async_drop(s, c, "checked in without its update (declined its task)");
 	if (c->parked) /* the transport re-sent: answer the older request */
 		reply_simple_c(s, c, c->park_req, MSG_WAIT);
 	else
@@ -1647,6 +1898,50 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t l
 	try_start_round(s, now);
 }
 
+/* Validates the update in m (dimension, or the whole encoding: index
+ * bounds and order, finite values) and copies its wire bytes into sl,
+ * marked reported. False after replying with the error (-12, a codec
+ * error, -1). */
+static bool
+take_update(srv_core *s, client *c, uint64_t req, const msg *m, slot *sl)
+{
+	char text[MSG_TEXT_MAX + 1];
+	const uint8_t *payload = m->vec;
+	size_t plen = 4 * (size_t)m->dim;
+
+	if (m->blob != NULL) {
+		long v = cx_validate(m->blob, m->blob_len, (uint32_t)s->dim, s->scratch);
+		if (v < 0) {
+			snprintf(text, sizeof text, "compressed update refused: %s",
+			         shoal_strerror((shoal_err)v));
+			reply_error_c(s, c, req, (shoal_err)v, false, text);
+			return false;
+		}
+		payload = m->blob;
+		plen = m->blob_len;
+	} else if (m->dim != s->dim) {
+		snprintf(text, sizeof text, "update has %u parameters, model has %zu", m->dim, s->dim);
+		reply_error_c(s, c, req, SHOAL_EDIM, false, text);
+		return false;
+	}
+	sl->delta = malloc(plen);
+	if (sl->delta == NULL) {
+		reply_error_c(s, c, req, SHOAL_ENOMEM, false, "server out of memory");
+		return false;
+	}
+	memcpy(sl->delta, payload, plen);
+	sl->delta_len = plen;
+	sl->compressed = m->blob != NULL;
+	sl->n = m->n_examples;
+	sl->loss = m->loss;
+	sl->tau = s->cfg.local_budget_ms > 0 ? m->tau : 0;
+	sl->reported = true;
+	return true;
+}
+
+static void async_update(srv_core *s, uint64_t req, const msg *m, size_t len, client *c,
+                         uint64_t now);
+
 static void
 on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t len,
           uint64_t now)
@@ -1656,6 +1951,10 @@ on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t le
 
 	if (c == NULL || !auth_request(s, req, m, buf, len, c))
 		return;
+	if (s->cfg.async_k > 0) {
+		async_update(s, req, m, len, c, now);
+		return;
+	}
 	if (s->phase == PH_RUNNING && m->round == s->round)
 		s->st.bytes_up += len;
 	if (s->phase != PH_RUNNING || m->round != s->round) {
@@ -1681,35 +1980,8 @@ on_update(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t le
 		reply_error_c(s, c, req, SHOAL_EDUP, false, "update already received for this round");
 		return;
 	}
-	const uint8_t *payload = m->vec;
-	size_t plen = 4 * (size_t)m->dim;
-	if (m->blob != NULL) {
-		long v = cx_validate(m->blob, m->blob_len, (uint32_t)s->dim, s->scratch);
-		if (v < 0) {
-			snprintf(text, sizeof text, "compressed update refused: %s",
-			         shoal_strerror((shoal_err)v));
-			reply_error_c(s, c, req, (shoal_err)v, false, text);
-			return;
-		}
-		payload = m->blob;
-		plen = m->blob_len;
-	} else if (m->dim != s->dim) {
-		snprintf(text, sizeof text, "update has %u parameters, model has %zu", m->dim, s->dim);
-		reply_error_c(s, c, req, SHOAL_EDIM, false, text);
+	if (!take_update(s, c, req, m, sl))
 		return;
-	}
-	sl->delta = malloc(plen);
-	if (sl->delta == NULL) {
-		reply_error_c(s, c, req, SHOAL_ENOMEM, false, "server out of memory");
-		return;
-	}
-	memcpy(sl->delta, payload, plen);
-	sl->delta_len = plen;
-	sl->compressed = m->blob != NULL;
-	sl->n = m->n_examples;
-	sl->loss = m->loss;
-	sl->tau = s->cfg.local_budget_ms > 0 ? m->tau : 0;
-	sl->reported = true;
 	s->n_reported++;
 	msg ack = {.type = MSG_ACK, .round = s->round};
 	reply_msg_c(s, c, req, &ack, NULL);
@@ -1827,6 +2099,8 @@ srv_core_on_timer(srv_core *s, uint64_t now)
 	} else if (s->phase == PH_RUNNING && s->sa == NULL && now >= s->deadline) {
 		log_info("round %u deadline: %u of %u reported", s->round, s->n_reported, s->n_slots);
 		close_round(s, now);
+	} else if (s->phase == PH_RUNNING && s->cfg.async_k > 0) {
+		async_expire(s, now);
 	}
 	park_expire(s, now);
 	try_start_round(s, now);
@@ -1847,6 +2121,13 @@ srv_core_next_deadline(const srv_core *s)
 			if (p->until < t)
 				t = p->until;
 			break;
+		}
+	}
+	if (s->cfg.async_k > 0 && s->phase == PH_RUNNING) {
+		for (uint32_t i = 0; i < s->n_clients; i++) {
+			const client *c = &s->clients[i];
+			if (c->task_round != 0 && c->task_until < t)
+				t = c->task_until; /* async: its slot is given up then */
 		}
 	}
 	return t;
@@ -1893,6 +2174,37 @@ ident_init(srv_core *s, const srv_config *cfg)
 		if (find_token(s, cfg->tokens[i]) < 0)
 			memcpy(s->tokens[s->n_tokens++].hash, cfg->tokens[i], ID_HASH_BYTES);
 	return SHOAL_OK;
+}
+
+/* Asynchronous rounds: what they do not compose with. */
+static shoal_err
+check_async(const srv_config *c)
+{
+	const char *why = NULL;
+
+	if (c->async_k > SRV_ASYNC_K_MAX)
+		why = "the buffer size K of --async must be at most 65536";
+	else if (async_concurrency(c) > c->max_clients)
+		why = "--concurrency exceeds --max-clients: lower it";
+	else if (c->secagg != SRV_SECAGG_OFF)
+		why = "--async does not compose with secure aggregation: masks cancel only in the "
+		      "sum of a round's selected clients, and buffered updates arrive one by one "
+		      "from different model versions; drop --async (synchronous secure rounds) or "
+		      "--secagg";
+	else if (c->dp != SRV_DP_OFF || c->sampling != SRV_SAMPLING_FIXED)
+		why = "--async does not compose with --dp or --sampling poisson: the accountant "
+		      "assumes each round Poisson-samples the clients, which buffered rounds of "
+		      "first arrivals do not; drop --async (synchronous DP rounds) or --dp";
+	else if (c->over_select > 1.0)
+		why = "--over-select is for synchronous rounds (asynchronous ones already "
+		      "aggregate the first K arrivals): drop it";
+	else if (c->local_budget_ms > 0)
+		why = "--local-budget is for synchronous rounds (FedNova normalizes the updates "
+		      "of one round against that round's step count): drop it, or --async";
+	if (why == NULL)
+		return SHOAL_OK;
+	log_error("%s", why);
+	return SHOAL_EINVAL;
 }
 
 static shoal_err
@@ -1959,6 +2271,8 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 			    "the clients per round",
 			    c->clients_per_round, k, c->secagg_collusion, c->secagg_dropout);
 	}
+	if (c->async_k > 0 && check_async(c) != SHOAL_OK)
+		return SHOAL_EINVAL; /* it said why */
 	if (srv_dp_check(c, dim) != SHOAL_OK)
 		return SHOAL_EINVAL; /* it said why */
 	if (c->round_timeout_ms == 0 || c->hold_ms == 0)
@@ -1971,6 +2285,26 @@ check_config(const srv_config *c, size_t dim, uint32_t *up_caps)
 		    c->max_message, 4 * dim + 1024);
 	return SHOAL_OK;
 #undef BAD
+}
+
+/* s->dq0: the q8 downlink encoding of a zero change (decoding it adds
+ * +0.0 to every coordinate). */
+static shoal_err
+empty_change(srv_core *s)
+{
+	float *zero = calloc(s->dim, sizeof *zero);
+	long n;
+
+	if (zero == NULL || (s->dq0 = malloc(s->dq_cap)) == NULL) {
+		free(zero);
+		return SHOAL_ENOMEM;
+	}
+	n = cx_encode_downlink(zero, (uint32_t)s->dim, CX_BLOCK_DEFAULT, s->dq0, s->dq_cap);
+	free(zero);
+	if (n < 0)
+		return (shoal_err)n;
+	s->dq0_len = (size_t)n;
+	return SHOAL_OK;
 }
 
 shoal_err
@@ -2004,7 +2338,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	    (s->acc = malloc(dim * sizeof *s->acc)) == NULL ||
 	    (s->clients = malloc((size_t)cfg->max_clients * sizeof *s->clients)) == NULL ||
 	    (s->table = calloc(tsize, sizeof *s->table)) == NULL ||
-	    (s->slots = malloc((size_t)(cfg->sampling == SRV_SAMPLING_POISSON
+	    (s->slots = malloc((size_t)(cfg->async_k > 0 ? cfg->async_k
+	                                : cfg->sampling == SRV_SAMPLING_POISSON
 	                                    ? cfg->max_clients : n_select(cfg)) *
 	                       sizeof *s->slots)) == NULL)
 		goto fail;
@@ -2034,6 +2369,8 @@ srv_core_new(const srv_config *cfg, srv_core **out)
 	if ((s->scratch = malloc(dim * sizeof *s->scratch)) == NULL ||
 	    (cfg->downlink_q8 && ((s->shadow = malloc(dim * sizeof *s->shadow)) == NULL ||
 	                          (s->dq = malloc(s->dq_cap)) == NULL)))
+		goto fail;
+	if (cfg->downlink_q8 && (e = empty_change(s)) != SHOAL_OK)
 		goto fail;
 	if ((e = srv_opt_init(&s->opt, &cfg->opt, dim)) != SHOAL_OK) {
 		if (e == SHOAL_EINVAL)
@@ -2082,6 +2419,7 @@ srv_core_free(srv_core *s)
 	free(s->scratch);
 	free(s->shadow);
 	free(s->dq);
+	free(s->dq0);
 	free(s->change);
 	free(s->ckpt);
 	srv_opt_fini(&s->opt);

@@ -71,7 +71,8 @@ typedef struct srv_config {
 	                               "topk:0.01,q8"); "none" or NULL: dense */
 	bool downlink_q8;           /* after a client's first full model, send
 	                               q8 model deltas (TASK "dq") when it holds
-	                               the previous version */
+	                               the previous version, and the empty
+	                               change when it holds the current one */
 	/* Secure aggregation (PROTOCOL.md section 13): the server learns only
 	 * the sum of the selected clients' updates. The update encoding's
 	 * ratio sets the size of the shared index set ("none": every
@@ -141,7 +142,23 @@ typedef struct srv_config {
 	                               (tests and simulations: a server restarted
 	                               with the same seed would repeat its nonces,
 	                               so drivers on a network pass OS bytes) */
-	uint32_t round_timeout_ms;  /* deadline, from round start */
+	/* Asynchronous buffered aggregation (FedBuff: Nguyen et al. 2022,
+	 * "Federated Learning with Buffered Asynchronous Aggregation";
+	 * PROTOCOL.md section 18). async_k > 0 turns it on: up to
+	 * concurrency clients train at once, each on the model current when
+	 * it checked in; every async_k accepted updates make one round: the
+	 * model moves by the server optimizer applied to
+	 * sum s(tau_i) n_i delta_i / sum n_i, s(tau) = 1/sqrt(1+tau), tau =
+	 * versions published since the client's task. min_clients,
+	 * min_reports and over_select do not apply; plain mode only (no
+	 * secure aggregation, no DP, fixed sampling). */
+	uint32_t async_k;           /* buffer size K; 0: synchronous rounds */
+	uint32_t concurrency;       /* C: clients training at once; 0: K
+	                               (clients_per_round) */
+	uint32_t max_staleness;     /* an update more versions behind than this
+	                               is refused (SHOAL_ESTALE) */
+	uint32_t round_timeout_ms;  /* deadline, from round start (async: from
+	                               the task, after which the slot is freed) */
 	uint32_t hold_ms;           /* longest a CHECKIN is parked */
 	uint32_t max_clients;       /* registry size limit */
 	size_t max_message;         /* bytes; larger requests are refused */
@@ -149,14 +166,22 @@ typedef struct srv_config {
 	const ml_dataset *test;     /* evaluation set; NULL skips evaluation */
 } srv_config;
 
+/* Weight of an update tau model versions old in asynchronous rounds:
+ * 1/sqrt(1 + tau) (FedBuff's polynomial staleness scaling, exponent 1/2). */
+double srv_staleness_weight(uint32_t tau);
+
 /* rounds 10, K 10, M 10, min_reports 1, E 1, B 10, lr 0.05 (no decay, no
  * momentum, weight decay or proximal term), server optimizer FedAvg with
  * eta 1, compress "topk:0.01,q8", q8 downlink, timeout 60 s, hold 2 s,
  * max_clients 10000, max_message 64 MiB, seed 1, model "2nn"; secure
  * aggregation off (when on: dropout 0.2, collusion 0.5, phase deadline
  * 30 s, adaptive scale, 2 unmasking threads); fixed sampling; DP off
- * (delta 1e-5 when on). */
+ * (delta 1e-5 when on); synchronous (async_k 0; when on: concurrency K,
+ * max staleness 20). */
 void srv_config_defaults(srv_config *c);
+
+/* Largest buffer size of asynchronous rounds (srv_config.async_k). */
+#define SRV_ASYNC_K_MAX 65536u
 
 /* Error codes counted in srv_round_stats.refused: -1 .. -(SRV_CODES-1). */
 #define SRV_CODES 48
@@ -175,6 +200,12 @@ typedef struct srv_round_stats {
 	uint64_t bytes_down;  /* payload bytes of the round's TASKs sent (and
 	                         SA_REPLYs in secure mode) */
 	uint32_t sa_threshold; /* secure mode: Shamir threshold t, else 0 */
+	bool async;           /* an asynchronous round: K buffered updates;
+	                         selected counts the TASKs sent and dropped the
+	                         tasks lost (declined, past their deadline or
+	                         refused as too stale) while it filled */
+	double staleness;     /* async: mean tau of the aggregated updates */
+	uint32_t staleness_max; /* async: largest tau among them */
 	double epsilon;       /* DP: epsilon spent after this round; NaN if off */
 	double tau_eff;       /* local time budget: the weighted mean of the local
 	                         steps in the sum (FedNova's tau_eff); 0 when no
@@ -285,7 +316,8 @@ shoal_err srv_core_restore_key(srv_core *s, const struct srv_ckpt_key *k);
  * train_loss, refused (an object: error name -> count, non-zero counts
  * only; "connections" for connections refused), connections (open at the
  * round's end, when the driver counts them), epsilon when DP is on
- * (st->epsilon not NaN), and virtual_s when virtual_s >= 0. Flushes f. */
+ * (st->epsilon not NaN), staleness and staleness_max in asynchronous
+ * rounds, and virtual_s when virtual_s >= 0. Flushes f. */
 void srv_metrics_write(FILE *f, const srv_round_stats *st, double virtual_s);
 
 #endif

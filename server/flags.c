@@ -18,6 +18,7 @@ enum {
 	F_DP_MIN_CLIENTS, F_DP_GAMMA, F_DP_ACCOUNTING,
 	F_CLIP_QUANTILE, F_CLIP_LR, F_CLIP_COUNT_STD, F_OVER_SELECT,
 	F_LOCAL_BUDGET, F_BUDGET_AGG,
+	F_ASYNC, F_CONCURRENCY, F_MAX_STALENESS,
 };
 
 const struct option srv_flag_options[SRV_FLAG_COUNT] = {
@@ -55,7 +56,35 @@ const struct option srv_flag_options[SRV_FLAG_COUNT] = {
 	{"clip-count-std", required_argument, NULL, SRV_FLAG_BASE + F_CLIP_COUNT_STD},
 	{"local-budget", required_argument, NULL, SRV_FLAG_BASE + F_LOCAL_BUDGET},
 	{"budget-aggregation", required_argument, NULL, SRV_FLAG_BASE + F_BUDGET_AGG},
+	{"async", required_argument, NULL, SRV_FLAG_BASE + F_ASYNC},
+	{"concurrency", required_argument, NULL, SRV_FLAG_BASE + F_CONCURRENCY},
+	{"max-staleness", required_argument, NULL, SRV_FLAG_BASE + F_MAX_STALENESS},
 };
+
+/* --async, --concurrency, --max-staleness: NULL, or why arg is refused. */
+static const char *
+apply_async(int f, const char *arg, srv_config *cfg)
+{
+	uint64_t v;
+
+	switch (f) {
+	case F_ASYNC:
+		if (!cli_parse_u64(arg, 1, SRV_ASYNC_K_MAX, &v))
+			return "expected the buffer size K, 1..65536: aggregate every K updates, e.g. 5";
+		cfg->async_k = (uint32_t)v;
+		return NULL;
+	case F_CONCURRENCY:
+		if (!cli_parse_u64(arg, 1, 1u << 24, &v))
+			return "expected the number of clients training at once, >= 1, e.g. 10";
+		cfg->concurrency = (uint32_t)v;
+		return NULL;
+	default:
+		if (!cli_parse_u64(arg, 0, UINT32_MAX, &v))
+			return "expected a number of model versions >= 0, e.g. 20";
+		cfg->max_staleness = (uint32_t)v;
+		return NULL;
+	}
+}
 
 int
 srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
@@ -283,6 +312,11 @@ srv_flag_apply(const char *prog, int id, const char *arg, srv_config *cfg)
 		else
 			why = "expected a probability in (0, 1), e.g. 1e-5";
 		break;
+	case F_ASYNC:
+	case F_CONCURRENCY:
+	case F_MAX_STALENESS:
+		why = apply_async(id - SRV_FLAG_BASE, arg, cfg);
+		break;
 	default:
 		return 1;
 	}
@@ -327,6 +361,22 @@ srv_flag_help(FILE *f)
 	    "      --budget-aggregation A  with a budget: fednova normalizes each update\n"
 	    "                            by its step count (Wang et al. 2020); fedavg\n"
 	    "                            averages as without a budget [default: fednova]\n"
+	    "\n"
+	    "Asynchronous rounds (FedBuff, Nguyen et al. 2022; PROTOCOL.md section 18):\n"
+	    "      --async K             buffered asynchronous aggregation: a client that\n"
+	    "                            checks in while fewer than --concurrency train\n"
+	    "                            gets a task on the current model at once, and\n"
+	    "                            every K updates make a round (--rounds counts\n"
+	    "                            them): the server optimizer applies\n"
+	    "                            sum s(tau)*n*delta / sum n, s(tau) =\n"
+	    "                            1/sqrt(1+tau), tau = model versions published\n"
+	    "                            since the client's task. Plain mode only (no\n"
+	    "                            --secagg, --dp, --over-select); no --state-dir\n"
+	    "                            [default: off, synchronous rounds]\n"
+	    "      --concurrency C       clients training at once [default: the clients\n"
+	    "                            per round]\n"
+	    "      --max-staleness S     refuse (error -10, stale) an update more than S\n"
+	    "                            versions behind [default: %u]\n"
 	    "\n"
 	    "Compression (PROTOCOL.md section 12):\n"
 	    "      --compress SPEC       update encoding asked of the clients that support\n"
@@ -391,7 +441,8 @@ srv_flag_help(FILE *f)
 	    "                            (the noise accounted as central DP's Gaussian:\n"
 	    "                            tighter, assumes more) [default: bound]\n",
 	    (double)d.momentum, (double)d.weight_decay, (double)d.prox_mu, (double)d.lr_decay,
-	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau, d.compress,
+	    srv_opt_name(d.opt.kind), d.opt.lr, d.opt.beta1, d.opt.beta2, d.opt.tau,
+	    d.max_staleness, d.compress,
 	    d.downlink_q8 ? "q8" : "full", d.secagg == SRV_SECAGG_OFF ? "off" : "on",
 	    d.secagg_dropout, d.secagg_collusion, d.secagg_phase_ms, (double)d.secagg_scale,
 	    d.sampling == SRV_SAMPLING_POISSON ? "poisson" : "fixed",

@@ -3,8 +3,9 @@
  * client momentum, weight decay, FedProx mu, lr decay, the server optimizer,
  * an accuracy target that ends training early, the update encodings
  * (--compress, --downlink), secure aggregation (--secagg ...), client
- * sampling and differential privacy (--sampling, --dp ...), and a local
- * time budget with FedNova aggregation (--local-budget). */
+ * sampling and differential privacy (--sampling, --dp ...), a local
+ * time budget with FedNova aggregation (--local-budget), and asynchronous
+ * buffered rounds (--async, --concurrency, --max-staleness). */
 #ifndef SHOAL_SERVER_FLAGS_H
 #define SHOAL_SERVER_FLAGS_H
 
@@ -15,7 +16,7 @@
 
 /* getopt_long ids of these flags are SRV_FLAG_BASE + index. */
 #define SRV_FLAG_BASE 1000
-#define SRV_FLAG_COUNT 34
+#define SRV_FLAG_COUNT 37
 
 /* SRV_FLAG_COUNT entries (not terminated): append them to a program's own
  * option table. */

@@ -537,6 +537,11 @@ parse_args(int argc, char **argv, options *o)
 		                   "tls+tcp://0.0.0.0:7000)");
 
 	/* Cross-flag checks. */
+	if (o->cfg.async_k > 0 && o->state_dir != NULL)
+		return cli_usage_error(PROG, "--async cannot be combined with --state-dir yet: a "
+		                   "checkpoint would not hold the update buffer and the tasks in "
+		                   "flight; run asynchronously without --state-dir, or synchronously "
+		                   "with it");
 	if (o->cfg.min_reports > o->cfg.clients_per_round)
 		return cli_usage_error(PROG, "--min-reports %" PRIu32 " exceeds --clients-per-round %" PRIu32
 		                   ": a round can never collect more updates than it selects",

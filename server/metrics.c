@@ -73,6 +73,10 @@ srv_metrics_write(FILE *f, const srv_round_stats *st, double virtual_s)
 		json_object_set_new(o, "connections", json_integer(st->conns_open));
 	if (st->tau_eff > 0) /* a local time budget */
 		json_object_set_new(o, "tau_eff", json_real(st->tau_eff));
+	if (st->async) {
+		json_object_set_new(o, "staleness", real_or_null(st->staleness));
+		json_object_set_new(o, "staleness_max", json_integer(st->staleness_max));
+	}
 	if (!isnan(st->epsilon)) /* DP on */
 		json_object_set_new(o, "epsilon", real_or_null(st->epsilon));
 	json_dumpf(o, f, JSON_PRESERVE_ORDER | JSON_COMPACT | JSON_REAL_PRECISION(9));

@@ -187,7 +187,8 @@ usage(FILE *f, const char *argv0)
 	    "  --transport virtual|nng  virtual: messages through an in-memory network\n"
 	    "                         on a virtual clock (sim/engine.h); nng: each\n"
 	    "                         client a thread over nng ipc:// sockets. Both give\n"
-	    "                         the same final model [virtual]\n"
+	    "                         the same final model, except with --async, where\n"
+	    "                         real arrival order over nng decides [virtual]\n"
 	    "  --devices MIX          device classes of the population, e.g.\n"
 	    "                         pi4:0.5,laptop:0.2,phone-low:0.3 (built-ins:\n"
 	    "                         pi-zero-2w pi4 pi5 laptop phone-low phone-high,\n"
@@ -1277,6 +1278,11 @@ main(int argc, char **argv)
 		        "delta %g\n", cfg.dp == SRV_DP_DISTRIBUTED ? "distributed" : "central",
 		        cfg.sample_rate, cfg.clip, srv_dp_noise_multiplier(srv_core_dp(core)),
 		        cfg.target_epsilon > 0 ? " (calibrated for --target-epsilon)" : "", cfg.delta);
+	else if (!o.quiet && cfg.async_k > 0)
+		fprintf(stderr, "shoal-sim: asynchronous rounds: every %" PRIu32 " updates, %" PRIu32
+		        " clients training at once, max staleness %" PRIu32 "\n", cfg.async_k,
+		        cfg.concurrency > 0 ? cfg.concurrency : cfg.clients_per_round,
+		        cfg.max_staleness);
 	else if (!o.quiet && cfg.sampling == SRV_SAMPLING_POISSON)
 		fprintf(stderr, "shoal-sim: Poisson sampling, q=%g (--clients-per-round not used)\n",
 		        cfg.sample_rate);
