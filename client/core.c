@@ -1006,6 +1006,51 @@ cli_core_release(cli_core *c)
 	c->have_global = false; /* held_ver stays: see cli_core_restore_global */
 }
 
+bool
+cli_core_suspend(const cli_core *c, cli_idle *out)
+{
+	if (!cli_core_idle(c) || c->global != NULL || c->work != NULL || c->residual != NULL ||
+	    c->idsk != NULL || c->token[0] != '\0' || c->have_nonce || !c->cfg.dp_noise_from_seed)
+		return false;
+	*out = (cli_idle){.wake = c->wake, .id = c->id, .hold_ms = c->hold_ms,
+	                  .backoff = c->backoff, .rate_backoff = c->rate_backoff,
+	                  .held_ver = c->held_ver, .round = c->round, .stats = c->stats,
+	                  .state = c->state == ST_CHECKIN, .unreachable = c->unreachable};
+	rng_tell(&c->jitter, &out->rng_block[0], &out->rng_pos[0]);
+	rng_tell(&c->noise, &out->rng_block[1], &out->rng_pos[1]);
+	rng_tell(&c->dpnoise, &out->rng_block[2], &out->rng_pos[2]);
+	return true;
+}
+
+shoal_err
+cli_core_resume(const cli_config *cfg, const cli_idle *in, cli_core **out)
+{
+	cli_core *c;
+	shoal_err e;
+
+	*out = NULL;
+	if (!cfg->dp_noise_from_seed || cfg->identity_sk != NULL || cfg->enroll_token != NULL ||
+	    in->state > 1)
+		return SHOAL_EINVAL;
+	if ((e = cli_core_new(cfg, &c)) != SHOAL_OK)
+		return e;
+	c->state = in->state ? ST_CHECKIN : ST_HELLO;
+	c->wake = in->wake;
+	c->id = in->id;
+	c->hold_ms = in->hold_ms;
+	c->backoff = in->backoff;
+	c->rate_backoff = in->rate_backoff;
+	c->held_ver = in->held_ver;
+	c->round = in->round;
+	c->stats = in->stats;
+	c->unreachable = in->unreachable;
+	rng_seek(&c->jitter, in->rng_block[0], in->rng_pos[0]);
+	rng_seek(&c->noise, in->rng_block[1], in->rng_pos[1]);
+	rng_seek(&c->dpnoise, in->rng_block[2], in->rng_pos[2]);
+	*out = c;
+	return SHOAL_OK;
+}
+
 shoal_err
 cli_core_restore_global(cli_core *c, const float *global)
 {

@@ -137,4 +137,26 @@ bool cli_core_idle(const cli_core *c);
 void cli_core_release(cli_core *c);
 shoal_err cli_core_restore_global(cli_core *c, const float *global);
 
+/* Further still: a released idle core folded into a record of a few dozen
+ * bytes, and unfolded into a new core that behaves exactly as the old one
+ * would have (its registration, waits, backoff, counters and the positions
+ * of its seeded random streams). Only for a core without identity key,
+ * enrollment token or nonce, whose DP noise comes from its seed
+ * (dp_noise_from_seed): cli_core_suspend returns false for any other, or
+ * for one that is not idle and released. cli_core_resume takes the
+ * configuration the core was created with. Errors: as cli_core_new,
+ * SHOAL_EINVAL for a record that does not fit the configuration. */
+typedef struct cli_idle {
+	uint64_t wake;
+	uint64_t rng_block[3];   /* jitter, codec noise, DP noise streams */
+	uint32_t id, hold_ms, backoff, rate_backoff, held_ver, round;
+	cli_stats stats;
+	uint8_t rng_pos[3];
+	uint8_t state;           /* 0: registering, 1: checking in */
+	bool unreachable;
+} cli_idle;
+
+bool cli_core_suspend(const cli_core *c, cli_idle *out);
+shoal_err cli_core_resume(const cli_config *cfg, const cli_idle *in, cli_core **out);
+
 #endif

@@ -45,6 +45,27 @@ refill(rng *r)
 }
 
 void
+rng_tell(const rng *r, uint64_t *block, uint8_t *pos)
+{
+	*block = r->block;
+	*pos = (uint8_t)r->pos;
+}
+
+void
+rng_seek(rng *r, uint64_t block, uint8_t pos)
+{
+	if (pos >= sizeof r->buf || block == 0) {
+		r->block = block;
+		r->pos = sizeof r->buf;
+		return;
+	}
+	r->block = block - 1;
+	refill(r);
+	sodium_memzero(r->buf, pos); /* used already, as rng_bytes leaves it */
+	r->pos = pos;
+}
+
+void
 rng_bytes(rng *r, void *out, size_t n)
 {
 	uint8_t *o = out;

@@ -27,4 +27,12 @@ uint64_t rng_u64(rng *r);
 /* Uniform in [0, bound), unbiased (rejection sampling); bound > 0. */
 uint32_t rng_below(rng *r, uint32_t bound);
 
+/* A stream's position (the next block and the bytes of the current one
+ * already used, 0..64): with the (seed, stream) that keyed it, all it
+ * takes to continue the stream later. rng_seek puts a freshly initialised
+ * r at that position; the rest of the stream is then what r would have
+ * produced from there. */
+void rng_tell(const rng *r, uint64_t *block, uint8_t *pos);
+void rng_seek(rng *r, uint64_t block, uint8_t pos);
+
 #endif

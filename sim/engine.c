@@ -77,16 +77,25 @@ heap_pop(heap *h)
 	return top;
 }
 
-typedef struct client {
-	cli_core *core;
-	uint32_t gen;         /* bumped when the client drops: older events die */
-	sim_avail av;
-	bool training, ready, done;
-	bool queued;          /* on the engine's list of trainings to run */
+/* A training in progress: the step and, once trained, its outcome. */
+typedef struct training {
 	cli_step st;          /* the CLI_TRAIN step being trained */
 	uint32_t n_out;
 	float loss_out;
 	int rc;
+} training;
+
+/* A client costs this, plus its core while it is in a round (or cannot be
+ * suspended): between rounds the core is folded into idle. */
+typedef struct client {
+	cli_core *core;       /* NULL before its first event, and while suspended */
+	training *tr;         /* while training */
+	bool suspended;       /* idle holds its core */
+	uint32_t gen;         /* bumped when the client drops: older events die */
+	sim_avail av;
+	bool training, ready, done;
+	bool queued;          /* on the engine's list of trainings to run */
+	cli_idle idle;        /* the suspended core */
 } client;
 
 typedef struct engine {
@@ -146,18 +155,42 @@ online(engine *e, uint32_t i)
 	       sim_avail_at(&e->c[i].av, d, e->cfg->seed, i, (double)e->now / 1e3);
 }
 
+/* Client i's configuration (its name in e->name_buf, or the caller's). */
+static void
+config_of(engine *e, uint32_t i, cli_config *cc)
+{
+	*cc = e->cfg->client;
+	snprintf(e->name_buf, sizeof e->name_buf, "c%u", i);
+	cc->name = e->name_buf;
+	cc->seed = e->cfg->client.seed + i;
+	cc->n_examples = e->cfg->n_examples[i];
+	if (e->cfg->setup != NULL)
+		e->cfg->setup(e->cfg->user, i, cc);
+}
+
 static shoal_err
 new_core(engine *e, uint32_t i)
 {
-	cli_config cc = e->cfg->client;
+	cli_config cc;
 
-	snprintf(e->name_buf, sizeof e->name_buf, "c%u", i);
-	cc.name = e->name_buf;
-	cc.seed = e->cfg->client.seed + i;
-	cc.n_examples = e->cfg->n_examples[i];
-	if (e->cfg->setup != NULL)
-		e->cfg->setup(e->cfg->user, i, &cc);
+	config_of(e, i, &cc);
 	return cli_core_new(&cc, &e->c[i].core);
+}
+
+/* Creates a client's core at its first event, or unfolds a suspended
+ * one, before it acts. */
+static shoal_err
+wake_core(engine *e, uint32_t i)
+{
+	cli_config cc;
+
+	if (e->c[i].core != NULL)
+		return SHOAL_OK;
+	if (!e->c[i].suspended)
+		return new_core(e, i); /* its first event */
+	config_of(e, i, &cc);
+	e->c[i].suspended = false;
+	return cli_core_resume(&cc, &e->c[i].idle, &e->c[i].core);
 }
 
 /* Keeps one copy of the model of version ver (what an idle client holds)
@@ -178,11 +211,13 @@ cache_global(engine *e, uint32_t ver, const float *g)
 }
 
 /* Client i's core is between rounds: keep its residual and its model
- * version's parameters aside and free its buffers. */
+ * version's parameters aside, free its buffers, and fold it into a few
+ * dozen bytes where it can be (cli_core_suspend). */
 static shoal_err
 park(engine *e, uint32_t i)
 {
-	cli_core *core = e->c[i].core;
+	client *c = &e->c[i];
+	cli_core *core = c->core;
 	const float *r, *g;
 	shoal_err err = SHOAL_OK;
 
@@ -194,9 +229,16 @@ park(engine *e, uint32_t i)
 		err = sim_store_put(e->store, i, r);
 	if (err == SHOAL_OK && g != NULL)
 		err = cache_global(e, cli_core_model_version(core), g);
-	if (err == SHOAL_OK)
-		cli_core_release(core);
-	return err;
+	if (err != SHOAL_OK)
+		return err;
+	cli_core_release(core);
+	if (cli_core_suspend(core, &c->idle)) {
+		cli_core_free(core);
+		c->core = NULL;
+		c->suspended = true;
+		e->st->suspends++;
+	}
+	return SHOAL_OK;
 }
 
 /* A parked client is handed a task: give it back the model it holds, for
@@ -297,14 +339,14 @@ pool_worker(void *arg)
 		if (k >= j->n)
 			return NULL;
 		uint32_t i = j->list[k];
-		client *c = &j->e->c[i];
+		training *t = j->e->c[i].tr;
 		const sim_spread *sp = j->e->cfg->spread;
 		if (sp != NULL && !sp->owns(sp->user, i))
 			continue; /* another process trains it (sim_spread) */
-		c->n_out = j->e->cfg->n_examples[i];
-		c->loss_out = 0.0f;
-		c->rc = j->e->cfg->train(j->e->cfg->user, i, c->st.params, c->st.dim, &c->st,
-		                         &c->n_out, &c->loss_out);
+		t->n_out = j->e->cfg->n_examples[i];
+		t->loss_out = 0.0f;
+		t->rc = j->e->cfg->train(j->e->cfg->user, i, t->st.params, t->st.dim, &t->st,
+		                         &t->n_out, &t->loss_out);
 	}
 }
 
@@ -319,16 +361,16 @@ exchange(engine *e, const uint32_t *list, size_t n)
 	if (b == NULL)
 		return SHOAL_ENOMEM;
 	for (size_t k = 0; k < n; k++) {
-		client *c = &e->c[list[k]];
-		b[k] = (sim_trained){.client = list[k], .params = c->st.params, .dim = c->st.dim,
-		                     .n_examples = c->n_out, .loss = c->loss_out, .rc = c->rc};
+		training *t = e->c[list[k]].tr;
+		b[k] = (sim_trained){.client = list[k], .params = t->st.params, .dim = t->st.dim,
+		                     .n_examples = t->n_out, .loss = t->loss_out, .rc = t->rc};
 	}
 	err = e->cfg->spread->exchange(e->cfg->spread->user, b, n);
 	for (size_t k = 0; err == SHOAL_OK && k < n; k++) {
-		client *c = &e->c[list[k]];
-		c->n_out = b[k].n_examples;
-		c->loss_out = b[k].loss;
-		c->rc = b[k].rc;
+		training *t = e->c[list[k]].tr;
+		t->n_out = b[k].n_examples;
+		t->loss_out = b[k].loss;
+		t->rc = b[k].rc;
 	}
 	free(b);
 	return err;
@@ -389,6 +431,8 @@ run_client(engine *e, uint32_t i)
 
 	if (c->done || c->training)
 		return SHOAL_OK;
+	if ((err = wake_core(e, i)) != SHOAL_OK)
+		return err;
 	cli_core_step(c->core, e->now, &s);
 	switch (s.action) {
 	case CLI_SEND: {
@@ -428,7 +472,9 @@ run_client(engine *e, uint32_t i)
 
 		if ((err = unpark_residual(e, i)) != SHOAL_OK)
 			return err;
-		c->st = s;
+		if (c->tr == NULL && (c->tr = malloc(sizeof *c->tr)) == NULL)
+			return SHOAL_ENOMEM;
+		c->tr->st = s;
 		c->training = true;
 		c->ready = false;
 		if (!c->queued) {
@@ -467,7 +513,7 @@ static shoal_err
 drop_client(engine *e, uint32_t i, uint32_t cause)
 {
 	client *c = &e->c[i];
-	const float *r = cli_core_residual(c->core);
+	const float *r = c->core != NULL ? cli_core_residual(c->core) : NULL;
 	shoal_err err = SHOAL_OK;
 
 	if (cause < SIM_DROP_CAUSES)
@@ -481,6 +527,9 @@ drop_client(engine *e, uint32_t i, uint32_t cause)
 	}
 	cli_core_free(c->core);
 	c->core = NULL;
+	c->suspended = false;
+	free(c->tr);
+	c->tr = NULL;
 	c->gen++;
 	c->training = c->ready = false;
 	if (err == SHOAL_OK)
@@ -544,6 +593,10 @@ handle(engine *e, const ev *x)
 			free(x->buf);
 			return drop_client(e, x->client, work ? SIM_DROP_OFFLINE : SIM_DROP_CAUSES);
 		}
+		if ((err = wake_core(e, x->client)) != SHOAL_OK) {
+			free(x->buf);
+			return err;
+		}
 		unpark_global(e, x->client, x->buf, x->len);
 		cli_core_on_reply(c->core, x->buf, x->len, e->now);
 		free(x->buf);
@@ -552,13 +605,15 @@ handle(engine *e, const ev *x)
 		if (!c->ready && (err = train_pending(e)) != SHOAL_OK)
 			return err;
 		c->training = c->ready = false;
-		if (c->rc != 0) {
+		if (c->tr->rc != 0) {
 			cli_core_abort_train(c->core, e->now);
-		} else if ((err = cli_core_submit_steps(c->core, c->n_out, c->st.max_steps,
-		                                        c->loss_out, e->now)) != SHOAL_OK) {
+		} else if ((err = cli_core_submit_steps(c->core, c->tr->n_out, c->tr->st.max_steps,
+		                                        c->tr->loss_out, e->now)) != SHOAL_OK) {
 			log_warn("sim: client c%u: update for round %u not sent: %s", x->client,
-			         c->st.round, shoal_strerror(err));
+			         c->tr->st.round, shoal_strerror(err));
 		}
+		free(c->tr);
+		c->tr = NULL;
 		return run_client(e, x->client);
 	case EV_DROP:
 		return drop_client(e, x->client, x->cause);
@@ -599,8 +654,7 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 		}
 		if (d != NULL)
 			sim_avail_init(&e.c[i].av, d, cfg->seed, i);
-		if ((err = new_core(&e, i)) == SHOAL_OK)
-			err = push(&e, 0, EV_WAKE, i, NULL, 0, 0);
+		err = push(&e, 0, EV_WAKE, i, NULL, 0, 0); /* its core is made then */
 	}
 	if (err == SHOAL_OK) {
 		srv_core_on_timer(cfg->server, 0);
@@ -632,8 +686,10 @@ sim_engine_run(const sim_engine_config *cfg, sim_engine_stats *st)
 		free(x.buf);
 	}
 	free(e.h.a);
-	for (uint32_t i = 0; i < cfg->n_clients; i++)
+	for (uint32_t i = 0; i < cfg->n_clients; i++) {
 		cli_core_free(e.c[i].core);
+		free(e.c[i].tr);
+	}
 	st->residuals = sim_store_count(e.store);
 	st->residuals_on_disk = sim_store_on_disk(e.store);
 	sim_store_free(e.store);

@@ -114,8 +114,10 @@ typedef struct sim_engine_config {
 	 * goes to a store (sim/store.h) that keeps up to residual_mem bytes
 	 * in memory (0: 256 MiB) and the rest in a temporary file; the models
 	 * of the two newest versions clients hold are kept once for all, to
-	 * apply downlink deltas. The run is bit-identical either way;
-	 * keep_idle keeps every client's buffers (for comparison). */
+	 * apply downlink deltas; and the core itself is folded into a record
+	 * of a few dozen bytes (cli_core_suspend) until the client acts again.
+	 * The run is bit-identical either way; keep_idle keeps every client's
+	 * core and buffers (for comparison). */
 	uint64_t residual_mem;
 	bool keep_idle;
 	double max_virtual_s;         /* give up (SHOAL_ETIMEDOUT) when the
@@ -130,6 +132,7 @@ typedef struct sim_engine_stats {
 	uint64_t bytes_up, bytes_down;/* every message, both ways */
 	uint32_t dropped[SIM_DROP_CAUSES];
 	uint32_t trained;             /* trainings run */
+	uint64_t suspends;            /* idle cores folded (cli_core_suspend) */
 	uint32_t residuals;           /* residuals in the store at the end */
 	bool residuals_on_disk;       /* the store moved to a file */
 } sim_engine_stats;

@@ -542,6 +542,68 @@ test_release_and_restore(void **state)
 	cli_core_free(c);
 }
 
+/* A suspended and resumed core behaves as the one that never stopped: the
+ * same requests, the same seeded backoff jitter, the same counters. Only
+ * an idle, released core without identity suspends. */
+static void
+test_suspend_and_resume(void **state)
+{
+	cli_config cfg = {.name = "pi-1", .model = "toy", .dim = DIM, .n_examples = 42, .seed = 3,
+	                  .backoff_min_ms = 100, .backoff_max_ms = 1000,
+	                  .dp_noise_from_seed = true};
+	static const uint8_t junk[] = {0xc1, 0xc1};
+	cli_core *a, *b, *c;
+	cli_idle idle;
+	cli_step sa, sb;
+	uint8_t *ka, *kb;
+	msg ma, mb;
+
+	(void)state;
+	assert_int_equal(cli_core_new(&cfg, &a), SHOAL_OK);
+	assert_int_equal(cli_core_new(&cfg, &b), SHOAL_OK);
+	register_client(a);
+	register_client(b);
+	for (uint64_t t = 100000; t <= 300000; t += 100000) {
+		/* A malformed reply backs both off with jitter from their streams. */
+		expect_send(a, t, MSG_CHECKIN, &ma, &ka);
+		expect_send(b, t, MSG_CHECKIN, &mb, &kb);
+		assert_int_equal(ma.client_id, mb.client_id);
+		assert_int_equal(ma.model_ver, mb.model_ver);
+		free(ka);
+		free(kb);
+		cli_core_on_reply(a, junk, sizeof junk, t + 1);
+		cli_core_on_reply(b, junk, sizeof junk, t + 1);
+		assert_true(cli_core_suspend(b, &idle));
+		cli_core_free(b);
+		assert_int_equal(cli_core_resume(&cfg, &idle, &b), SHOAL_OK);
+		cli_core_step(a, t + 1, &sa);
+		cli_core_step(b, t + 1, &sb);
+		assert_int_equal(sa.action, CLI_SLEEP);
+		assert_int_equal(sb.action, CLI_SLEEP);
+		assert_int_equal(sa.until_ms, sb.until_ms);
+	}
+	assert_memory_equal(cli_core_stats(a), cli_core_stats(b), sizeof(cli_stats));
+	/* Not idle (training), or not released, or with an identity: kept. */
+	cli_core_free(a);
+	assert_int_equal(cli_core_new(&cfg, &a), SHOAL_OK);
+	register_client(a);
+	give_task(a, 1);
+	cli_core_step(a, 0, &sa);
+	assert_int_equal(sa.action, CLI_TRAIN);
+	assert_false(cli_core_suspend(a, &idle));
+	cli_core_abort_train(a, 0);
+	assert_true(cli_core_idle(a));
+	assert_false(cli_core_suspend(a, &idle)); /* holds its model */
+	cli_core_release(a);
+	assert_true(cli_core_suspend(a, &idle));
+	cfg.dp_noise_from_seed = false;
+	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_OK);
+	assert_false(cli_core_suspend(c, &idle)); /* DP noise from a secret key */
+	assert_int_equal(cli_core_resume(&cfg, &idle, &c), SHOAL_EINVAL);
+	cli_core_free(a);
+	cli_core_free(b);
+}
+
 /* A client that does not handle the asked encoding skips the round. */
 static void
 test_unsupported_encoding_skipped(void **state)
@@ -665,6 +727,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_compressed_update_and_residual),
 		cmocka_unit_test(test_downlink_delta_applied),
 		cmocka_unit_test(test_release_and_restore),
+		cmocka_unit_test(test_suspend_and_resume),
 		cmocka_unit_test(test_unsupported_encoding_skipped),
 		cmocka_unit_test(test_randk_skips_error_feedback),
 	};

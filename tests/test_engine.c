@@ -125,7 +125,7 @@ run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool 
 		.server = s,
 		.n_clients = n,
 		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
-		           .error_feedback = true, .seed = 77},
+		           .error_feedback = true, .seed = 77, .dp_noise_from_seed = true},
 		.dev = dev,
 		.n_examples = W.n,
 		.flops_per_example = ml_model_train_flops("logreg"),
@@ -390,7 +390,7 @@ test_availability_aware_checkin(void **state)
 
 /* Idle clients give back their buffers: residuals go to the store (here
  * straight to its file), the model versions they hold to the engine's
- * cache. Over rounds with failures, restarts and downlink deltas the run is
+ * cache, and their cores are folded into records until they act. Over rounds with failures, restarts and downlink deltas the run is
  * bit for bit the one that keeps every client's buffers: same model, same
  * bytes (a client that lost the model a delta applies to would ask for the
  * full one), same events. */
@@ -419,6 +419,8 @@ test_idle_clients_released_same_run(void **state)
 	assert_true(a.dropped[SIM_DROP_FAILED] + a.dropped[SIM_DROP_OFFLINE] > 0);
 	assert_int_equal(a.residuals, 0);
 	assert_true(b.residuals > 0 && b.residuals <= NCLIENTS && b.residuals_on_disk);
+	assert_int_equal(a.suspends, 0);
+	assert_true(b.suspends > 0);
 }
 
 static const struct CMUnitTest tests[] = {

@@ -73,6 +73,35 @@ test_rng_below_is_uniform(void **state)
 	rng_fini(&r);
 }
 
+/* Tell and seek: a stream stopped anywhere (mid-block, at a block's end,
+ * at the start) continues from a fresh rng exactly as if never stopped. */
+static void
+test_rng_tell_seek_continues(void **state)
+{
+	static const size_t cuts[] = {0, 1, 7, 63, 64, 65, 128, 200};
+	uint8_t whole[400], part[400];
+	rng a, b;
+
+	(void)state;
+	rng_init(&a, 5, 9);
+	rng_bytes(&a, whole, sizeof whole);
+	rng_fini(&a);
+	for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+		uint64_t block;
+		uint8_t pos;
+
+		rng_init(&a, 5, 9);
+		rng_bytes(&a, part, cuts[k]);
+		rng_tell(&a, &block, &pos);
+		rng_fini(&a);
+		rng_init(&b, 5, 9);
+		rng_seek(&b, block, pos);
+		rng_bytes(&b, part + cuts[k], sizeof part - cuts[k]);
+		rng_fini(&b);
+		assert_memory_equal(part, whole, sizeof whole);
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -80,6 +109,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_rng_known_answer),
 		cmocka_unit_test(test_rng_streams_differ_and_repeat),
 		cmocka_unit_test(test_rng_below_is_uniform),
+		cmocka_unit_test(test_rng_tell_seek_continues),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
