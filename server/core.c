@@ -532,7 +532,8 @@ park_expire(srv_core *s, uint64_t now)
 		s->expired[n++] = q->v[q->head].client;
 		unpark(s, &s->clients[q->v[q->head].client]);
 	}
-	qsort(s->expired, n, sizeof *s->expired, cmp_u32);
+	if (n > 1)
+		qsort(s->expired, n, sizeof *s->expired, cmp_u32);
 	for (size_t k = 0; k < n; k++) {
 		client *c = &s->clients[s->expired[k]];
 		reply_simple_c(s, c, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
