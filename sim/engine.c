@@ -474,7 +474,9 @@ run_client(engine *e, uint32_t i)
 			return err;
 		if (c->tr == NULL && (c->tr = malloc(sizeof *c->tr)) == NULL)
 			return SHOAL_ENOMEM;
-		c->tr->st = s;
+		/* The outcome as if trained by another process (sim_spread) that
+		 * reports none: filled in by the pool or the exchange. */
+		*c->tr = (training){.st = s, .n_out = e->cfg->n_examples[i]};
 		c->training = true;
 		c->ready = false;
 		if (!c->queued) {

@@ -599,7 +599,9 @@ test_suspend_and_resume(void **state)
 	cfg.dp_noise_from_seed = false;
 	assert_int_equal(cli_core_new(&cfg, &c), SHOAL_OK);
 	assert_false(cli_core_suspend(c, &idle)); /* DP noise from a secret key */
+	cli_core_free(c);
 	assert_int_equal(cli_core_resume(&cfg, &idle, &c), SHOAL_EINVAL);
+	assert_null(c);
 	cli_core_free(a);
 	cli_core_free(b);
 }
