@@ -503,6 +503,8 @@ run_client(engine *e, uint32_t i)
 			log_error("sim: client c%u gave up: %s", i, shoal_strerror(s.err));
 			e->err = s.err;
 		}
+		cli_core_free(c->core); /* nothing more will happen to it */
+		c->core = NULL;
 		return SHOAL_OK;
 	}
 	return SHOAL_EINVAL;
@@ -557,9 +559,9 @@ handle(engine *e, const ev *x)
 		srv_core_on_timer(e->cfg->server, e->now);
 		return drain_server(e);
 	}
-	if (x->gen != c->gen) {
+	if (x->gen != c->gen || c->done) {
 		free(x->buf);
-		return SHOAL_OK; /* from before the client dropped */
+		return SHOAL_OK; /* from before the client dropped, or after it ended */
 	}
 	switch (x->kind) {
 	case EV_WAKE:
