@@ -403,7 +403,7 @@ unit(uint64_t seed, uint32_t client, uint32_t stream, uint32_t counter)
 	return ((double)(h >> 11) + 0.5) * 0x1p-53;
 }
 
-enum { STREAM_PHASE = 1, STREAM_PERIOD = 2, STREAM_FAIL = 3, STREAM_FAIL_AT = 4 };
+enum { STREAM_PHASE = 1, STREAM_PERIOD = 2, STREAM_FAIL = 3, STREAM_FAIL_AT = 4, STREAM_RETRY = 16 };
 
 static double
 period_len(const sim_device *d, uint64_t seed, uint32_t client, uint32_t period, bool on)
@@ -441,11 +441,14 @@ sim_avail_until(const sim_avail *a)
 
 bool
 sim_device_fails(const sim_device *d, uint64_t seed, uint32_t client, uint32_t round,
-                 double *at_fraction)
+                 uint32_t attempt, double *at_fraction)
 {
-	bool fails = unit(seed, client, STREAM_FAIL, round) < d->fail_p;
+	/* Attempt 0 on the first two streams; attempt k > 0 on its own pair. */
+	uint32_t st = attempt == 0 ? STREAM_FAIL : STREAM_RETRY + 2 * (attempt - 1);
+	uint32_t st_at = attempt == 0 ? STREAM_FAIL_AT : st + 1;
+	bool fails = unit(seed, client, st, round) < d->fail_p;
 
 	if (at_fraction != NULL)
-		*at_fraction = fails ? unit(seed, client, STREAM_FAIL_AT, round) : 1.0;
+		*at_fraction = fails ? unit(seed, client, st_at, round) : 1.0;
 	return fails;
 }

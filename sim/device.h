@@ -130,9 +130,13 @@ bool sim_avail_at(sim_avail *a, const sim_device *d, uint64_t seed, uint32_t cli
  * availability-aware selection. */
 double sim_avail_until(const sim_avail *a);
 
-/* Whether the client fails in this round (probability fail_p), and if so
- * at which fraction of its round time, in [0, 1). */
+/* Whether the client fails in this training (probability fail_p), and if
+ * so at which fraction of its round time, in [0, 1). A training is named
+ * by its round and its attempt, the count of the client's earlier
+ * trainings in that round (asynchronous rounds hand a client several
+ * tasks under one round id; synchronous ones one, attempt 0): every
+ * (round, attempt) draws independently. */
 bool sim_device_fails(const sim_device *d, uint64_t seed, uint32_t client, uint32_t round,
-                      double *at_fraction);
+                      uint32_t attempt, double *at_fraction);
 
 #endif

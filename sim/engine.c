@@ -95,6 +95,8 @@ typedef struct client {
 	sim_avail av;
 	bool training, ready, done;
 	bool queued;          /* on the engine's list of trainings to run */
+	uint32_t last_round;  /* round of its last training, and how many it */
+	uint32_t attempts;    /* had before in that round (failure draws) */
 	cli_idle idle;        /* the suspended core */
 } client;
 
@@ -487,8 +489,10 @@ run_client(engine *e, uint32_t i)
 			return err;
 		/* A failure strikes at a uniform point of the training; going
 		 * offline before it ends is a dropout too. */
+		c->attempts = s.round == c->last_round ? c->attempts + 1 : 0;
+		c->last_round = s.round;
 		if (d != NULL && e->cfg->failures &&
-		    sim_device_fails(d, e->cfg->seed, i, s.round, &at))
+		    sim_device_fails(d, e->cfg->seed, i, s.round, c->attempts, &at))
 			return push(e, e->now + (uint64_t)(at * (double)train_ms), EV_DROP, i, NULL, 0,
 			            SIM_DROP_FAILED);
 		if (d != NULL && e->cfg->availability && sim_avail_until(&c->av) <= (double)end / 1e3)

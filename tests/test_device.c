@@ -313,12 +313,12 @@ test_failure_rate(void **state)
 
 	(void)state;
 	for (uint32_t c = 0; c < N; c++) {
-		if (sim_device_fails(&d, 5, c, 17, &at)) {
+		if (sim_device_fails(&d, 5, c, 17, 0, &at)) {
 			fails++;
 			assert_true(at >= 0.0 && at < 1.0);
 			early += at < 0.5;
 			/* The same question gets the same answer. */
-			assert_true(sim_device_fails(&d, 5, c, 17, &again));
+			assert_true(sim_device_fails(&d, 5, c, 17, 0, &again));
 			assert_true(again == at);
 		} else {
 			assert_true(at == 1.0);
@@ -326,12 +326,23 @@ test_failure_rate(void **state)
 	}
 	assert_true(fabs(fails / (double)N - 0.1) < 4.5 * sqrt(0.1 * 0.9 / N));
 	assert_true(fabs(early / (double)fails - 0.5) < 4.5 * sqrt(0.25 / fails));
+	/* A second training in the same round (asynchronous rounds) draws
+	 * anew: at the same rate, and independently of the first. */
+	uint32_t second = 0, both = 0;
+	for (uint32_t c = 0; c < N; c++) {
+		bool f0 = sim_device_fails(&d, 5, c, 17, 0, NULL);
+		bool f1 = sim_device_fails(&d, 5, c, 17, 1, NULL);
+		second += f1;
+		both += f0 && f1;
+	}
+	assert_true(fabs(second / (double)N - 0.1) < 4.5 * sqrt(0.1 * 0.9 / N));
+	assert_true(fabs(both / (double)N - 0.01) < 4.5 * sqrt(0.01 * 0.99 / N));
 	d.fail_p = 0.0;
 	for (uint32_t c = 0; c < 1000; c++)
-		assert_false(sim_device_fails(&d, 5, c, 1, NULL));
+		assert_false(sim_device_fails(&d, 5, c, 1, c % 3, NULL));
 	d.fail_p = 1.0;
 	for (uint32_t c = 0; c < 1000; c++)
-		assert_true(sim_device_fails(&d, 5, c, 1, NULL));
+		assert_true(sim_device_fails(&d, 5, c, 1, c % 3, NULL));
 }
 
 static const struct CMUnitTest tests[] = {
