@@ -722,6 +722,32 @@ nova_close(srv_core *s, double *d)
 		d[j] *= f;
 }
 
+
+/* The round's statistics are complete: free its slots, hand out its event
+ * (with the refusals counted during it) and finish training when it was
+ * the last round or reached the target accuracy (an abandoned round never
+ * does). True when training is over. */
+static bool
+end_round(srv_core *s)
+{
+	srv_round_stats *st = &s->st;
+
+	free_slots(s);
+	memcpy(st->refused, s->refused, sizeof st->refused);
+	memset(s->refused, 0, sizeof s->refused);
+	push_event(s, SRV_EV_ROUND_END);
+	if (s->round >= s->cfg.rounds) {
+		finish(s);
+		return true;
+	}
+	if (s->cfg.target_accuracy > 0 && !st->abandoned && st->accuracy >= s->cfg.target_accuracy) {
+		log_info("round %u reached the target accuracy %.4f", s->round, s->cfg.target_accuracy);
+		finish(s);
+		return true;
+	}
+	return false;
+}
+
 /* Central DP (server/dp.h): every reported update clipped and summed with
  * weight 1 in selection order, the noised sum over the fixed denominator
  * published, whoever reported (even nobody). False if the release failed. */
@@ -816,19 +842,8 @@ close_round(srv_core *s, uint64_t now)
 	st->epsilon = srv_core_epsilon(s);
 	for (uint32_t i = 0; i < s->n_slots; i++)
 		s->clients[s->slots[i].client].selected_round = 0;
-	free_slots(s);
-	memcpy(st->refused, s->refused, sizeof st->refused);
-	memset(s->refused, 0, sizeof s->refused);
-	push_event(s, SRV_EV_ROUND_END);
-	if (s->round >= s->cfg.rounds) {
-		finish(s);
-	} else if (s->cfg.target_accuracy > 0 && !st->abandoned &&
-	           st->accuracy >= s->cfg.target_accuracy) {
-		log_info("round %u reached the target accuracy %.4f", s->round, s->cfg.target_accuracy);
-		finish(s);
-	} else {
+	if (!end_round(s))
 		s->phase = PH_IDLE;
-	}
 	checkpoint(s); /* the round boundary, before anything of the next round */
 	if (s->phase == PH_IDLE)
 		try_start_round(s, now);
@@ -1794,18 +1809,8 @@ async_close(srv_core *s, uint64_t now)
 	st->accuracy = s->accuracy;
 	st->loss = s->loss;
 	st->end_ms = now;
-	free_slots(s);
-	memcpy(st->refused, s->refused, sizeof st->refused);
-	memset(s->refused, 0, sizeof s->refused);
-	push_event(s, SRV_EV_ROUND_END);
-	if (s->round >= s->cfg.rounds) {
-		finish(s);
-	} else if (s->cfg.target_accuracy > 0 && st->accuracy >= s->cfg.target_accuracy) {
-		log_info("round %u reached the target accuracy %.4f", s->round, s->cfg.target_accuracy);
-		finish(s);
-	} else {
+	if (!end_round(s))
 		async_open(s, now);
-	}
 }
 
 /* Refuses an UPDATE that is not for client c's task in flight, or too
