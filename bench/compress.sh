@@ -12,6 +12,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 sim=${BUILD_DIR:-$root/build}/shoal-sim
 out=$root/docs/results
 max=${MAX_ROUNDS:-1000}
@@ -101,15 +102,5 @@ section=$(mktemp)
 	echo "![accuracy against cumulative uplink bytes](results/compress.png)"
 	echo "<!-- compress:end -->"
 } >"$section"
-results=$root/docs/RESULTS.md
-if grep -q '<!-- compress:begin' "$results"; then
-	awk -v f="$section" '
-		/<!-- compress:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-		/<!-- compress:end -->/ { skip = 0; next }
-		!skip { print }' "$results" >"$results.tmp" && mv "$results.tmp" "$results"
-else
-	printf '\n' >>"$results"
-	cat "$section" >>"$results"
-fi
+results_section compress "$section"
 rm -f "$section"
-echo "compress.sh: wrote docs/RESULTS.md" >&2

@@ -12,6 +12,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 sim=${BUILD_DIR:-$root/build}/shoal-sim
 out=$root/docs/results
 max=${MAX_ROUNDS:-200}
@@ -100,15 +101,5 @@ section=$(mktemp)
 	echo "![accuracy against virtual time](results/devices.png)"
 	echo "<!-- devices:end -->"
 } >"$section"
-results=$root/docs/RESULTS.md
-if grep -q '<!-- devices:begin' "$results"; then
-	awk -v f="$section" '
-		/<!-- devices:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-		/<!-- devices:end -->/ { skip = 0; next }
-		!skip { print }' "$results" >"$results.tmp" && mv "$results.tmp" "$results"
-else
-	printf '\n' >>"$results"
-	cat "$section" >>"$results"
-fi
+results_section devices "$section"
 rm -f "$section"
-echo "devices.sh: wrote docs/RESULTS.md" >&2

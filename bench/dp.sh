@@ -22,6 +22,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 sim=${BUILD_DIR:-$root/build}/shoal-sim
 out=$root/docs/results
 rounds=${ROUNDS:-100}
@@ -111,15 +112,5 @@ section=$(mktemp)
 	echo "machine. Per-round metrics (accuracy, epsilon): \`docs/results/dp-*.jsonl\`."
 	echo "<!-- dp:end -->"
 } >"$section"
-results=$root/docs/RESULTS.md
-if grep -q '<!-- dp:begin' "$results"; then
-	awk -v f="$section" '
-		/<!-- dp:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-		/<!-- dp:end -->/ { skip = 0; next }
-		!skip { print }' "$results" >"$results.tmp" && mv "$results.tmp" "$results"
-else
-	printf '\n' >>"$results"
-	cat "$section" >>"$results"
-fi
+results_section dp "$section"
 rm -f "$section"
-echo "dp.sh: wrote docs/RESULTS.md" >&2

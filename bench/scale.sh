@@ -15,6 +15,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 sim=${BUILD_DIR:-$root/build}/shoal-sim
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -97,14 +98,4 @@ section=$tmp/section.md
 	echo "unlinked file under \`\$TMPDIR\` (docs/devices.md, *Populations at scale*)."
 	echo "<!-- scale:end -->"
 } >"$section"
-results=$root/docs/RESULTS.md
-if grep -q '<!-- scale:begin' "$results"; then
-	awk -v f="$section" '
-		/<!-- scale:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-		/<!-- scale:end -->/ { skip = 0; next }
-		!skip { print }' "$results" >"$results.tmp" && mv "$results.tmp" "$results"
-else
-	printf '\n' >>"$results"
-	cat "$section" >>"$results"
-fi
-echo "scale.sh: wrote docs/RESULTS.md" >&2
+results_section scale "$section"

@@ -12,6 +12,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 sim=${BUILD_DIR:-$root/build}/shoal-sim
 out=$root/docs/results
 max=${MAX_ROUNDS:-600}
@@ -94,15 +95,5 @@ section=$(mktemp)
 	echo "![accuracy against rounds](results/secure.png)"
 	echo "<!-- secure:end -->"
 } >"$section"
-results=$root/docs/RESULTS.md
-if grep -q '<!-- secure:begin' "$results"; then
-	awk -v f="$section" '
-		/<!-- secure:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-		/<!-- secure:end -->/ { skip = 0; next }
-		!skip { print }' "$results" >"$results.tmp" && mv "$results.tmp" "$results"
-else
-	printf '\n' >>"$results"
-	cat "$section" >>"$results"
-fi
+results_section secure "$section"
 rm -f "$section"
-echo "secure.sh: wrote docs/RESULTS.md" >&2
