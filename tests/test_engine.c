@@ -15,14 +15,12 @@
 #include "server/core.h"
 #include "sim/device.h"
 #include "sim/engine.h"
+#include "simworld.h"
 
 #define NCLIENTS 8
 
 typedef struct world {
-	ml_dataset train, test;
-	ml_partition part;
-	uint32_t n[NCLIENTS];
-	ml_model *model[NCLIENTS]; /* one per client: trained concurrently */
+	sim_world sw;
 	double round_s[16];
 	double acc[16];
 	uint32_t reported[16];
@@ -40,27 +38,14 @@ static int
 setup(void **state)
 {
 	(void)state;
-	if (ml_mnist_load(SHOAL_DATA_DIR, "train", &W.train) != SHOAL_OK ||
-	    ml_mnist_load(SHOAL_DATA_DIR, "t10k", &W.test) != SHOAL_OK ||
-	    ml_partition_make("iid", &W.train, 60, 5, &W.part) != SHOAL_OK)
-		return -1;
-	for (int i = 0; i < NCLIENTS; i++) {
-		W.n[i] = W.part.start[i + 1] - W.part.start[i]; /* 1,000 each */
-		if (ml_model_new("logreg", 10, &W.model[i]) != SHOAL_OK)
-			return -1;
-	}
-	return 0;
+	return sw_load(&W.sw, NCLIENTS); /* 1,000 examples each */
 }
 
 static int
 teardown(void **state)
 {
 	(void)state;
-	for (int i = 0; i < NCLIENTS; i++)
-		ml_model_free(W.model[i]);
-	ml_partition_fini(&W.part);
-	ml_dataset_fini(&W.train);
-	ml_dataset_fini(&W.test);
+	sw_free(&W.sw);
 	return 0;
 }
 
@@ -68,17 +53,9 @@ static int
 train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, uint32_t *n,
       float *loss)
 {
-	ml_sgd_config sc = {.epochs = st->epochs, .batch = st->batch, .lr = st->lr, .seed = st->seed};
-	double l = 0.0;
-
 	(void)user;
 	(void)dim;
-	if (ml_train_sgd(W.model[i], params, &W.train, W.part.idx + W.part.start[i], W.n[i], &sc,
-	                 &l) != SHOAL_OK)
-		return 1;
-	*n = W.n[i];
-	*loss = (float)l;
-	return 0;
+	return sw_train(&W.sw, i, params, st, n, loss);
 }
 
 static void
@@ -116,7 +93,7 @@ run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool 
 	cfg.min_reports = 1;
 	cfg.round_timeout_ms = 600000;
 	cfg.lr = 0.1f;
-	cfg.test = &W.test;
+	cfg.test = &W.sw.test;
 	cfg.seed = 3;
 	cfg.compress = "topk:0.1,q8";
 	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
@@ -127,7 +104,7 @@ run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool 
 		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
 		           .error_feedback = true, .seed = 77, .dp_noise_from_seed = true},
 		.dev = dev,
-		.n_examples = W.n,
+		.n_examples = W.sw.n,
 		.flops_per_example = ml_model_train_flops("logreg"),
 		.train = train,
 		.on_round = on_round,
@@ -318,7 +295,7 @@ test_failures_and_availability(void **state)
 	(void)state;
 	srv_config_defaults(&cfg);
 	cfg.model = "logreg";
-	cfg.test = &W.test;
+	cfg.test = &W.sw.test;
 	cfg.seed = 3;
 	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
 	memcpy(init, srv_core_params(s, NULL), sizeof init);
@@ -367,14 +344,14 @@ test_availability_aware_checkin(void **state)
 		cfg.min_clients = 2;
 		cfg.min_reports = 1;
 		cfg.round_timeout_ms = 120000;
-		cfg.test = &W.test;
+		cfg.test = &W.sw.test;
 		cfg.seed = 3;
 		cfg.compress = "none";
 		assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
 		sim_engine_config ec = {
 			.server = s, .n_clients = NCLIENTS,
 			.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL, .seed = 77},
-			.dev = dev, .n_examples = W.n,
+			.dev = dev, .n_examples = W.sw.n,
 			.flops_per_example = ml_model_train_flops("logreg"),
 			.train = train, .on_round = on_round, .threads = 2, .seed = 4,
 			.availability = true, .avail_aware = pass == 1,

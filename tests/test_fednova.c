@@ -19,6 +19,8 @@
 #include "server/nova.h"
 #include "sim/device.h"
 #include "sim/engine.h"
+#include "simworld.h"
+#include "srvharness.h"
 
 /* ---- arithmetic ------------------------------------------------------------ */
 
@@ -43,45 +45,6 @@ test_step_counts(void **state)
 
 /* ---- the server core -------------------------------------------------------- */
 
-#define MAXR 32
-
-typedef struct harness {
-	srv_core *s;
-	srv_reply r[MAXR];
-	size_t nr;
-	uint64_t next_req;
-	size_t dim;
-} harness;
-
-static uint64_t
-send_msg(harness *h, const msg *m, uint64_t now)
-{
-	uint8_t *buf;
-	size_t len;
-	srv_reply rep;
-
-	assert_int_equal(msg_encode(m, &buf, &len), SHOAL_OK);
-	uint64_t req = h->next_req++;
-	srv_core_on_request(h->s, req, buf, len, now);
-	free(buf);
-	while (srv_core_pop_reply(h->s, &rep)) {
-		assert_true(h->nr < MAXR);
-		h->r[h->nr++] = rep;
-	}
-	return req;
-}
-
-static void
-reply_to(harness *h, uint64_t req, msg *m)
-{
-	for (size_t i = 0; i < h->nr; i++)
-		if (h->r[i].req == req) {
-			assert_int_equal(msg_decode(h->r[i].buf, h->r[i].len, m), (long)h->r[i].len);
-			return;
-		}
-	fail_msg("no reply to request %llu", (unsigned long long)req);
-}
-
 /* Two clients "a" (n_a examples) and "b" (n_b) in round 1 of a logreg
  * server, K = M = 2, E = 1, B = 10, dense updates, no downlink deltas. */
 static void
@@ -100,10 +63,7 @@ h_start(harness *h, uint32_t budget_ms, uint32_t agg, uint32_t n_a, uint32_t n_b
 	c.downlink_q8 = false;
 	c.local_budget_ms = budget_ms;
 	c.budget_agg = agg;
-	memset(h, 0, sizeof *h);
-	h->next_req = 1;
-	assert_int_equal(srv_core_new(&c, &h->s), SHOAL_OK);
-	srv_core_params(h->s, &h->dim);
+	h_init(h, &c);
 	const char *names[2] = {"a", "b"};
 	uint32_t n[2] = {n_a, n_b};
 	uint64_t rq[2];
@@ -112,7 +72,7 @@ h_start(harness *h, uint32_t budget_ms, uint32_t agg, uint32_t n_a, uint32_t n_b
 		strcpy(m.name, names[i]);
 		strcpy(m.model, "logreg");
 		msg w;
-		reply_to(h, send_msg(h, &m, 0), &w);
+		assert_non_null(reply_to(h, send_msg(h, &m, 0), &w));
 		assert_int_equal(w.type, MSG_WELCOME);
 		id[i] = w.client_id;
 	}
@@ -121,17 +81,9 @@ h_start(harness *h, uint32_t budget_ms, uint32_t agg, uint32_t n_a, uint32_t n_b
 		rq[i] = send_msg(h, &m, 1);
 	}
 	for (int i = 0; i < 2; i++) {
-		reply_to(h, rq[i], &task[i]);
+		assert_non_null(reply_to(h, rq[i], &task[i]));
 		assert_int_equal(task[i].type, MSG_TASK);
 	}
-}
-
-static void
-h_fini(harness *h)
-{
-	for (size_t i = 0; i < h->nr; i++)
-		free(h->r[i].buf);
-	srv_core_free(h->s);
 }
 
 static void
@@ -140,7 +92,7 @@ h_update(harness *h, uint32_t id, uint32_t n, uint32_t tau, const float *v)
 	msg m = {.type = MSG_UPDATE, .client_id = id, .round = 1, .n_examples = n, .loss = 0.5f,
 	         .tau = tau, .dim = (uint32_t)h->dim, .vec = (const uint8_t *)v};
 	msg ack;
-	reply_to(h, send_msg(h, &m, 2), &ack);
+	assert_non_null(reply_to(h, send_msg(h, &m, 2), &ack));
 	assert_int_equal(ack.type, MSG_ACK);
 }
 
@@ -385,10 +337,7 @@ test_client_residual_in_normalized_scale(void **state)
 #define NCLIENTS 6
 
 typedef struct world {
-	ml_dataset train, test;
-	ml_partition part;
-	uint32_t n[NCLIENTS];
-	ml_model *model[NCLIENTS];
+	sim_world sw;
 	uint32_t cap[NCLIENTS]; /* max_steps of each client's last training */
 	double virtual_s;
 } world;
@@ -399,27 +348,14 @@ static int
 setup(void **state)
 {
 	(void)state;
-	if (ml_mnist_load(SHOAL_DATA_DIR, "train", &W.train) != SHOAL_OK ||
-	    ml_mnist_load(SHOAL_DATA_DIR, "t10k", &W.test) != SHOAL_OK ||
-	    ml_partition_make("iid", &W.train, 60, 5, &W.part) != SHOAL_OK)
-		return -1;
-	for (int i = 0; i < NCLIENTS; i++) {
-		W.n[i] = W.part.start[i + 1] - W.part.start[i]; /* 1,000 each */
-		if (ml_model_new("logreg", 10, &W.model[i]) != SHOAL_OK)
-			return -1;
-	}
-	return 0;
+	return sw_load(&W.sw, NCLIENTS); /* 1,000 examples each */
 }
 
 static int
 teardown(void **state)
 {
 	(void)state;
-	for (int i = 0; i < NCLIENTS; i++)
-		ml_model_free(W.model[i]);
-	ml_partition_fini(&W.part);
-	ml_dataset_fini(&W.train);
-	ml_dataset_fini(&W.test);
+	sw_free(&W.sw);
 	return 0;
 }
 
@@ -433,8 +369,8 @@ test_sgd_stops_after_max_steps(void **state)
 	ml_sgd_config capped = {.epochs = 5, .batch = 10, .lr = 0.1f, .seed = 5, .max_steps = 3};
 	double la, lb;
 	(void)state;
-	assert_int_equal(ml_train_sgd(W.model[0], a, &W.train, W.part.idx, 30, &one, &la), SHOAL_OK);
-	assert_int_equal(ml_train_sgd(W.model[0], b, &W.train, W.part.idx, 30, &capped, &lb),
+	assert_int_equal(ml_train_sgd(W.sw.model[0], a, &W.sw.train, W.sw.part.idx, 30, &one, &la), SHOAL_OK);
+	assert_int_equal(ml_train_sgd(W.sw.model[0], b, &W.sw.train, W.sw.part.idx, 30, &capped, &lb),
 	                 SHOAL_OK);
 	assert_memory_equal(a, b, 7850 * sizeof *a);
 	assert_true(la == lb);
@@ -446,19 +382,10 @@ static int
 train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, uint32_t *n,
       float *loss)
 {
-	ml_sgd_config sc = {.epochs = st->epochs, .batch = st->batch, .lr = st->lr, .seed = st->seed,
-	                    .max_steps = st->max_steps};
-	double l = 0.0;
-
 	(void)user;
 	(void)dim;
 	W.cap[i] = st->max_steps;
-	if (ml_train_sgd(W.model[i], params, &W.train, W.part.idx + W.part.start[i], W.n[i], &sc,
-	                 &l) != SHOAL_OK)
-		return 1;
-	*n = W.n[i];
-	*loss = (float)l;
-	return 0;
+	return sw_train(&W.sw, i, params, st, n, loss);
 }
 
 /* 6 clients, half on a slow device (0.1 GFLOP/s: 1,000 examples x 31,360
@@ -487,7 +414,7 @@ run(uint32_t budget_ms, unsigned threads, float *out, sim_engine_stats *st)
 	cfg.min_clients = 4;
 	cfg.round_timeout_ms = 600000;
 	cfg.lr = 0.1f;
-	cfg.test = &W.test;
+	cfg.test = &W.sw.test;
 	cfg.seed = 3;
 	cfg.compress = "topk:0.1,q8";
 	cfg.local_budget_ms = budget_ms;
@@ -498,7 +425,7 @@ run(uint32_t budget_ms, unsigned threads, float *out, sim_engine_stats *st)
 		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
 		           .error_feedback = true, .seed = 77},
 		.dev = dev,
-		.n_examples = W.n,
+		.n_examples = W.sw.n,
 		.flops_per_example = ml_model_train_flops("logreg"),
 		.train = train,
 		.threads = threads,

@@ -17,70 +17,8 @@
 #include "server/core.h"
 #include "sim/device.h"
 #include "sim/engine.h"
-
-#define MAXR 256
-
-/* ---- the in-memory harness (as in test_server_core.c) -------------------- */
-
-typedef struct harness {
-	srv_core *s;
-	srv_reply r[MAXR];
-	size_t nr;
-	uint64_t next_req;
-	size_t dim;
-} harness;
-
-static void
-drain(harness *h)
-{
-	srv_reply rep;
-	while (srv_core_pop_reply(h->s, &rep)) {
-		assert_true(h->nr < MAXR);
-		h->r[h->nr++] = rep;
-	}
-}
-
-static void
-h_init(harness *h, const srv_config *cfg)
-{
-	memset(h, 0, sizeof *h);
-	assert_int_equal(srv_core_new(cfg, &h->s), SHOAL_OK);
-	srv_core_params(h->s, &h->dim);
-	h->next_req = 100;
-}
-
-static void
-h_fini(harness *h)
-{
-	for (size_t i = 0; i < h->nr; i++)
-		free(h->r[i].buf);
-	srv_core_free(h->s);
-}
-
-static uint64_t
-send_msg(harness *h, const msg *m, uint64_t now)
-{
-	uint8_t *buf;
-	size_t len;
-	assert_int_equal(msg_encode(m, &buf, &len), SHOAL_OK);
-	uint64_t req = h->next_req++;
-	srv_core_on_request(h->s, req, buf, len, now);
-	free(buf);
-	drain(h);
-	return req;
-}
-
-/* The reply to req, decoded into *m (NULL if none yet). */
-static const srv_reply *
-reply_to(harness *h, uint64_t req, msg *m)
-{
-	for (size_t i = 0; i < h->nr; i++)
-		if (h->r[i].req == req) {
-			assert_int_equal(msg_decode(h->r[i].buf, h->r[i].len, m), (long)h->r[i].len);
-			return &h->r[i];
-		}
-	return NULL;
-}
+#include "simworld.h"
+#include "srvharness.h"
 
 static void
 async_config(srv_config *c, uint32_t k, uint32_t conc)
@@ -401,10 +339,7 @@ test_refused_settings(void **state)
 #define ROUNDS 24
 
 typedef struct world {
-	ml_dataset train, test;
-	ml_partition part;
-	uint32_t n[NCLIENTS];
-	ml_model *model[NCLIENTS];
+	sim_world sw;
 	double acc[ROUNDS + 1];
 	uint32_t tau_max;
 	uint32_t rounds_seen;
@@ -416,27 +351,14 @@ static int
 setup(void **state)
 {
 	(void)state;
-	if (ml_mnist_load(SHOAL_DATA_DIR, "train", &W.train) != SHOAL_OK ||
-	    ml_mnist_load(SHOAL_DATA_DIR, "t10k", &W.test) != SHOAL_OK ||
-	    ml_partition_make("iid", &W.train, 60, 5, &W.part) != SHOAL_OK)
-		return -1;
-	for (int i = 0; i < NCLIENTS; i++) {
-		W.n[i] = W.part.start[i + 1] - W.part.start[i]; /* 1,000 each */
-		if (ml_model_new("logreg", 10, &W.model[i]) != SHOAL_OK)
-			return -1;
-	}
-	return 0;
+	return sw_load(&W.sw, NCLIENTS); /* 1,000 examples each */
 }
 
 static int
 teardown(void **state)
 {
 	(void)state;
-	for (int i = 0; i < NCLIENTS; i++)
-		ml_model_free(W.model[i]);
-	ml_partition_fini(&W.part);
-	ml_dataset_fini(&W.train);
-	ml_dataset_fini(&W.test);
+	sw_free(&W.sw);
 	return 0;
 }
 
@@ -444,17 +366,9 @@ static int
 train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, uint32_t *n,
       float *loss)
 {
-	ml_sgd_config sc = {.epochs = st->epochs, .batch = st->batch, .lr = st->lr, .seed = st->seed};
-	double l = 0.0;
-
 	(void)user;
 	(void)dim;
-	if (ml_train_sgd(W.model[i], params, &W.train, W.part.idx + W.part.start[i], W.n[i], &sc,
-	                 &l) != SHOAL_OK)
-		return 1;
-	*n = W.n[i];
-	*loss = (float)l;
-	return 0;
+	return sw_train(&W.sw, i, params, st, n, loss);
 }
 
 static void
@@ -494,7 +408,7 @@ run_async(unsigned threads, float *out, sim_engine_stats *st)
 	cfg.async_k = 2;
 	cfg.round_timeout_ms = 600000;
 	cfg.lr = 0.1f;
-	cfg.test = &W.test;
+	cfg.test = &W.sw.test;
 	cfg.seed = 3;
 	cfg.compress = "topk:0.1,q8";
 	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
@@ -504,7 +418,7 @@ run_async(unsigned threads, float *out, sim_engine_stats *st)
 		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
 		           .error_feedback = true, .seed = 77},
 		.dev = dev,
-		.n_examples = W.n,
+		.n_examples = W.sw.n,
 		.flops_per_example = ml_model_train_flops("logreg"),
 		.train = train,
 		.on_round = on_round,
