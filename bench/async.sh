@@ -14,6 +14,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 sim=${BUILD_DIR:-$root/build}/shoal-sim
 out=$root/docs/results
 max_updates=${MAX_UPDATES:-4000}
@@ -119,15 +120,5 @@ section=$(mktemp)
 	echo "![accuracy against virtual time](results/async.png)"
 	echo "<!-- async:end -->"
 } >"$section"
-results=$root/docs/RESULTS.md
-if grep -q '<!-- async:begin' "$results"; then
-	awk -v f="$section" '
-		/<!-- async:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-		/<!-- async:end -->/ { skip = 0; next }
-		!skip { print }' "$results" >"$results.tmp" && mv "$results.tmp" "$results"
-else
-	printf '\n' >>"$results"
-	cat "$section" >>"$results"
-fi
+results_section async "$section"
 rm -f "$section"
-echo "async.sh: wrote docs/RESULTS.md" >&2
