@@ -354,6 +354,56 @@ sim_partition_shards_and_dirichlet_run(void **state)
 	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
 }
 
+/* More clients than training examples: each draws its own seeded subset.
+ * 70,000 clients, 100 a round, run to the end, learn, and give the same
+ * model with 1 and 2 threads; a subset larger than the dataset, or the
+ * nng transport for so many clients, is refused. */
+static void
+sim_population_beyond_the_dataset(void **state)
+{
+	char dir[256], m[300];
+	char hash[2][HASH_HEX + 1];
+	size_t n;
+
+	(void)state;
+	make_tmpdir(dir, sizeof(dir));
+	snprintf(m, sizeof(m), "%s/m.jsonl", dir);
+	for (int t = 0; t < 2; t++) {
+		const char *args[] = {
+			"--model", "logreg", "--compress", "none", "--clients", "70000",
+			"--clients-per-round", "100", "--rounds", "3", "--client-examples", "30",
+			"--seed", "4",
+			"--threads", t == 0 ? "1" : "2", "--data-dir", SHOAL_DATA_DIR, "--metrics", m,
+			"--quiet", NULL,
+		};
+		sim_run r;
+
+		run_sim(dir, args, &r);
+		if (r.status != 0)
+			print_error("shoal-sim stderr:\n%s\n", r.err);
+		assert_int_equal(r.status, 0);
+		assert_int_equal((int)strlen(r.hash), HASH_HEX);
+		memcpy(hash[t], r.hash, sizeof hash[t]);
+		assert_true(last_accuracy(m, &n) > 0.5); /* 0.64: 3 rounds of 100 x 3 steps */
+		assert_int_equal(n, 3);
+		sim_run_fini(&r);
+	}
+	assert_string_equal(hash[0], hash[1]);
+	static const char *const bad[][9] = {
+		{"--clients", "70000", "--client-examples", "60001", NULL},
+		{"--clients", "70000", "--transport", "nng", NULL},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		sim_run r;
+
+		run_sim(dir, bad[i], &r);
+		assert_int_equal(r.status, 2);
+		assert_true(strlen(r.err) > 0);
+		sim_run_fini(&r);
+	}
+	cleanup_dir(dir, (const char *const[]){"m.jsonl", NULL});
+}
+
 static void
 sim_rejects_bad_flags(void **state)
 {
@@ -728,6 +778,7 @@ static const struct CMUnitTest tests[] = {
 		cmocka_unit_test(sim_compressed_deterministic_across_threads),
 	cmocka_unit_test(sim_reaches_accuracy_logreg),
 	cmocka_unit_test(sim_partition_shards_and_dirichlet_run),
+	cmocka_unit_test(sim_population_beyond_the_dataset),
 	cmocka_unit_test(sim_rejects_bad_flags),
 	cmocka_unit_test(sim_distributed_dp),
 	cmocka_unit_test(sim_help_lists_every_flag),
