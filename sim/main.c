@@ -1079,6 +1079,10 @@ run_virtual(const sim_opts *o, srv_core *core, sim_client *clients, const sim_sh
 			fprintf(stderr, ", accuracy %g not reached", v.target);
 		fputc('\n', stderr);
 	}
+	if (!o->quiet && es.residuals_on_disk)
+		fprintf(stderr, "error-feedback residuals of %" PRIu32 " clients (%.0f MiB) were kept in "
+		        "a temporary file under $TMPDIR (or /tmp)\n", es.residuals,
+		        (double)es.residuals * (double)dim * sizeof(float) / 1048576.0);
 	{
 		size_t nc = dev != NULL ? mix.n : 1;
 		const char *names[SIM_DEVICE_MAX];
