@@ -328,6 +328,9 @@ test_refused_settings(void **state)
 	async_config(&c, 2, 2);
 	c.over_select = 1.5;
 	assert_int_equal(srv_core_new(&c, &s), SHOAL_EINVAL);
+	async_config(&c, 2, 2);
+	c.local_budget_ms = 500; /* FedNova normalizes per synchronous round */
+	assert_int_equal(srv_core_new(&c, &s), SHOAL_EINVAL);
 	async_config(&c, SRV_ASYNC_K_MAX + 1, 2);
 	assert_int_equal(srv_core_new(&c, &s), SHOAL_EINVAL);
 	assert_null(s);
