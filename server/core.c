@@ -94,21 +94,22 @@ typedef struct event_queue {
 
 enum phase { PH_IDLE, PH_RUNNING, PH_FINISHED };
 
-/* Parked check-ins in the order they were parked, which is the order of
- * their hold deadlines (now + hold_ms, now never decreasing): the next
- * deadline is at the head, so timers cost the check-ins that expire, not
- * the registry. An entry is stale once its client is no longer parked
- * until that time (selected, answered, parked again); stale entries are
- * dropped when they reach the head. */
-typedef struct park_entry {
+/* Deadlines of one kind (parked check-ins: now + hold_ms; asynchronous
+ * tasks: now + round timeout) in the order they were set, which is their
+ * order in time (now never decreases): the next one is at the head, so
+ * timers cost the deadlines that pass, not the registry. An entry is
+ * stale once its client no longer waits for that time (selected,
+ * answered, parked again, reported); stale entries are dropped when they
+ * reach the head. */
+typedef struct dl_entry {
 	uint64_t until;
 	uint32_t client;
-} park_entry;
+} dl_entry;
 
-typedef struct park_queue {
-	park_entry *v;
+typedef struct dl_queue {
+	dl_entry *v;
 	size_t head, len, cap;
-} park_queue;
+} dl_queue;
 
 struct srv_core {
 	srv_config cfg;
@@ -147,8 +148,9 @@ struct srv_core {
 	uint32_t *table;    /* name hash -> client index + 1 (0 = empty) */
 	uint32_t table_mask;
 	uint32_t n_parked;
-	park_queue parkq;
-	uint32_t *expired;  /* on_timer scratch: clients whose hold ended */
+	dl_queue parkq;     /* hold deadlines of parked check-ins */
+	dl_queue taskq;     /* async: deadlines of tasks in flight */
+	uint32_t *expired;  /* on_timer scratch: clients whose deadline passed */
 	size_t expired_cap;
 
 	enum phase phase;
@@ -460,24 +462,32 @@ unpark(srv_core *s, client *c)
 	}
 }
 
+typedef bool (*dl_live_fn)(const srv_core *s, const dl_entry *p);
+
 static bool
-park_live(const srv_core *s, const park_entry *p)
+park_live(const srv_core *s, const dl_entry *p)
 {
 	const client *c = &s->clients[p->client];
 
 	return c->parked && c->park_until == p->until;
 }
 
-/* Appends client i's hold deadline (false: out of memory, and the caller
- * answers at once rather than hold a request no timer would release). */
 static bool
-park_push(srv_core *s, uint32_t i, uint64_t until)
+task_live(const srv_core *s, const dl_entry *p)
 {
-	park_queue *q = &s->parkq;
+	const client *c = &s->clients[p->client];
 
+	return c->task_round != 0 && c->task_until == p->until;
+}
+
+/* Appends client i's deadline (false: out of memory; the caller must not
+ * then wait for a deadline no timer would see). */
+static bool
+dl_push(dl_queue *q, uint32_t i, uint64_t until)
+{
 	if (q->len == q->cap) {
 		size_t cap = q->cap ? 2 * q->cap : 256;
-		park_entry *v = malloc(cap * sizeof *v);
+		dl_entry *v = malloc(cap * sizeof *v);
 
 		if (v == NULL)
 			return false;
@@ -488,20 +498,31 @@ park_push(srv_core *s, uint32_t i, uint64_t until)
 		q->head = 0;
 		q->cap = cap;
 	}
-	q->v[(q->head + q->len++) % q->cap] = (park_entry){until, i};
+	q->v[(q->head + q->len++) % q->cap] = (dl_entry){until, i};
 	return true;
 }
 
 /* Drops stale entries at the head. */
 static void
-park_prune(srv_core *s)
+dl_prune(const srv_core *s, dl_queue *q, dl_live_fn live)
 {
-	park_queue *q = &s->parkq;
-
-	while (q->len > 0 && !park_live(s, &q->v[q->head])) {
+	while (q->len > 0 && !live(s, &q->v[q->head])) {
 		q->head = (q->head + 1) % q->cap;
 		q->len--;
 	}
+}
+
+/* The earliest live deadline, or UINT64_MAX (the head, but for what
+ * changed since the last prune). */
+static uint64_t
+dl_next(const srv_core *s, const dl_queue *q, dl_live_fn live)
+{
+	for (size_t k = 0; k < q->len; k++) {
+		const dl_entry *p = &q->v[(q->head + k) % q->cap];
+		if (live(s, p))
+			return p->until;
+	}
+	return UINT64_MAX;
 }
 
 static int
@@ -512,14 +533,16 @@ cmp_u32(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Answers every check-in whose hold ended by now, in client order. */
-static void
-park_expire(srv_core *s, uint64_t now)
+/* Takes the clients whose live deadline in q passed by now off the queue,
+ * each through take (which must make its entry stale), into s->expired,
+ * sorted (the order a scan of the registry would give); returns how many. */
+static size_t
+dl_expire(srv_core *s, dl_queue *q, dl_live_fn live, void (*take)(srv_core *, client *),
+          uint64_t now)
 {
-	park_queue *q = &s->parkq;
 	size_t n = 0;
 
-	for (park_prune(s); q->len > 0 && q->v[q->head].until <= now; park_prune(s)) {
+	for (dl_prune(s, q, live); q->len > 0 && q->v[q->head].until <= now; dl_prune(s, q, live)) {
 		if (n == s->expired_cap) {
 			size_t cap = s->expired_cap ? 2 * s->expired_cap : 256;
 			uint32_t *v = realloc(s->expired, cap * sizeof *v);
@@ -530,10 +553,19 @@ park_expire(srv_core *s, uint64_t now)
 			s->expired_cap = cap;
 		}
 		s->expired[n++] = q->v[q->head].client;
-		unpark(s, &s->clients[q->v[q->head].client]);
+		take(s, &s->clients[q->v[q->head].client]);
 	}
 	if (n > 1)
 		qsort(s->expired, n, sizeof *s->expired, cmp_u32);
+	return n;
+}
+
+/* Answers every check-in whose hold ended by now, in client order. */
+static void
+park_expire(srv_core *s, uint64_t now)
+{
+	size_t n = dl_expire(s, &s->parkq, park_live, unpark, now);
+
 	for (size_t k = 0; k < n; k++) {
 		client *c = &s->clients[s->expired[k]];
 		reply_simple_c(s, c, c->park_req, s->phase == PH_FINISHED ? MSG_DONE : MSG_WAIT);
@@ -1720,12 +1752,19 @@ async_drop(srv_core *s, client *c, const char *why)
 	s->st.dropped++;
 }
 
-/* Sends parked client c a task on the current model. */
-static void
+/* Sends parked client c a task on the current model (false: no memory
+ * to keep its deadline; it stays parked). */
+static bool
 async_task(srv_core *s, client *c, uint64_t now)
 {
+	uint64_t until = now + s->cfg.round_timeout_ms;
 	rng r;
 	msg task;
+
+	if (!dl_push(&s->taskq, (uint32_t)(c - s->clients), until)) {
+		log_error("out of memory for a task deadline: client %s keeps waiting", c->name);
+		return false;
+	}
 
 	rng_init(&r, s->cfg.seed, SRV_ASYNC_STREAM | s->n_tasks++);
 	task_init(s, c, rng_u64(&r), &task);
@@ -1734,11 +1773,31 @@ async_task(srv_core *s, client *c, uint64_t now)
 		memcpy(task.up, s->up_spec, sizeof task.up);
 	c->task_round = s->round;
 	c->task_ver = s->version;
-	c->task_until = now + s->cfg.round_timeout_ms;
+	c->task_until = until;
 	s->n_training++;
 	s->st.selected++;
 	unpark(s, c);
 	reply_msg_c(s, c, c->park_req, &task, &s->st.bytes_down);
+	return true;
+}
+
+/* The client parked longest: the earliest hold deadline (the head of the
+ * park queue), ties to the lowest id; NULL if none. */
+static client *
+longest_parked(srv_core *s)
+{
+	dl_queue *q = &s->parkq;
+	client *best = NULL;
+
+	dl_prune(s, q, park_live);
+	for (size_t k = 0; k < q->len; k++) {
+		const dl_entry *p = &q->v[(q->head + k) % q->cap];
+		if (p->until != q->v[q->head].until)
+			break; /* equal deadlines are next to each other */
+		if (park_live(s, p) && (best == NULL || &s->clients[p->client] < best))
+			best = &s->clients[p->client];
+	}
+	return best;
 }
 
 /* While fewer than C clients train, the client parked longest (then the
@@ -1746,29 +1805,26 @@ async_task(srv_core *s, client *c, uint64_t now)
 static void
 async_dispatch(srv_core *s, uint64_t now)
 {
+	client *next;
+
 	if (s->phase == PH_IDLE)
 		async_open(s, now);
-	while (s->phase == PH_RUNNING && s->n_parked > 0 &&
-	       s->n_training < async_concurrency(&s->cfg)) {
-		client *next = NULL;
-		for (uint32_t i = 0; i < s->n_clients; i++) {
-			client *c = &s->clients[i];
-			if (c->parked && (next == NULL || c->park_until < next->park_until))
-				next = c;
-		}
-		async_task(s, next, now);
-	}
+	while (s->phase == PH_RUNNING && s->n_training < async_concurrency(&s->cfg) &&
+	       (next = longest_parked(s)) != NULL && async_task(s, next, now))
+		;
 }
 
 /* Gives up the tasks past their deadline. */
 static void
+task_expired(srv_core *s, client *c)
+{
+	async_drop(s, c, "did not report before its task's deadline");
+}
+
+static void
 async_expire(srv_core *s, uint64_t now)
 {
-	for (uint32_t i = 0; i < s->n_clients; i++) {
-		client *c = &s->clients[i];
-		if (c->task_round != 0 && now >= c->task_until)
-			async_drop(s, c, "did not report before its task's deadline");
-	}
+	(void)dl_expire(s, &s->taskq, task_live, task_expired, now);
 }
 
 /* The buffer is full: the model moves by the server optimizer applied to
@@ -1894,7 +1950,7 @@ on_checkin(srv_core *s, uint64_t req, const msg *m, const uint8_t *buf, size_t l
 	c->held_ver = m->model_ver;
 	c->park_req = req;
 	c->park_until = now + s->cfg.hold_ms;
-	if (!park_push(s, (uint32_t)(c - s->clients), c->park_until)) {
+	if (!dl_push(&s->parkq, (uint32_t)(c - s->clients), c->park_until)) {
 		unpark(s, c);
 		reply_simple_c(s, c, req, MSG_WAIT);
 		return;
@@ -2052,7 +2108,8 @@ void
 srv_core_on_request(srv_core *s, uint64_t req, const uint8_t *buf, size_t len, uint64_t now)
 {
 	on_request(s, req, buf, len, now);
-	park_prune(s);
+	dl_prune(s, &s->parkq, park_live);
+	dl_prune(s, &s->taskq, task_live);
 }
 
 static void
@@ -2110,32 +2167,20 @@ srv_core_on_timer(srv_core *s, uint64_t now)
 	}
 	park_expire(s, now);
 	try_start_round(s, now);
-	park_prune(s);
+	dl_prune(s, &s->parkq, park_live);
+	dl_prune(s, &s->taskq, task_live);
 }
 
 uint64_t
 srv_core_next_deadline(const srv_core *s)
 {
 	uint64_t t = s->phase != PH_RUNNING ? UINT64_MAX : s->sa != NULL ? s->sa_deadline : s->deadline;
-	const park_queue *q = &s->parkq;
+	uint64_t p = dl_next(s, &s->parkq, park_live), k = dl_next(s, &s->taskq, task_live);
 
-	/* The first live entry (the head, but for what changed since the
-	 * last prune) holds the earliest hold deadline. */
-	for (size_t k = 0; k < q->len; k++) {
-		const park_entry *p = &q->v[(q->head + k) % q->cap];
-		if (park_live(s, p)) {
-			if (p->until < t)
-				t = p->until;
-			break;
-		}
-	}
-	if (s->cfg.async_k > 0 && s->phase == PH_RUNNING) {
-		for (uint32_t i = 0; i < s->n_clients; i++) {
-			const client *c = &s->clients[i];
-			if (c->task_round != 0 && c->task_until < t)
-				t = c->task_until; /* async: its slot is given up then */
-		}
-	}
+	if (p < t)
+		t = p;
+	if (s->phase == PH_RUNNING && k < t)
+		t = k; /* async: a task's slot is given up then */
 	return t;
 }
 
@@ -2419,6 +2464,7 @@ srv_core_free(srv_core *s)
 	free(s->table);
 	free(s->clients);
 	free(s->parkq.v);
+	free(s->taskq.v);
 	free(s->expired);
 	free(s->acc);
 	free(s->params);
