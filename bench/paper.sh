@@ -13,6 +13,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/bench/lib.sh"
 build=${BUILD_DIR:-$root/build}
 sim=$build/shoal-sim
 out=$root/docs/results
@@ -106,15 +107,6 @@ section=$(mktemp)
 	done
 	echo "<!-- paper:end -->"
 } >"$section"
-results=$root/docs/RESULTS.md
-[ -f "$results" ] || printf '# Results\n\nMeasured on this project'"'"'s 2-core machine; each section says which command wrote it.\n\n' >"$results"
-if grep -q '<!-- paper:begin' "$results"; then
-	awk -v f="$section" '
-		/<!-- paper:begin/ { while ((getline l < f) > 0) print l; skip = 1; next }
-		/<!-- paper:end -->/ { skip = 0; next }
-		!skip { print }' "$results" >"$results.tmp" && mv "$results.tmp" "$results"
-else
-	cat "$section" >>"$results"
-fi
+[ -f "$root/docs/RESULTS.md" ] || printf '# Results\n\nMeasured on this project'"'"'s 2-core machine; each section says which command wrote it.\n' >"$root/docs/RESULTS.md"
+results_section paper "$section"
 rm -f "$section"
-echo "paper.sh: wrote docs/RESULTS.md" >&2
