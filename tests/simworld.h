@@ -19,7 +19,7 @@ typedef struct sim_world {
 } sim_world;
 
 /* 0, or -1 (as a cmocka group setup wants) when MNIST cannot be read. */
-static int
+static inline int
 sw_load(sim_world *w, unsigned n_clients)
 {
 	if (n_clients > SW_MAX_CLIENTS ||
@@ -36,7 +36,7 @@ sw_load(sim_world *w, unsigned n_clients)
 	return 0;
 }
 
-static void
+static inline void
 sw_free(sim_world *w)
 {
 	for (unsigned i = 0; i < w->n_clients; i++)
@@ -48,7 +48,7 @@ sw_free(sim_world *w)
 
 /* Client i's training as the engine's sim_train_fn asks it (its step's
  * epochs, batch, lr, seed and step cap): 0, or 1 when it fails. */
-static int
+static inline int
 sw_train(sim_world *w, uint32_t i, float *params, const cli_step *st, uint32_t *n, float *loss)
 {
 	ml_sgd_config sc = {.epochs = st->epochs, .batch = st->batch, .lr = st->lr, .seed = st->seed,
@@ -62,5 +62,35 @@ sw_train(sim_world *w, uint32_t i, float *params, const cli_step *st, uint32_t *
 	*loss = (float)l;
 	return 0;
 }
+
+/* One world per test program, for cmocka's setup and teardown and the
+ * engine's training callback: the including file defines SW_CLIENTS. */
+#ifdef SW_CLIENTS
+static sim_world SW;
+
+static inline int
+sw_setup(void **state)
+{
+	(void)state;
+	return sw_load(&SW, SW_CLIENTS); /* 1,000 examples each */
+}
+
+static inline int
+sw_teardown(void **state)
+{
+	(void)state;
+	sw_free(&SW);
+	return 0;
+}
+
+static inline int
+sw_train_fn(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, uint32_t *n,
+            float *loss)
+{
+	(void)user;
+	(void)dim;
+	return sw_train(&SW, i, params, st, n, loss);
+}
+#endif
 
 #endif

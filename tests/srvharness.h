@@ -5,6 +5,7 @@
 #ifndef SHOAL_TESTS_SRVHARNESS_H
 #define SHOAL_TESTS_SRVHARNESS_H
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,6 +85,21 @@ reply_to(harness *h, uint64_t req, msg *m)
 			return &h->r[i];
 		}
 	return NULL;
+}
+
+/* Registers a logreg client of 10 examples with capabilities caps;
+ * returns its id. */
+static inline uint32_t
+hello_caps(harness *h, const char *name, uint32_t caps)
+{
+	msg m = {.type = MSG_HELLO, .dim = (uint32_t)h->dim, .n_examples = 10, .cx_caps = caps};
+	msg w;
+
+	snprintf(m.name, sizeof m.name, "%s", name);
+	snprintf(m.model, sizeof m.model, "logreg");
+	assert_non_null(reply_to(h, send_msg(h, &m, 0), &w));
+	assert_int_equal(w.type, MSG_WELCOME);
+	return w.client_id;
 }
 
 static inline void

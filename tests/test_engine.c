@@ -15,12 +15,12 @@
 #include "server/core.h"
 #include "sim/device.h"
 #include "sim/engine.h"
-#include "simworld.h"
 
 #define NCLIENTS 8
+#define SW_CLIENTS NCLIENTS
+#include "simworld.h"
 
 typedef struct world {
-	sim_world sw;
 	double round_s[16];
 	double acc[16];
 	uint32_t reported[16];
@@ -33,30 +33,6 @@ typedef struct world {
 static world W;
 static bool G_keep_idle;        /* sim_engine_config.keep_idle of run() */
 static uint64_t G_residual_mem; /* and residual_mem */
-
-static int
-setup(void **state)
-{
-	(void)state;
-	return sw_load(&W.sw, NCLIENTS); /* 1,000 examples each */
-}
-
-static int
-teardown(void **state)
-{
-	(void)state;
-	sw_free(&W.sw);
-	return 0;
-}
-
-static int
-train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, uint32_t *n,
-      float *loss)
-{
-	(void)user;
-	(void)dim;
-	return sw_train(&W.sw, i, params, st, n, loss);
-}
 
 static void
 on_round(void *user, const srv_round_stats *st, double virtual_s)
@@ -93,7 +69,7 @@ run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool 
 	cfg.min_reports = 1;
 	cfg.round_timeout_ms = 600000;
 	cfg.lr = 0.1f;
-	cfg.test = &W.sw.test;
+	cfg.test = &SW.test;
 	cfg.seed = 3;
 	cfg.compress = "topk:0.1,q8";
 	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
@@ -104,9 +80,9 @@ run(uint32_t n, uint32_t k, uint32_t rounds, const sim_device *const *dev, bool 
 		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
 		           .error_feedback = true, .seed = 77, .dp_noise_from_seed = true},
 		.dev = dev,
-		.n_examples = W.sw.n,
+		.n_examples = SW.n,
 		.flops_per_example = ml_model_train_flops("logreg"),
-		.train = train,
+		.train = sw_train_fn,
 		.on_round = on_round,
 		.threads = threads,
 		.seed = 9,
@@ -295,7 +271,7 @@ test_failures_and_availability(void **state)
 	(void)state;
 	srv_config_defaults(&cfg);
 	cfg.model = "logreg";
-	cfg.test = &W.sw.test;
+	cfg.test = &SW.test;
 	cfg.seed = 3;
 	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
 	memcpy(init, srv_core_params(s, NULL), sizeof init);
@@ -344,16 +320,16 @@ test_availability_aware_checkin(void **state)
 		cfg.min_clients = 2;
 		cfg.min_reports = 1;
 		cfg.round_timeout_ms = 120000;
-		cfg.test = &W.sw.test;
+		cfg.test = &SW.test;
 		cfg.seed = 3;
 		cfg.compress = "none";
 		assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
 		sim_engine_config ec = {
 			.server = s, .n_clients = NCLIENTS,
 			.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL, .seed = 77},
-			.dev = dev, .n_examples = W.sw.n,
+			.dev = dev, .n_examples = SW.n,
 			.flops_per_example = ml_model_train_flops("logreg"),
-			.train = train, .on_round = on_round, .threads = 2, .seed = 4,
+			.train = sw_train_fn, .on_round = on_round, .threads = 2, .seed = 4,
 			.availability = true, .avail_aware = pass == 1,
 			.est_down_bytes = 7850 * 4, .est_up_bytes = 7850 * 4, .est_epochs = 1,
 			.max_virtual_s = 30 * 86400.0,
@@ -414,5 +390,5 @@ main(int argc, char **argv)
 {
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
-	return cmocka_run_group_tests(tests, setup, teardown);
+	return cmocka_run_group_tests(tests, sw_setup, sw_teardown);
 }

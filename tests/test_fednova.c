@@ -19,7 +19,6 @@
 #include "server/nova.h"
 #include "sim/device.h"
 #include "sim/engine.h"
-#include "simworld.h"
 #include "srvharness.h"
 
 /* ---- arithmetic ------------------------------------------------------------ */
@@ -335,29 +334,15 @@ test_client_residual_in_normalized_scale(void **state)
 /* ---- training and the simulator ----------------------------------------------- */
 
 #define NCLIENTS 6
+#define SW_CLIENTS NCLIENTS
+#include "simworld.h"
 
 typedef struct world {
-	sim_world sw;
 	uint32_t cap[NCLIENTS]; /* max_steps of each client's last training */
 	double virtual_s;
 } world;
 
 static world W;
-
-static int
-setup(void **state)
-{
-	(void)state;
-	return sw_load(&W.sw, NCLIENTS); /* 1,000 examples each */
-}
-
-static int
-teardown(void **state)
-{
-	(void)state;
-	sw_free(&W.sw);
-	return 0;
-}
 
 /* max_steps = 3 over 5 epochs of 30 examples is exactly 1 epoch: the
  * same shuffle, the same three batches. */
@@ -369,8 +354,8 @@ test_sgd_stops_after_max_steps(void **state)
 	ml_sgd_config capped = {.epochs = 5, .batch = 10, .lr = 0.1f, .seed = 5, .max_steps = 3};
 	double la, lb;
 	(void)state;
-	assert_int_equal(ml_train_sgd(W.sw.model[0], a, &W.sw.train, W.sw.part.idx, 30, &one, &la), SHOAL_OK);
-	assert_int_equal(ml_train_sgd(W.sw.model[0], b, &W.sw.train, W.sw.part.idx, 30, &capped, &lb),
+	assert_int_equal(ml_train_sgd(SW.model[0], a, &SW.train, SW.part.idx, 30, &one, &la), SHOAL_OK);
+	assert_int_equal(ml_train_sgd(SW.model[0], b, &SW.train, SW.part.idx, 30, &capped, &lb),
 	                 SHOAL_OK);
 	assert_memory_equal(a, b, 7850 * sizeof *a);
 	assert_true(la == lb);
@@ -385,7 +370,7 @@ train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, u
 	(void)user;
 	(void)dim;
 	W.cap[i] = st->max_steps;
-	return sw_train(&W.sw, i, params, st, n, loss);
+	return sw_train(&SW, i, params, st, n, loss);
 }
 
 /* 6 clients, half on a slow device (0.1 GFLOP/s: 1,000 examples x 31,360
@@ -414,7 +399,7 @@ run(uint32_t budget_ms, unsigned threads, float *out, sim_engine_stats *st)
 	cfg.min_clients = 4;
 	cfg.round_timeout_ms = 600000;
 	cfg.lr = 0.1f;
-	cfg.test = &W.sw.test;
+	cfg.test = &SW.test;
 	cfg.seed = 3;
 	cfg.compress = "topk:0.1,q8";
 	cfg.local_budget_ms = budget_ms;
@@ -425,7 +410,7 @@ run(uint32_t budget_ms, unsigned threads, float *out, sim_engine_stats *st)
 		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
 		           .error_feedback = true, .seed = 77},
 		.dev = dev,
-		.n_examples = W.sw.n,
+		.n_examples = SW.n,
 		.flops_per_example = ml_model_train_flops("logreg"),
 		.train = train,
 		.threads = threads,
@@ -477,5 +462,5 @@ main(int argc, char **argv)
 {
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);
-	return cmocka_run_group_tests(tests, setup, teardown);
+	return cmocka_run_group_tests(tests, sw_setup, sw_teardown);
 }

@@ -17,7 +17,6 @@
 #include "server/core.h"
 #include "sim/device.h"
 #include "sim/engine.h"
-#include "simworld.h"
 #include "srvharness.h"
 
 static void
@@ -34,18 +33,6 @@ async_config(srv_config *c, uint32_t k, uint32_t conc)
 	c->seed = 7;
 	c->compress = "none";
 	c->downlink_q8 = false; /* exact sums */
-}
-
-static uint32_t
-hello(harness *h, const char *name, uint32_t caps)
-{
-	msg m = {.type = MSG_HELLO, .dim = (uint32_t)h->dim, .n_examples = 10, .cx_caps = caps};
-	snprintf(m.name, sizeof m.name, "%s", name);
-	snprintf(m.model, sizeof m.model, "logreg");
-	msg w;
-	assert_non_null(reply_to(h, send_msg(h, &m, 0), &w));
-	assert_int_equal(w.type, MSG_WELCOME);
-	return w.client_id;
 }
 
 static uint64_t
@@ -120,7 +107,7 @@ test_round_every_k_updates_by_hand(void **state)
 	uint64_t rq[4];
 	const char *names[4] = {"a", "b", "c", "d"};
 	for (int i = 0; i < 4; i++) {
-		id[i] = hello(&h, names[i], 0);
+		id[i] = hello_caps(&h, names[i], 0);
 		rq[i] = checkin(&h, id[i], 0, (uint64_t)i);
 	}
 	for (int i = 0; i < 3; i++) {
@@ -181,7 +168,7 @@ test_too_stale_update_refused(void **state)
 	async_config(&c, 1, 2);
 	c.max_staleness = 0;
 	h_init(&h, &c);
-	uint32_t a = hello(&h, "a", 0), b = hello(&h, "b", 0);
+	uint32_t a = hello_caps(&h, "a", 0), b = hello_caps(&h, "b", 0);
 	assert_int_equal(reply_type(&h, checkin(&h, a, 0, 0), &m), MSG_TASK);
 	assert_int_equal(reply_type(&h, checkin(&h, b, 0, 0), &m), MSG_TASK);
 	assert_int_equal(reply_type(&h, update(&h, a, 1, 1, 1.0f, 5), &m), MSG_ACK);
@@ -219,7 +206,7 @@ test_duplicate_and_deadline(void **state)
 	(void)state;
 	async_config(&c, 2, 1);
 	h_init(&h, &c);
-	uint32_t a = hello(&h, "a", 0), b = hello(&h, "b", 0);
+	uint32_t a = hello_caps(&h, "a", 0), b = hello_caps(&h, "b", 0);
 	assert_int_equal(reply_type(&h, checkin(&h, a, 0, 0), &m), MSG_TASK);
 	uint64_t rb = checkin(&h, b, 0, 0);
 	assert_null(reply_to(&h, rb, &m));
@@ -251,7 +238,7 @@ test_task_model_by_held_version(void **state)
 	async_config(&c, 1, 1);
 	c.downlink_q8 = true;
 	h_init(&h, &c);
-	uint32_t a = hello(&h, "a", MSG_CX_ALL), b = hello(&h, "b", MSG_CX_ALL);
+	uint32_t a = hello_caps(&h, "a", MSG_CX_ALL), b = hello_caps(&h, "b", MSG_CX_ALL);
 	assert_int_equal(reply_type(&h, checkin(&h, a, 0, 0), &m), MSG_TASK);
 	assert_non_null(m.vec);
 	uint64_t rb = checkin(&h, b, 0, 0);
@@ -288,7 +275,7 @@ test_task_empty_change_for_current_version(void **state)
 	async_config(&c, 2, 1);
 	c.downlink_q8 = true;
 	h_init(&h, &c);
-	uint32_t a = hello(&h, "a", MSG_CX_ALL);
+	uint32_t a = hello_caps(&h, "a", MSG_CX_ALL);
 	assert_int_equal(reply_type(&h, checkin(&h, a, 0, 0), &m), MSG_TASK);
 	assert_int_equal(reply_type(&h, update(&h, a, 1, 1, 0.01f, 1), &m), MSG_ACK);
 	assert_int_equal(srv_core_model_version(h.s), 1);
@@ -339,40 +326,17 @@ test_refused_settings(void **state)
 /* ---- a whole simulation ------------------------------------------------------ */
 
 #define NCLIENTS 8
+#define SW_CLIENTS NCLIENTS
+#include "simworld.h"
 #define ROUNDS 24
 
 typedef struct world {
-	sim_world sw;
 	double acc[ROUNDS + 1];
 	uint32_t tau_max;
 	uint32_t rounds_seen;
 } world;
 
 static world W;
-
-static int
-setup(void **state)
-{
-	(void)state;
-	return sw_load(&W.sw, NCLIENTS); /* 1,000 examples each */
-}
-
-static int
-teardown(void **state)
-{
-	(void)state;
-	sw_free(&W.sw);
-	return 0;
-}
-
-static int
-train(void *user, uint32_t i, float *params, uint32_t dim, const cli_step *st, uint32_t *n,
-      float *loss)
-{
-	(void)user;
-	(void)dim;
-	return sw_train(&W.sw, i, params, st, n, loss);
-}
 
 static void
 on_round(void *user, const srv_round_stats *st, double virtual_s)
@@ -411,7 +375,7 @@ run_async(unsigned threads, float *out, sim_engine_stats *st)
 	cfg.async_k = 2;
 	cfg.round_timeout_ms = 600000;
 	cfg.lr = 0.1f;
-	cfg.test = &W.sw.test;
+	cfg.test = &SW.test;
 	cfg.seed = 3;
 	cfg.compress = "topk:0.1,q8";
 	assert_int_equal(srv_core_new(&cfg, &s), SHOAL_OK);
@@ -421,9 +385,9 @@ run_async(unsigned threads, float *out, sim_engine_stats *st)
 		.client = {.model = "logreg", .dim = 7850, .cx_caps = MSG_CX_ALL,
 		           .error_feedback = true, .seed = 77},
 		.dev = dev,
-		.n_examples = W.sw.n,
+		.n_examples = SW.n,
 		.flops_per_example = ml_model_train_flops("logreg"),
-		.train = train,
+		.train = sw_train_fn,
 		.on_round = on_round,
 		.threads = threads,
 		.seed = 9,
@@ -468,7 +432,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_task_model_by_held_version),
 		cmocka_unit_test(test_task_empty_change_for_current_version),
 		cmocka_unit_test(test_refused_settings),
-		cmocka_unit_test_setup_teardown(test_sim_deterministic_and_learns, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sim_deterministic_and_learns, sw_setup, sw_teardown),
 	};
 	if (argc > 1)
 		cmocka_set_test_filter(argv[1]);

@@ -659,18 +659,6 @@ test_bad_config_refused(void **state)
 	assert_int_equal(srv_core_new(&c, &s), SHOAL_EINVAL);
 }
 
-static uint32_t
-hello_caps(harness *h, const char *name, uint32_t caps)
-{
-	msg m = {.type = MSG_HELLO, .dim = (uint32_t)h->dim, .n_examples = 10, .cx_caps = caps};
-	snprintf(m.name, sizeof m.name, "%s", name);
-	snprintf(m.model, sizeof m.model, "logreg");
-	msg w;
-	assert_non_null(reply_to(h, send_msg(h, &m, 0), &w));
-	assert_int_equal(w.type, MSG_WELCOME);
-	return w.client_id;
-}
-
 /* Encode a sparse update with f32 values (exact on the server). */
 static size_t
 sparse_update(const harness *h, uint32_t k, const uint32_t *idx, const float *val, uint8_t *out,
