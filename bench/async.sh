@@ -71,17 +71,10 @@ for c in "${cfgs[@]}"; do
 	printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s\n' "$c" "$label" "$t95" "$t97" "$r97" \
 		"$u97" "$k97" "$up95" "$down95" "$up97" "$down97" "$tau" "${hash:0:16}" \
 		"${extra//,/ }" >"$out/async-$c.row"
-	awk '{ match($0, /"virtual_s":[0-9.eE+-]+/); t = substr($0, RSTART + 12, RLENGTH - 12)
-	       match($0, /"accuracy":[0-9.eE+-]+/); a = substr($0, RSTART + 11, RLENGTH - 11)
-	       print t, a }' "$out/async-$c.jsonl" >"$out/async-$c.dat"
+	virtual_time_curve "$out/async-$c.jsonl" >"$out/async-$c.dat"
 done
 
-plot=""
-for c in "${order[@]}"; do
-	[ -f "$out/async-$c.dat" ] || continue
-	IFS='|' read -r _ label _ <"$out/async-$c.row"
-	plot="$plot${plot:+, }'$out/async-$c.dat' using 1:2 with lines lw 2 title '$label'"
-done
+plot=$(plot_lines async 1:2 "${order[@]}")
 gnuplot -e "set terminal pngcairo size 760,560; set output '$out/async.png';
 	set title 'README mix, 2NN, IID, 100 clients, E=1, B=10, top-1% q8';
 	set xlabel 'virtual time (s)'; set ylabel 'test accuracy'; set grid; set key below left Left reverse;

@@ -62,12 +62,7 @@ for c in "${cfgs[@]}"; do
 done
 
 # Plot every config that has data.
-plot=""
-for c in "${order[@]}"; do
-	[ -f "$out/compress-$c.dat" ] || continue
-	IFS='|' read -r _ label _ _ _ _ <"$out/compress-$c.row"
-	plot="$plot${plot:+, }'$out/compress-$c.dat' using 2:3 with lines lw 2 title '$label'"
-done
+plot=$(plot_lines compress 2:3 "${order[@]}")
 gnuplot -e "set terminal pngcairo size 760,440; set output '$out/compress.png';
 	set title '2NN, pathological non-IID, 100 clients, C=0.1, E=1, B=10';
 	set xlabel 'cumulative uplink bytes'; set ylabel 'test accuracy'; set logscale x;

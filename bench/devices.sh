@@ -60,17 +60,10 @@ for c in "${cfgs[@]}"; do
 	up=$(awk '{ match($0, /"bytes_up":[0-9]+/); s += substr($0, RSTART + 11, RLENGTH - 11) } END { print s }' "$out/devices-$c.jsonl")
 	printf '%s|%s|%s|%s|%s|%s|%s|%s|%s\n' "$c" "$label" "${to:--}" "$rounds" "$mean" "$failed" \
 		"$offline" "$up" "$acc" >"$out/devices-$c.row"
-	awk '{ match($0, /"virtual_s":[0-9.eE+-]+/); t = substr($0, RSTART + 12, RLENGTH - 12)
-	       match($0, /"accuracy":[0-9.eE+-]+/); a = substr($0, RSTART + 11, RLENGTH - 11)
-	       print t, a }' "$out/devices-$c.jsonl" >"$out/devices-$c.dat"
+	virtual_time_curve "$out/devices-$c.jsonl" >"$out/devices-$c.dat"
 done
 
-plot=""
-for c in "${order[@]}"; do
-	[ -f "$out/devices-$c.dat" ] || continue
-	IFS='|' read -r _ label _ <"$out/devices-$c.row"
-	plot="$plot${plot:+, }'$out/devices-$c.dat' using 1:2 with lines lw 2 title '$label'"
-done
+plot=$(plot_lines devices 1:2 "${order[@]}")
 gnuplot -e "set terminal pngcairo size 760,440; set output '$out/devices.png';
 	set title '2NN, IID, 100 clients, 10 a round, E=1, B=10, top-1% q8';
 	set xlabel 'virtual time (s)'; set ylabel 'test accuracy'; set grid; set key bottom right;

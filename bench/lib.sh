@@ -17,3 +17,26 @@ results_section() {
 	fi
 	echo "$(basename "$0"): wrote docs/RESULTS.md" >&2
 }
+
+# virtual_time_curve JSONL: "virtual_s accuracy", one line per metrics
+# line, for gnuplot.
+virtual_time_curve() {
+	awk '{ match($0, /"virtual_s":[0-9.eE+-]+/); t = substr($0, RSTART + 12, RLENGTH - 12)
+	       match($0, /"accuracy":[0-9.eE+-]+/); a = substr($0, RSTART + 11, RLENGTH - 11)
+	       print t, a }' "$1"
+}
+
+# plot_lines PREFIX COLS CONFIG...: gnuplot's plot list of the curves
+# $out/PREFIX-CONFIG.dat that exist (columns COLS, e.g. 1:2), each titled
+# with field 2 (the label) of $out/PREFIX-CONFIG.row.
+plot_lines() {
+	local prefix=$1 cols=$2 c label plot=""
+
+	shift 2
+	for c in "$@"; do
+		[ -f "$out/$prefix-$c.dat" ] || continue
+		label=$(cut -d'|' -f2 "$out/$prefix-$c.row")
+		plot="$plot${plot:+, }'$out/$prefix-$c.dat' using $cols with lines lw 2 title '$label'"
+	done
+	printf '%s' "$plot"
+}

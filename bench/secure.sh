@@ -57,12 +57,7 @@ for c in "${cfgs[@]}"; do
 		>"$out/secure-$c.row"
 done
 
-plot=""
-for c in "${order[@]}"; do
-	[ -f "$out/secure-$c.dat" ] || continue
-	IFS='|' read -r _ label _ _ _ _ _ <"$out/secure-$c.row"
-	plot="$plot${plot:+, }'$out/secure-$c.dat' using 1:3 with lines lw 2 title '$label'"
-done
+plot=$(plot_lines secure 1:3 "${order[@]}")
 gnuplot -e "set terminal pngcairo size 760,440; set output '$out/secure.png';
 	set title '2NN, pathological non-IID, 100 clients, C=0.1, E=1, B=10';
 	set xlabel 'round'; set ylabel 'test accuracy'; set grid; set key bottom right;
