@@ -2,10 +2,12 @@
 
 # results_section NAME FILE: FILE holds a section of docs/RESULTS.md, from
 # a line starting "<!-- NAME:begin" to the line "<!-- NAME:end -->". It
-# replaces the section of that name, or is appended when there is none.
+# replaces the section of that name, or is appended when there is none
+# (to a new RESULTS.md with its heading when there is no file yet).
 results_section() {
 	local name=$1 file=$2 results=$root/docs/RESULTS.md
 
+	[ -f "$results" ] || printf '# Results\n\nMeasured on this project'"'"'s 2-core machine; each section says which command wrote it.\n' >"$results"
 	if grep -q "^<!-- $name:begin" "$results"; then
 		awk -v f="$file" -v b="<!-- $name:begin" -v e="<!-- $name:end -->" '
 			index($0, b) == 1 { while ((getline l < f) > 0) print l; skip = 1; next }

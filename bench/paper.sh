@@ -107,6 +107,5 @@ section=$(mktemp)
 	done
 	echo "<!-- paper:end -->"
 } >"$section"
-[ -f "$root/docs/RESULTS.md" ] || printf '# Results\n\nMeasured on this project'"'"'s 2-core machine; each section says which command wrote it.\n' >"$root/docs/RESULTS.md"
 results_section paper "$section"
 rm -f "$section"
