@@ -696,11 +696,12 @@ test_rate_limit_per_connection(void **state)
 	tp_server_close(s);
 }
 
-/* Wait up to 5 s for the server's connection counts to satisfy want. */
+/* Wait up to 15 s (a liveness bound: a refused client redials within the
+ * 5 s back-off cap) for the server's connection counts to satisfy want. */
 static void
 wait_conns(tp_server *s, tp_conn_stats *cs, bool (*want)(const tp_conn_stats *))
 {
-	for (int i = 0; i < 500; i++) {
+	for (int i = 0; i < 1500; i++) {
 		tp_server_conns(s, cs);
 		if (want(cs))
 			return;
