@@ -697,42 +697,17 @@ test_rate_limit_per_connection(void **state)
 }
 
 /* Wait up to 15 s (a liveness bound: a refused client redials within the
- * 5 s back-off cap) for the server's connection counts to satisfy want. */
+ * 5 s back-off cap) until the server has open connections open and has
+ * refused at least refused of them; *cs holds the last counts read. */
 static void
-wait_conns(tp_server *s, tp_conn_stats *cs, bool (*want)(const tp_conn_stats *))
+wait_conns(tp_server *s, tp_conn_stats *cs, uint32_t open, uint64_t refused)
 {
 	for (int i = 0; i < 1500; i++) {
 		tp_server_conns(s, cs);
-		if (want(cs))
+		if (cs->open == open && cs->refused >= refused)
 			return;
 		sleep_ms(10);
 	}
-}
-
-static bool
-open_is_0(const tp_conn_stats *cs)
-{
-	return cs->open == 0;
-}
-
-static bool
-open_is_1(const tp_conn_stats *cs)
-{
-	return cs->open == 1;
-}
-
-static bool
-open_is_2(const tp_conn_stats *cs)
-{
-	return cs->open == 2;
-}
-
-static uint64_t g_refused_before;
-
-static bool
-refused_more(const tp_conn_stats *cs)
-{
-	return cs->refused > g_refused_before;
 }
 
 /* Connections beyond the limit are closed before they can send; one slot
@@ -772,21 +747,21 @@ test_max_connections(void **state)
 	assert_int_equal(atomic_load(&e.served), 2);
 
 	/* A third client waits: its dialer is refused, backs off, retries. */
-	g_refused_before = cs.refused;
+	uint64_t refused_before = cs.refused;
 	assert_int_equal(tp_client_open(&c[2], url, MAX_MSG), SHOAL_OK);
-	wait_conns(s, &cs, refused_more);
-	assert_true(cs.refused > g_refused_before);
+	wait_conns(s, &cs, 2, refused_before + 1);
+	assert_true(cs.refused > refused_before);
 	assert_int_equal(cs.open, 2);
 
 	/* One slot freed: the waiting client gets in (back-off up to 5 s). */
 	tp_client_close(c[0]);
-	wait_conns(s, &cs, open_is_1);
-	wait_conns(s, &cs, open_is_2);
+	wait_conns(s, &cs, 1, 0);
+	wait_conns(s, &cs, 2, 0);
 	assert_int_equal(cs.open, 2);
 	expect_echo(c[2], "in at last");
 	tp_client_close(c[1]);
 	tp_client_close(c[2]);
-	wait_conns(s, &cs, open_is_0);
+	wait_conns(s, &cs, 0, 0);
 	assert_int_equal(cs.open, 0);
 	assert_int_equal(cs.peak, 2);
 	echo_stop(&e);
