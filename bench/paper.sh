@@ -7,7 +7,7 @@
 # Usage: bench/paper.sh [CELL...]    CELL: 2nn-iid 2nn-noniid cnn-iid cnn-noniid
 #        cnn-iid-m (default: all five; cnn-iid-m is cnn-iid with server
 #        momentum). Env: BUILD_DIR (default build), MAX_ROUNDS_CNN_NONIID
-#        (cap for the slowest cell, default 300), THREADS (default nproc).
+#        (cap for the slowest cell, default 150), THREADS (default nproc).
 # Setup per the paper: 100 clients, C = 0.1 (10 per round), IID = 600
 # examples each, non-IID = 200 label-sorted shards of 300, 2 per client.
 # Each run stops at the target accuracy (--target-accuracy) or its cap.
