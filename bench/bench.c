@@ -53,7 +53,10 @@ usage(FILE *f)
 	        "          of model, residual and buffers (shoal-bench footprint --help)\n"
 	        "  load    N concurrent clients against a real shoal-server: updates counted\n"
 	        "          once, no client starved, server peak RSS and CPU per round\n"
-	        "          (shoal-bench load --help)\n",
+	        "          (shoal-bench load --help)\n"
+	        "  indexset  rounds to a target accuracy when clients send k coordinates with\n"
+	        "          error feedback: each its own top-k, or one shared set (shoal-bench\n"
+	        "          indexset --help)\n",
 	        ml_model_names());
 }
 
@@ -440,6 +443,8 @@ main(int argc, char **argv)
 		return bench_footprint(argc - 1, argv + 1);
 	if (strcmp(argv[1], "load") == 0)
 		return bench_load(argc - 1, argv + 1);
+	if (strcmp(argv[1], "indexset") == 0)
+		return bench_indexset(argc - 1, argv + 1);
 	fprintf(stderr, "shoal-bench: unknown subcommand '%s'\n", argv[1]);
 	usage(stderr);
 	return 2;

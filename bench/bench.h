@@ -11,6 +11,7 @@ int bench_accountant(int argc, char **argv); /* bench/dp.c */
 int bench_secagg(int argc, char **argv); /* bench/secagg.c */
 int bench_footprint(int argc, char **argv); /* bench/footprint.c */
 int bench_load(int argc, char **argv); /* bench/load.c */
+int bench_indexset(int argc, char **argv); /* bench/indexset.c */
 
 /* Shared by the subcommands (bench/bench.c). */
 double bench_now_s(void);                /* monotonic seconds */
