@@ -111,7 +111,7 @@ parse(int argc, char **argv, ix_opts *o)
 		else if (strcmp(a, "--rounds") == 0)
 			ok = cli_parse_u64(v, 1, 1000000, &o->rounds);
 		else if (strcmp(a, "--seed") == 0)
-			ok = cli_parse_u64(v, 0, UINT64_MAX, &o->seed);
+			ok = cli_parse_u64(v, 0, INT64_MAX, &o->seed); /* a JSON integer */
 		else {
 			fprintf(stderr, "shoal-bench indexset: unknown option '%s'\n", a);
 			usage(stderr);
