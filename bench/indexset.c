@@ -188,11 +188,11 @@ bench_indexset(int argc, char **argv)
 	g = malloc((size_t)d * sizeof *g);
 	acc = malloc((size_t)o.per_round * d * sizeof *acc);
 	agg = malloc((size_t)d * sizeof *agg);
-	sum = malloc((size_t)d * sizeof *sum);
+	sum = shared ? malloc((size_t)d * sizeof *sum) : NULL;
 	res = none ? NULL : calloc((size_t)o.clients * d, sizeof *res);
 	ids = malloc((size_t)o.clients * sizeof *ids);
 	idx = malloc((size_t)d * sizeof *idx);
-	if (g == NULL || acc == NULL || agg == NULL || sum == NULL || (!none && res == NULL) ||
+	if (g == NULL || acc == NULL || agg == NULL || (shared && sum == NULL) || (!none && res == NULL) ||
 	    ids == NULL || idx == NULL) {
 		fprintf(stderr, "shoal-bench indexset: out of memory (%llu clients x %u floats)\n",
 		        (unsigned long long)o.clients, d);
