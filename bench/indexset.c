@@ -192,8 +192,8 @@ bench_indexset(int argc, char **argv)
 	res = none ? NULL : calloc((size_t)o.clients * d, sizeof *res);
 	ids = malloc((size_t)o.clients * sizeof *ids);
 	idx = malloc((size_t)d * sizeof *idx);
-	if (g == NULL || acc == NULL || agg == NULL || (shared && sum == NULL) || (!none && res == NULL) ||
-	    ids == NULL || idx == NULL) {
+	if (g == NULL || acc == NULL || agg == NULL || (shared && sum == NULL) ||
+	    (!none && res == NULL) || ids == NULL || idx == NULL) {
 		fprintf(stderr, "shoal-bench indexset: out of memory (%llu clients x %u floats)\n",
 		        (unsigned long long)o.clients, d);
 		rc = 1;
