@@ -60,6 +60,25 @@ usage(FILE *f)
 	        ml_model_names());
 }
 
+int
+bench_option_value(const char *sub, int argc, char **argv, int *i, void (*print_usage)(FILE *),
+                   const char **val)
+{
+	const char *a = argv[*i];
+
+	if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+		print_usage(stdout);
+		return 0;
+	}
+	if (*i + 1 >= argc) {
+		fprintf(stderr, "shoal-bench %s: unknown option or missing value '%s'\n", sub, a);
+		print_usage(stderr);
+		return 2;
+	}
+	*val = argv[++*i];
+	return -1;
+}
+
 double
 bench_now_s(void)
 {

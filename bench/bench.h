@@ -5,6 +5,7 @@
 #define SHOAL_BENCH_H
 
 #include <jansson.h>
+#include <stdio.h>
 
 int bench_codec(int argc, char **argv); /* bench/codec.c */
 int bench_accountant(int argc, char **argv); /* bench/dp.c */
@@ -15,6 +16,13 @@ int bench_indexset(int argc, char **argv); /* bench/indexset.c */
 
 /* Shared by the subcommands (bench/bench.c). */
 double bench_now_s(void);                /* monotonic seconds */
+/* The head of a subcommand's option loop, at argv[*i] (sub names the
+ * subcommand in messages): "--help" or "-h" prints usage on stdout and
+ * returns 0; an option with no value after it is reported, with usage on
+ * stderr, and returns 2. Otherwise *val is the value, *i steps over it and
+ * the result is -1: match the option. */
+int bench_option_value(const char *sub, int argc, char **argv, int *i, void (*print_usage)(FILE *),
+                       const char **val);
 double bench_median(double *v, long n);  /* sorts v */
 /* One result line on stdout: {"bench", "params", "value", "unit"}. */
 void bench_emit(const char *bench, json_t *params, double value, const char *unit);

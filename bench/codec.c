@@ -212,18 +212,11 @@ bench_codec(int argc, char **argv)
 	json_t *pj = NULL, *pd = NULL;
 
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *nx = i + 1 < argc ? argv[i + 1] : NULL;
+		const char *a = argv[i], *nx = NULL;
+		int head = bench_option_value("codec", argc, argv, &i, usage, &nx);
 
-		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			usage(stdout);
-			return 0;
-		}
-		if (nx == NULL) {
-			fprintf(stderr, "shoal-bench codec: unknown option or missing value '%s'\n", a);
-			usage(stderr);
-			return 2;
-		}
-		i++;
+		if (head >= 0)
+			return head;
 		if (strcmp(a, "--dim") == 0) {
 			if (parse_double(a, nx, 1, 1 << 28, &dimd))
 				return 2;

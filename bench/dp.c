@@ -86,20 +86,12 @@ bench_accountant(int argc, char **argv)
 	json_t *pj;
 
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		const char *a = argv[i], *v = NULL;
+		int head = bench_option_value("accountant", argc, argv, &i, usage, &v);
 		bool ok;
 
-		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			usage(stdout);
-			return 0;
-		}
-		if (v == NULL) {
-			fprintf(stderr, "shoal-bench accountant: unknown option or missing value '%s'\n",
-			        a);
-			usage(stderr);
-			return 2;
-		}
-		i++;
+		if (head >= 0)
+			return head;
 		if (strcmp(a, "--rounds") == 0)
 			ok = cli_parse_u64(v, 1, 100000000, &rounds);
 		else if (strcmp(a, "--orders") == 0)

@@ -42,8 +42,9 @@ usage(FILE *f)
 	        "accuracy (indexset_rounds; params.reached says whether it was reached) and\n"
 	        "the last round's accuracy (indexset_accuracy).\n"
 	        "  --select MODE      client (each client's own top-k), shared (one top-k of\n"
-	        "                     the round's summed updates + residuals: the best any\n"
-	        "                     shared index set can do) or none (dense) (default client)\n"
+	        "                     the round's summed updates + residuals, better informed\n"
+	        "                     than any set a secure round can announce) or none\n"
+	        "                     (dense) (default client)\n"
 	        "  --ratio R          kept fraction, (0, 1] (default 0.01)\n"
 	        "  --model NAME       %s (default 2nn)\n"
 	        "  --partition SPEC   iid, shards or dirichlet:ALPHA (default shards)\n"
@@ -69,20 +70,12 @@ static int
 parse(int argc, char **argv, ix_opts *o)
 {
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		const char *a = argv[i], *v = NULL;
+		int head = bench_option_value("indexset", argc, argv, &i, usage, &v);
 		bool ok = true;
 
-		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			usage(stdout);
-			return 0;
-		}
-		if (v == NULL) {
-			fprintf(stderr, "shoal-bench indexset: unknown option or missing value '%s'\n",
-			        a);
-			usage(stderr);
-			return 2;
-		}
-		i++;
+		if (head >= 0)
+			return head;
 		if (strcmp(a, "--select") == 0) {
 			o->select = v;
 			ok = !strcmp(v, "client") || !strcmp(v, "shared") || !strcmp(v, "none");

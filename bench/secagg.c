@@ -579,19 +579,12 @@ bench_secagg(int argc, char **argv)
 	int rc = 1;
 
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		const char *a = argv[i], *v = NULL;
+		int head = bench_option_value("secagg", argc, argv, &i, usage, &v);
 		bool ok = true;
 
-		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-			usage(stdout);
-			return 0;
-		}
-		if (v == NULL) {
-			fprintf(stderr, "shoal-bench secagg: unknown option or missing value '%s'\n", a);
-			usage(stderr);
-			return 2;
-		}
-		i++;
+		if (head >= 0)
+			return head;
 		if (strcmp(a, "--clients") == 0)
 			ok = cli_parse_u32(v, 2, SA_N_MAX, &o.n);
 		else if (strcmp(a, "--dim") == 0)
