@@ -5,8 +5,9 @@
 # "paper:begin/end" markers) with one accuracy-vs-round plot per cell.
 #
 # Usage: bench/paper.sh [CELL...]    CELL: 2nn-iid 2nn-noniid cnn-iid cnn-noniid
-#        cnn-iid-m (default: all five; cnn-iid-m is cnn-iid with server
-#        momentum). Env: BUILD_DIR (default build), MAX_ROUNDS_CNN_NONIID
+#        cnn-iid-m cnn-iid-long (default: all six; cnn-iid-m is cnn-iid with
+#        server momentum; cnn-iid-long is plain FedAvg at a constant lr, run
+#        past the paper's 20 rounds until it reaches 99%). Env: BUILD_DIR (default build), MAX_ROUNDS_CNN_NONIID
 #        (cap for the slowest cell, default 150), THREADS (default nproc).
 # Setup per the paper: 100 clients, C = 0.1 (10 per round), IID = 600
 # examples each, non-IID = 200 label-sorted shards of 300, 2 per client.
@@ -35,9 +36,10 @@ declare -A CELL=(
 	[2nn-noniid]="2nn 1 10 0.1 1 shards 0.97 664 1000 fedavg"
 	[cnn-iid]="cnn 5 10 0.15 0.9 iid 0.99 20 20 fedavg"
 	[cnn-iid-m]="cnn 5 10 0.1 0.95 iid 0.99 20 20 fedavgm:0.5:1.5"
+	[cnn-iid-long]="cnn 5 10 0.1 1 iid 0.99 20 40 fedavg"
 	[cnn-noniid]="cnn 5 10 0.15 0.99 shards 0.99 229 ${MAX_ROUNDS_CNN_NONIID:-150} fedavg"
 )
-ALL=(2nn-iid 2nn-noniid cnn-iid cnn-iid-m cnn-noniid)
+ALL=(2nn-iid 2nn-noniid cnn-iid cnn-iid-m cnn-iid-long cnn-noniid)
 cells=("$@")
 [ ${#cells[@]} -gt 0 ] || cells=("${ALL[@]}")
 
