@@ -79,6 +79,22 @@ bench_option_value(const char *sub, int argc, char **argv, int *i, void (*print_
 	return -1;
 }
 
+int
+bench_option_check(const char *sub, const char *a, const char *v, bool known, bool ok,
+                   void (*print_usage)(FILE *))
+{
+	if (!known) {
+		fprintf(stderr, "shoal-bench %s: unknown option '%s'\n", sub, a);
+		print_usage(stderr);
+		return 2;
+	}
+	if (!ok) {
+		fprintf(stderr, "shoal-bench %s: bad value '%s' for %s\n", sub, v, a);
+		return 2;
+	}
+	return -1;
+}
+
 double
 bench_now_s(void)
 {

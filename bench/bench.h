@@ -5,6 +5,7 @@
 #define SHOAL_BENCH_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 int bench_codec(int argc, char **argv); /* bench/codec.c */
@@ -23,6 +24,12 @@ double bench_now_s(void);                /* monotonic seconds */
  * the result is -1: match the option. */
 int bench_option_value(const char *sub, int argc, char **argv, int *i, void (*print_usage)(FILE *),
                        const char **val);
+/* The tail of the same loop, after matching option a with value v: known
+ * false (no option matched) reports an unknown option with usage on stderr,
+ * ok false (the value did not parse) reports a bad value; both return 2.
+ * Otherwise -1: go on with the next option. */
+int bench_option_check(const char *sub, const char *a, const char *v, bool known, bool ok,
+                       void (*print_usage)(FILE *));
 double bench_median(double *v, long n);  /* sorts v */
 /* One result line on stdout: {"bench", "params", "value", "unit"}. */
 void bench_emit(const char *bench, json_t *params, double value, const char *unit);

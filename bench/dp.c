@@ -88,7 +88,8 @@ bench_accountant(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = NULL;
 		int head = bench_option_value("accountant", argc, argv, &i, usage, &v);
-		bool ok;
+		bool ok = true, known = true;
+		int tail;
 
 		if (head >= 0)
 			return head;
@@ -104,15 +105,11 @@ bench_accountant(int argc, char **argv)
 			ok = cli_parse_number(v, 0.01, 1e6, false, &sigma);
 		else if (strcmp(a, "--epsilon") == 0)
 			ok = cli_parse_number(v, 0.01, 1e6, false, &target);
-		else {
-			fprintf(stderr, "shoal-bench accountant: unknown option '%s'\n", a);
-			usage(stderr);
-			return 2;
-		}
-		if (!ok) {
-			fprintf(stderr, "shoal-bench accountant: bad value '%s' for %s\n", v, a);
-			return 2;
-		}
+		else
+			known = false;
+		tail = bench_option_check("accountant", a, v, known, ok, usage);
+		if (tail >= 0)
+			return tail;
 	}
 	make_orders(orders, (size_t)k);
 	pj = json_pack("{s:I, s:I, s:f, s:f}", "rounds", (json_int_t)rounds, "orders",

@@ -72,7 +72,8 @@ parse(int argc, char **argv, ix_opts *o)
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = NULL;
 		int head = bench_option_value("indexset", argc, argv, &i, usage, &v);
-		bool ok = true;
+		bool ok = true, known = true;
+		int tail;
 
 		if (head >= 0)
 			return head;
@@ -105,15 +106,11 @@ parse(int argc, char **argv, ix_opts *o)
 			ok = cli_parse_u64(v, 1, 1000000, &o->rounds);
 		else if (strcmp(a, "--seed") == 0)
 			ok = cli_parse_u64(v, 0, INT64_MAX, &o->seed); /* a JSON integer */
-		else {
-			fprintf(stderr, "shoal-bench indexset: unknown option '%s'\n", a);
-			usage(stderr);
-			return 2;
-		}
-		if (!ok) {
-			fprintf(stderr, "shoal-bench indexset: bad value '%s' for %s\n", v, a);
-			return 2;
-		}
+		else
+			known = false;
+		tail = bench_option_check("indexset", a, v, known, ok, usage);
+		if (tail >= 0)
+			return tail;
 	}
 	if (o->per_round > o->clients) {
 		fprintf(stderr, "shoal-bench indexset: --per-round %llu is more than --clients %llu\n",

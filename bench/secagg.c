@@ -581,7 +581,8 @@ bench_secagg(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = NULL;
 		int head = bench_option_value("secagg", argc, argv, &i, usage, &v);
-		bool ok = true;
+		bool ok = true, known = true;
+		int tail;
 
 		if (head >= 0)
 			return head;
@@ -613,14 +614,11 @@ bench_secagg(int argc, char **argv)
 			else
 				ok = false;
 		} else {
-			fprintf(stderr, "shoal-bench secagg: unknown option '%s'\n", a);
-			usage(stderr);
-			return 2;
+			known = false;
 		}
-		if (!ok) {
-			fprintf(stderr, "shoal-bench secagg: bad value '%s' for %s\n", v, a);
-			return 2;
-		}
+		tail = bench_option_check("secagg", a, v, known, ok, usage);
+		if (tail >= 0)
+			return tail;
 	}
 	o.k = k_arg >= o.n - 1 ? o.n - 1 : k_arg;
 	o.t = t_arg ? t_arg : o.k / 2 + 1;
